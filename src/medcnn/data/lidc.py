@@ -1,0 +1,96 @@
+"""The LIDC-IDRI volumes of interest in ``lidc_voi``: one scan cut-out, mask and labels a nodule.
+
+Everything the readers said about a nodule is supervision: the rating (1-5), the eight
+descriptors and the consensus mask. In use the network gets only the scan and the point.
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medcnn.network import DESCRIPTORS
+from medcnn.volume import Volume
+
+# Descriptor codes run 1..n; calcification's 6 means "absent", internal structure has 4 codes.
+DESCRIPTOR_RANGE = {"calcification": 6, "internal_structure": 4}
+SOFT_MALIGNANCY = {1: 0.0, 2: 0.1, 3: 0.5, 4: 0.9, 5: 1.0}
+
+
+@dataclass
+class NoduleCase:
+    """One nodule: its cut-out, consensus mask, centre and the readers' labels."""
+
+    name: str
+    patient_id: str
+    fold: int
+    center_ras: np.ndarray
+    rating: int
+    diameter_mm: float
+    descriptors: np.ndarray
+    image: Volume
+    mask: Volume
+
+    @property
+    def binary_label(self) -> int | None:
+        """1 malignant (rating 4-5), 0 benign (1-2), None for the indeterminate rating 3."""
+        if self.rating in (1, 2):
+            return 0
+        if self.rating in (4, 5):
+            return 1
+        return None
+
+
+def read_table(data_dir: Path) -> list[dict[str, str]]:
+    with open(Path(data_dir) / "nodules.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def normalized_descriptors(row: dict[str, str]) -> np.ndarray:
+    """The eight descriptor codes on a 0-1 scale."""
+    values = []
+    for name in DESCRIPTORS:
+        top = DESCRIPTOR_RANGE.get(name, 5)
+        values.append((float(row[name]) - 1.0) / (top - 1.0))
+    return np.clip(np.array(values, dtype=np.float32), 0.0, 1.0)
+
+
+def _load_nifti(path: Path) -> Volume:
+    image = nib.load(str(path))
+    return Volume(np.asarray(image.dataobj), image.affine.astype(float))
+
+
+def load_cases(data_dir: Path, cache_dir: Path | None = None, limit: int | None = None) -> list[NoduleCase]:
+    """All nodules of ``nodules.csv`` in memory; pickled in ``cache_dir`` for the next run."""
+    data_dir = Path(data_dir)
+    cache = None if cache_dir is None else Path(cache_dir) / "lidc_cases.pkl"
+    if cache is not None and cache.exists() and limit is None:
+        with open(cache, "rb") as handle:
+            return pickle.load(handle)
+    cases = []
+    for row in read_table(data_dir)[:limit]:
+        cases.append(
+            NoduleCase(
+                name=Path(row["image"]).name.replace(".nii.gz", ""),
+                patient_id=row["patient_id"],
+                fold=int(row["fold"]),
+                center_ras=np.array([float(row[k]) for k in ("center_r", "center_a", "center_s")]),
+                rating=int(row["malignancy"]),
+                diameter_mm=float(row["diameter_mm"]),
+                descriptors=normalized_descriptors(row),
+                image=_load_nifti(data_dir / row["image"]),
+                mask=_load_nifti(data_dir / row["mask"]),
+            )
+        )
+    if cache is not None and limit is None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        with open(tmp, "wb") as handle:
+            pickle.dump(cases, handle)
+        tmp.replace(cache)
+    return cases

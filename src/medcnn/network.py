@@ -1,0 +1,98 @@
+"""The network: one small 3D encoder-decoder that segments the nodule and judges it.
+
+One network, not two: the segmentation decoder and the malignancy head share an encoder, so the
+masks of all 811 training nodules (rating 3 included) teach the features the classifier uses, and
+one forward pass on a laptop CPU answers both questions. Built from MONAI's blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+DESCRIPTORS = (
+    "calcification",
+    "internal_structure",
+    "lobulation",
+    "margin",
+    "sphericity",
+    "spiculation",
+    "subtlety",
+    "texture",
+)
+
+
+class NoduleNet(nn.Module):
+    """Input (B, 2, N, N, N): windowed HU and the context box. N divisible by 8.
+
+    Returns a dict: ``malignancy`` logit (B, 1), ``rating`` (B, 1) and ``descriptors`` (B, 8)
+    auxiliary regressions on a 0-1 scale, ``segmentation`` logits (B, 1, N, N, N).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 2,
+        channels: tuple[int, int, int, int] = (8, 16, 32, 64),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        c0, c1, c2, c3 = channels
+
+        def down(cin: int, cout: int) -> nn.Module:
+            return ResidualUnit(3, cin, cout, strides=2, subunits=2, norm="batch", act="prelu")
+
+        def up(cin: int, cout: int) -> nn.Module:
+            return Convolution(3, cin, cout, strides=2, kernel_size=3, norm="batch", act="prelu",
+                               is_transposed=True)
+
+        self.stem = Convolution(3, in_channels, c0, kernel_size=3, norm="batch", act="prelu")
+        self.enc1 = down(c0, c1)
+        self.enc2 = down(c1, c2)
+        self.enc3 = down(c2, c3)
+        self.up3 = up(c3, c2)
+        self.dec2 = Convolution(3, 2 * c2, c2, kernel_size=3, norm="batch", act="prelu")
+        self.up2 = up(c2, c1)
+        self.dec1 = Convolution(3, 2 * c1, c1, kernel_size=3, norm="batch", act="prelu")
+        # Full-resolution segmentation without a full-resolution decoder: each half-resolution
+        # voxel predicts its 2x2x2 children (a 3D pixel shuffle), which keeps training on CPUs fast.
+        self.seg_out = nn.Conv3d(c1, 8, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c3 + c2, 64),
+                                  nn.PReLU())
+        self.malignancy = nn.Linear(64, 1)
+        self.rating = nn.Linear(64, 1)
+        self.descriptors = nn.Linear(64, len(DESCRIPTORS))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s0 = self.stem(x)
+        s1 = self.enc1(s0)
+        s2 = self.enc2(s1)
+        s3 = self.enc3(s2)
+        d2 = self.dec2(torch.cat([self.up3(s3), s2], 1))
+        d1 = self.dec1(torch.cat([self.up2(d2), s1], 1))
+        features = self.head(torch.cat([self.pool(s3), self.pool(d2)], 1))
+        return {
+            "malignancy": self.malignancy(features),
+            "rating": self.rating(features),
+            "descriptors": self.descriptors(features),
+            "segmentation": pixel_shuffle_3d(self.seg_out(d1)),
+        }
+
+
+class MalignancyLogit(nn.Module):
+    """The malignancy logit alone, the single score that class-activation maps explain."""
+
+    def __init__(self, net: NoduleNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["malignancy"]
+
+
+def pixel_shuffle_3d(x: torch.Tensor) -> torch.Tensor:
+    """(B, 8, n, n, n) -> (B, 1, 2n, 2n, 2n): channel (a, b, c) becomes sub-voxel (a, b, c)."""
+    b, _, d, h, w = x.shape
+    x = x.reshape(b, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
+    return x.reshape(b, 1, 2 * d, 2 * h, 2 * w)
