@@ -1,0 +1,89 @@
+"""The failures a user can cause, each a sentence that says what to do and a documented exit code.
+
+Code deep inside raises these; only the edges (command line, worker, Slicer panel) turn them into
+an exit code or a message. Exit codes are listed in the README's "When things go wrong".
+"""
+
+from __future__ import annotations
+
+
+class MedCNNError(Exception):
+    """Base class: ``str(error)`` is one clear sentence for the user."""
+
+    exit_code = 1
+
+
+class UsageError(MedCNNError):
+    """A command-line argument or manifest entry is wrong (bad point, missing column)."""
+
+    exit_code = 2
+
+
+class InputNotFoundError(MedCNNError):
+    """The image path does not exist, or a folder holds nothing readable."""
+
+    exit_code = 3
+
+
+class UnreadableImageError(MedCNNError):
+    """The file exists but is not an image MedCNN can read, or it is truncated or corrupt."""
+
+    exit_code = 4
+
+
+class SeriesSelectionError(MedCNNError):
+    """A folder holds several candidate CT series and none can be chosen by the documented rule."""
+
+    exit_code = 5
+
+
+class NotCTError(MedCNNError):
+    """The image is not a CT in Hounsfield units (MR, segmentation, secondary capture...)."""
+
+    exit_code = 6
+
+
+class GeometryError(MedCNNError):
+    """The scan is not a usable 3D volume: 2D, 4D, gantry tilt, missing or uneven slices."""
+
+    exit_code = 7
+
+
+class PointOutsideScanError(MedCNNError):
+    """The point is outside the scan, or too close to its edge for the network's region."""
+
+    exit_code = 8
+
+
+class ModelIntegrityError(MedCNNError):
+    """The model bundle or its weights fail the integrity check, or the bundle is not trusted."""
+
+    exit_code = 9
+
+
+class ResourceLimitError(MedCNNError):
+    """The scan is too large to process within the memory limit."""
+
+    exit_code = 10
+
+
+class BatchIncompleteError(MedCNNError):
+    """``medcnn batch`` finished, but at least one case failed (see its ``error`` column)."""
+
+    exit_code = 11
+
+
+class CancelledError(MedCNNError):
+    """The user cancelled the analysis."""
+
+    exit_code = 130
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected internal error (rerun with --verbose and report it)",
+    **{cls.exit_code: (cls.__doc__ or "").strip() for cls in (
+        UsageError, InputNotFoundError, UnreadableImageError, SeriesSelectionError, NotCTError,
+        GeometryError, PointOutsideScanError, ModelIntegrityError, ResourceLimitError,
+        BatchIncompleteError, CancelledError)},
+}
