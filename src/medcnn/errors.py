@@ -82,8 +82,20 @@ class CancelledError(MedCNNError):
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (rerun with --verbose and report it)",
-    **{cls.exit_code: (cls.__doc__ or "").strip() for cls in (
-        UsageError, InputNotFoundError, UnreadableImageError, SeriesSelectionError, NotCTError,
-        GeometryError, PointOutsideScanError, ModelIntegrityError, ResourceLimitError,
-        BatchIncompleteError, CancelledError)},
+    **{
+        cls.exit_code: (cls.__doc__ or "").strip()
+        for cls in (
+            UsageError,
+            InputNotFoundError,
+            UnreadableImageError,
+            SeriesSelectionError,
+            NotCTError,
+            GeometryError,
+            PointOutsideScanError,
+            ModelIntegrityError,
+            ResourceLimitError,
+            BatchIncompleteError,
+            CancelledError,
+        )
+    },
 }

@@ -43,8 +43,16 @@ class NoduleNet(nn.Module):
             return ResidualUnit(3, cin, cout, strides=2, subunits=2, norm="batch", act="prelu")
 
         def up(cin: int, cout: int) -> nn.Module:
-            return Convolution(3, cin, cout, strides=2, kernel_size=3, norm="batch", act="prelu",
-                               is_transposed=True)
+            return Convolution(
+                3,
+                cin,
+                cout,
+                strides=2,
+                kernel_size=3,
+                norm="batch",
+                act="prelu",
+                is_transposed=True,
+            )
 
         self.stem = Convolution(3, in_channels, c0, kernel_size=3, norm="batch", act="prelu")
         self.enc1 = down(c0, c1)
@@ -58,8 +66,9 @@ class NoduleNet(nn.Module):
         # voxel predicts its 2x2x2 children (a 3D pixel shuffle), which keeps training on CPUs fast.
         self.seg_out = nn.Conv3d(c1, 8, kernel_size=1)
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c3 + c2, 64),
-                                  nn.PReLU())
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(c3 + c2, 64), nn.PReLU()
+        )
         self.malignancy = nn.Linear(64, 1)
         self.rating = nn.Linear(64, 1)
         self.descriptors = nn.Linear(64, len(DESCRIPTORS))
@@ -96,3 +105,39 @@ def pixel_shuffle_3d(x: torch.Tensor) -> torch.Tensor:
     b, _, d, h, w = x.shape
     x = x.reshape(b, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
     return x.reshape(b, 1, 2 * d, 2 * h, 2 * w)
+
+
+class NoduleEnsemble(nn.Module):
+    """The shipped model: one NoduleNet per cross-validation fold, plus their calibration.
+
+    ``forward`` gives what a MONAI classification bundle gives, calibrated class probabilities
+    (B, 2) for benign and malignant. ``members`` gives everything per member, which the engine
+    uses for the segmentation, the heatmap and the spread of the members (the uncertainty).
+    """
+
+    def __init__(self, n_members: int = 5, channels: tuple[int, int, int, int] = (8, 16, 32, 64)):
+        super().__init__()
+        self.members = nn.ModuleList(NoduleNet(channels=channels) for _ in range(n_members))
+        # Platt scaling of each member's logit, fitted on out-of-fold predictions.
+        self.register_buffer("calibration_scale", torch.ones(1))
+        self.register_buffer("calibration_bias", torch.zeros(1))
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits * self.calibration_scale + self.calibration_bias)
+
+    @torch.jit.export
+    def member_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per member: ``probability`` (B, M) calibrated, ``segmentation`` (B, M, N, N, N)."""
+        probabilities, segmentations = [], []
+        for member in self.members:
+            out = member(x)
+            probabilities.append(self.calibrated(out["malignancy"]))
+            segmentations.append(torch.sigmoid(out["segmentation"]))
+        return {
+            "probability": torch.cat(probabilities, 1),
+            "segmentation": torch.cat(segmentations, 1),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        malignant = self.member_outputs(x)["probability"].mean(1, keepdim=True)
+        return torch.cat([1 - malignant, malignant], 1)

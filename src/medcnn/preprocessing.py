@@ -78,8 +78,12 @@ def resample(
     """
     out_index = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), -1)
     corners = np.array(
-        [[a, b, c] for a in (0, out_shape[0] - 1) for b in (0, out_shape[1] - 1)
-         for c in (0, out_shape[2] - 1)],
+        [
+            [a, b, c]
+            for a in (0, out_shape[0] - 1)
+            for b in (0, out_shape[1] - 1)
+            for c in (0, out_shape[2] - 1)
+        ],
         dtype=float,
     )
     to_source = np.linalg.inv(affine) @ out_affine
@@ -120,7 +124,9 @@ def sample_patch(
     return Patch(hu=hu, coverage=(coverage > 0.5).astype(np.float32), affine=affine)
 
 
-def _coverage_without_copy(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+def _coverage_without_copy(
+    volume: Volume, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
     """Coverage for a large scan, computed from indices instead of a full-size array of ones."""
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
     src = apply_affine(np.linalg.inv(volume.affine) @ affine, index)
@@ -174,3 +180,29 @@ def network_input(patch: Patch, valid: np.ndarray, spec: PatchSpec) -> np.ndarra
     """The network's two channels: windowed HU inside the valid region, and that region."""
     valid = valid * patch.coverage
     return np.stack([normalize_hu(patch.hu, spec) * valid, valid]).astype(np.float32)
+
+
+def scan_subgrid(
+    volume: Volume, patch_affine_: np.ndarray, spec: PatchSpec
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The block of the scan's own grid that the patch covers: its shape and affine.
+
+    Results are written on this block, so each output voxel is one of the scan's voxels:
+    they overlay exactly in any viewer, and files stay small for a large scan.
+    """
+    n = spec.size - 1
+    corners = np.array([[a, b, c] for a in (0, n) for b in (0, n) for c in (0, n)], dtype=float)
+    index = apply_affine(np.linalg.inv(volume.affine) @ patch_affine_, corners)
+    lo = np.clip(np.floor(index.min(0)).astype(int), 0, np.asarray(volume.shape) - 1)
+    hi = np.clip(np.ceil(index.max(0)).astype(int) + 1, 1, np.asarray(volume.shape))
+    affine = volume.affine.copy()
+    affine[:3, 3] = apply_affine(volume.affine, lo[None].astype(float))[0]
+    return tuple(int(v) for v in hi - lo), affine  # type: ignore[return-value]
+
+
+def patch_to_scan(
+    values: np.ndarray, patch: Patch, volume: Volume, spec: PatchSpec, mode: str = "bilinear"
+) -> Volume:
+    """Map a patch-space map back onto the scan's own grid (the inverse of ``sample_patch``)."""
+    shape, affine = scan_subgrid(volume, patch.affine, spec)
+    return Volume(resample(values, patch.affine, shape, affine, mode=mode, fill=0.0), affine)

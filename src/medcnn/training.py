@@ -58,8 +58,9 @@ def training_example(
     box = context_box(mask, box_spec, margin_mm=margin)
     if rng is not None:
         noise = rng.normal(0, aug.hu_noise, size=patch.hu.shape) + rng.uniform(-1, 1) * aug.hu_shift
-        patch = type(patch)(hu=patch.hu + noise.astype(np.float32), coverage=patch.coverage,
-                            affine=patch.affine)
+        patch = type(patch)(
+            hu=patch.hu + noise.astype(np.float32), coverage=patch.coverage, affine=patch.affine
+        )
     return network_input(patch, box, spec), (mask * box)[None].astype(np.float32)
 
 
@@ -67,21 +68,25 @@ def _targets(cases: list[NoduleCase], rating3_weight: float) -> dict[str, torch.
     ratings = np.array([c.rating for c in cases])
     return {
         "soft": torch.tensor([SOFT_MALIGNANCY[r] for r in ratings], dtype=torch.float32)[:, None],
-        "weight": torch.tensor(np.where(ratings == 3, rating3_weight, 1.0), dtype=torch.float32)[:, None],
+        "weight": torch.tensor(np.where(ratings == 3, rating3_weight, 1.0), dtype=torch.float32)[
+            :, None
+        ],
         "rating": torch.tensor((ratings - 1) / 4.0, dtype=torch.float32)[:, None],
         "descriptors": torch.tensor(np.stack([c.descriptors for c in cases])),
     }
 
 
-def loss_terms(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-               settings: TrainSettings) -> dict[str, torch.Tensor]:
+def loss_terms(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], settings: TrainSettings
+) -> dict[str, torch.Tensor]:
     seg_logits, seg_target = out["segmentation"], batch["mask"]
     seg_prob = torch.sigmoid(seg_logits)
     inter = (seg_prob * seg_target).sum((1, 2, 3, 4))
     dice = 1 - (2 * inter + 1) / (seg_prob.sum((1, 2, 3, 4)) + seg_target.sum((1, 2, 3, 4)) + 1)
     return {
-        "malignancy": F.binary_cross_entropy_with_logits(out["malignancy"], batch["soft"],
-                                                         weight=batch["weight"]),
+        "malignancy": F.binary_cross_entropy_with_logits(
+            out["malignancy"], batch["soft"], weight=batch["weight"]
+        ),
         "rating": F.mse_loss(torch.sigmoid(out["rating"]), batch["rating"]),
         "descriptors": F.mse_loss(torch.sigmoid(out["descriptors"]), batch["descriptors"]),
         "segmentation": F.binary_cross_entropy_with_logits(seg_logits, seg_target) + dice.mean(),
@@ -89,12 +94,16 @@ def loss_terms(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
 
 
 def total_loss(terms: dict[str, torch.Tensor], settings: TrainSettings) -> torch.Tensor:
-    return (terms["malignancy"] + settings.aux_weight * (terms["rating"] + terms["descriptors"])
-            + settings.seg_weight * terms["segmentation"])
+    return (
+        terms["malignancy"]
+        + settings.aux_weight * (terms["rating"] + terms["descriptors"])
+        + settings.seg_weight * terms["segmentation"]
+    )
 
 
-def train_fold(cases: list[NoduleCase], fold: int | None, out_dir: Path,
-               settings: TrainSettings) -> Path:
+def train_fold(
+    cases: list[NoduleCase], fold: int | None, out_dir: Path, settings: TrainSettings
+) -> Path:
     """Train on every case outside ``fold`` (all cases when ``fold`` is None); resumable."""
     torch.set_num_threads(settings.threads)
     out_dir = Path(out_dir)
@@ -107,14 +116,18 @@ def train_fold(cases: list[NoduleCase], fold: int | None, out_dir: Path,
     targets = _targets(train, settings.rating3_weight)
     torch.manual_seed(settings.seed + (fold or 0))
     net = NoduleNet()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate,
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
     steps_per_epoch = -(-len(train) // settings.batch_size)
     if settings.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps_per_epoch,
-        pct_start=0.1)
+        optimizer,
+        max_lr=settings.learning_rate,
+        total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.1,
+    )
     start_epoch = 0
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False)
@@ -131,8 +144,9 @@ def train_fold(cases: list[NoduleCase], fold: int | None, out_dir: Path,
         started, sums, seen = time.time(), {}, 0
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            examples = [training_example(train[i], settings.spec, rng, settings.augmentation)
-                        for i in index]
+            examples = [
+                training_example(train[i], settings.spec, rng, settings.augmentation) for i in index
+            ]
             batch = {key: value[index] for key, value in targets.items()}
             batch["mask"] = torch.from_numpy(np.stack([e[1] for e in examples]))
             out = net(torch.from_numpy(np.stack([e[0] for e in examples])))
@@ -145,14 +159,25 @@ def train_fold(cases: list[NoduleCase], fold: int | None, out_dir: Path,
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(index)
             seen += len(index)
-        record = {"fold": fold, "epoch": epoch, "seconds": round(time.time() - started, 1),
-                  **{k: round(v / seen, 4) for k, v in sums.items()}}
+        record = {
+            "fold": fold,
+            "epoch": epoch,
+            "seconds": round(time.time() - started, 1),
+            **{k: round(v / seen, 4) for k, v in sums.items()},
+        }
         log.info(json.dumps(record))
         with open(history_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch}, tmp)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+            },
+            tmp,
+        )
         tmp.replace(checkpoint)
     tmp = final.with_suffix(".tmp")
     torch.save(net.state_dict(), tmp)
@@ -160,9 +185,13 @@ def train_fold(cases: list[NoduleCase], fold: int | None, out_dir: Path,
     return final
 
 
-def train_cross_validation(data_dir: Path, out_dir: Path, folds: list[int] | None = None,
-                           settings: TrainSettings | None = None,
-                           limit: int | None = None) -> list[Path]:
+def train_cross_validation(
+    data_dir: Path,
+    out_dir: Path,
+    folds: list[int] | None = None,
+    settings: TrainSettings | None = None,
+    limit: int | None = None,
+) -> list[Path]:
     """Train one model per patient fold; each is resumable and skipped once finished."""
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)

@@ -65,7 +65,9 @@ def _load_nifti(path: Path) -> Volume:
     return Volume(np.asarray(image.dataobj), image.affine.astype(float))
 
 
-def load_cases(data_dir: Path, cache_dir: Path | None = None, limit: int | None = None) -> list[NoduleCase]:
+def load_cases(
+    data_dir: Path, cache_dir: Path | None = None, limit: int | None = None
+) -> list[NoduleCase]:
     """All nodules of ``nodules.csv`` in memory; pickled in ``cache_dir`` for the next run."""
     data_dir = Path(data_dir)
     cache = None if cache_dir is None else Path(cache_dir) / "lidc_cases.pkl"

@@ -1,0 +1,52 @@
+"""Measurements of the segmented nodule, in the scan's own voxels and world millimetres."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from medcnn.volume import Volume
+
+
+def component_nearest_centre(mask: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """The connected blob containing ``centre`` (index space), else the one nearest to it."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    centre = (np.asarray(mask.shape) - 1) / 2.0 if centre is None else np.asarray(centre)
+    at_centre = labels[tuple(np.clip(np.round(centre).astype(int), 0, np.asarray(mask.shape) - 1))]
+    if at_centre:
+        return labels == at_centre
+    index = np.argwhere(labels > 0)
+    nearest = index[np.argmin(np.linalg.norm(index - centre, axis=1))]
+    return labels == labels[tuple(nearest)]
+
+
+def volume_ml(segmentation: Volume) -> float:
+    voxel_mm3 = abs(np.linalg.det(segmentation.affine[:3, :3]))
+    return float(np.count_nonzero(segmentation.array) * voxel_mm3 / 1000.0)
+
+
+def longest_axial_diameter_mm(segmentation: Volume) -> float:
+    """The longest distance across the nodule within one axial slice, as a reader measures it.
+
+    Slices are taken along the voxel axis closest to the patient's S axis; the distance is
+    between voxel centres of the slice's outline, plus one in-plane voxel for their extent.
+    """
+    mask = np.asarray(segmentation.array) > 0
+    if not mask.any():
+        return 0.0
+    axis = int(np.argmax(np.abs(segmentation.affine[2, :3]) / segmentation.spacing))
+    in_plane = [a for a in range(3) if a != axis]
+    pixel = float(np.mean(segmentation.spacing[in_plane]))
+    best = 0.0
+    for k in np.unique(np.argwhere(mask)[:, axis]):
+        slab = np.take(mask, k, axis=axis)
+        outline = slab & ~ndimage.binary_erosion(slab)
+        idx2 = np.argwhere(outline).astype(float)
+        index = np.insert(idx2, axis, float(k), axis=1)
+        world = index @ segmentation.affine[:3, :3].T
+        if len(world) > 1:
+            diffs = world[:, None, :] - world[None, :, :]
+            best = max(best, float(np.sqrt((diffs**2).sum(-1)).max()))
+    return best + pixel

@@ -1,0 +1,59 @@
+"""Writing one analysis: all of its files appear together, or none of them do.
+
+Files are written into a hidden sibling folder and moved into place at the end, ``result.json``
+last, so a reader that sees ``result.json`` sees a complete result, and a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medcnn.volume import Volume
+
+RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
+
+
+def nifti_image(volume: Volume, dtype: type) -> nib.Nifti1Image:
+    image = nib.Nifti1Image(np.asarray(volume.array, dtype=dtype), volume.affine)
+    image.set_qform(volume.affine, code="scanner")
+    image.set_sform(volume.affine, code="scanner")
+    image.header.set_xyzt_units("mm")
+    return image
+
+
+def write_outputs(
+    out_dir: Path,
+    result: dict,
+    heatmap: Volume,
+    segmentation: Volume,
+    before_result: Callable[[dict], None] | None = None,
+) -> Path:
+    """Write ``result.json``, ``heatmap.nii.gz`` and ``segmentation.nii.gz`` atomically.
+
+    ``before_result`` may complete ``result`` (timings) once the volumes are written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        nib.save(nifti_image(heatmap, np.float32), staging / HEATMAP)
+        nib.save(nifti_image(segmentation, np.uint8), staging / SEGMENTATION)
+        if before_result is not None:
+            before_result(result)
+        (staging / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+        out_dir.mkdir(exist_ok=True)
+        for name in (HEATMAP, SEGMENTATION, RESULT):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
