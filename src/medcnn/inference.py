@@ -26,6 +26,7 @@ class Prediction:
     """The ensemble's answer in patch space."""
 
     member_probabilities: np.ndarray
+    member_features: np.ndarray
     segmentation: np.ndarray
     network_input: np.ndarray
     patch: Patch
@@ -46,8 +47,8 @@ def _segment(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
     return out["segmentation"][0].mean(0).numpy()
 
 
-def _with_flips(model: NoduleEnsemble, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Member probabilities and mean segmentation, averaged over the flipped copies."""
+def _with_flips(model: NoduleEnsemble, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Member features and probabilities, and the mean segmentation, over the flipped copies."""
     batch = torch.from_numpy(x)[None]
     flipped = torch.cat([batch.flip(dims) if dims else batch for dims in FLIPS])
     out = model.member_outputs(flipped)
@@ -55,7 +56,9 @@ def _with_flips(model: NoduleEnsemble, x: np.ndarray) -> tuple[np.ndarray, np.nd
         s.flip([d - 1 for d in dims]) if dims else s
         for s, dims in zip(out["segmentation"].mean(1, keepdim=True), FLIPS, strict=True)
     ]
-    return out["probability"].mean(0).numpy(), torch.stack(segs).mean(0)[0, 0].numpy()
+    features = out["features"].mean(0)
+    probabilities = model.combine(features)
+    return features.numpy(), probabilities.numpy(), torch.stack(segs).mean(0)[0].numpy()
 
 
 @torch.inference_mode()
@@ -71,8 +74,8 @@ def predict(model: NoduleEnsemble, patch: Patch, spec: PatchSpec) -> Prediction:
             break
         box = new_box
     x = network_input(patch, box, spec)
-    probabilities, segmentation = _with_flips(model, x)
-    return Prediction(probabilities, segmentation, x, patch, passes)
+    features, probabilities, segmentation = _with_flips(model, x)
+    return Prediction(probabilities, features, segmentation, x, patch, passes)
 
 
 def _central_component(probability: np.ndarray) -> np.ndarray:

@@ -108,36 +108,71 @@ def pixel_shuffle_3d(x: torch.Tensor) -> torch.Tensor:
 
 
 class NoduleEnsemble(nn.Module):
-    """The shipped model: one NoduleNet per cross-validation fold, plus their calibration.
+    """The shipped model: one NoduleNet per cross-validation fold, plus the head that combines
+    each member's outputs into a calibrated probability.
 
     ``forward`` gives what a MONAI classification bundle gives, calibrated class probabilities
-    (B, 2) for benign and malignant. ``members`` gives everything per member, which the engine
-    uses for the segmentation, the heatmap and the spread of the members (the uncertainty).
+    (B, 2) for benign and malignant. ``member_outputs`` gives everything per member, which the
+    engine uses for the segmentation, the heatmap and the spread of the members (uncertainty).
+
+    The combining head is a logistic regression, fitted on out-of-fold predictions, over what
+    each member sees in the image: its malignancy logit, its estimates of the readers' rating
+    and eight descriptors, and the log of the segmented volume. With its default weights it is
+    the plain sigmoid of the malignancy logit.
     """
+
+    n_features: int = 3 + len(DESCRIPTORS)
 
     def __init__(self, n_members: int = 5, channels: tuple[int, int, int, int] = (8, 16, 32, 64)):
         super().__init__()
         self.members = nn.ModuleList(NoduleNet(channels=channels) for _ in range(n_members))
-        # Platt scaling of each member's logit, fitted on out-of-fold predictions.
-        self.register_buffer("calibration_scale", torch.ones(1))
-        self.register_buffer("calibration_bias", torch.zeros(1))
+        weight = torch.zeros(self.n_features)
+        weight[0] = 1.0
+        self.register_buffer("feature_mean", torch.zeros(self.n_features))
+        self.register_buffer("feature_std", torch.ones(self.n_features))
+        self.register_buffer("head_weight", weight)
+        self.register_buffer("head_bias", torch.zeros(1))
 
-    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits * self.calibration_scale + self.calibration_bias)
+    @staticmethod
+    def features(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, F): malignancy logit, rating and descriptor logits, log segmented volume (mm^3
+        at the patch spacing)."""
+        volume = torch.sigmoid(out["segmentation"]).sum((1, 2, 3, 4))
+        return torch.cat(
+            [out["malignancy"], out["rating"], out["descriptors"], torch.log1p(volume)[:, None]], 1
+        )
+
+    def combine(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features - self.feature_mean) / self.feature_std
+        return torch.sigmoid(z @ self.head_weight + self.head_bias)
 
     @torch.jit.export
     def member_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per member: ``probability`` (B, M) calibrated, ``segmentation`` (B, M, N, N, N)."""
-        probabilities, segmentations = [], []
+        """Per member: ``probability`` (B, M), ``features`` (B, M, F),
+        ``segmentation`` probabilities (B, M, N, N, N)."""
+        probabilities, features, segmentations = [], [], []
         for member in self.members:
             out = member(x)
-            probabilities.append(self.calibrated(out["malignancy"]))
+            f = self.features(out)
+            features.append(f[:, None])
+            probabilities.append(self.combine(f)[:, None])
             segmentations.append(torch.sigmoid(out["segmentation"]))
         return {
             "probability": torch.cat(probabilities, 1),
+            "features": torch.cat(features, 1),
             "segmentation": torch.cat(segmentations, 1),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         malignant = self.member_outputs(x)["probability"].mean(1, keepdim=True)
         return torch.cat([1 - malignant, malignant], 1)
+
+
+def single_member(model: NoduleEnsemble, index: int) -> NoduleEnsemble:
+    """A one-member view of the ensemble (shared weights, same calibration), for evaluating a
+    fold's member on the patients it never saw."""
+    view = NoduleEnsemble(n_members=0)
+    view.members = nn.ModuleList([model.members[index]])
+    for name, buffer in model.named_buffers(recurse=False):
+        setattr(view, name, buffer)
+    return view.eval()

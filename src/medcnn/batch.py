@@ -1,0 +1,169 @@
+"""Many points in many scans: a manifest in, ``predictions.csv`` out, in the manifest's order.
+
+A case that fails does not stop the others: its ``error`` column says why, and the run ends
+with a non-zero exit code. Each case's files go to a folder whose name is derived from its
+row number and a sanitised id, never from the image's contents, and always inside the output
+folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
+
+REQUIRED_COLUMNS = ("image", "r", "a", "s")
+PREDICTION_COLUMNS = (
+    "id",
+    "image",
+    "r",
+    "a",
+    "s",
+    "probability",
+    "uncertainty",
+    "label",
+    "diameter_mm",
+    "volume_ml",
+    "output_dir",
+    "error",
+)
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    index: int
+    id: str
+    image: str
+    image_path: Path
+    point: tuple[str, str, str]
+
+
+def read_manifest(path: Path | str) -> list[ManifestRow]:
+    """Rows of ``image,r,a,s`` (optional ``id``); image paths relative to the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"The manifest {path} does not exist; give the path of a CSV file."
+        )
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise UsageError(
+                    f"The manifest {path} lacks the column(s) {', '.join(missing)}; its header "
+                    "must be image,r,a,s (and optionally id)."
+                )
+            rows = []
+            for index, raw in enumerate(reader):
+                row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+                image = row["image"]
+                rows.append(
+                    ManifestRow(
+                        index=index,
+                        id=row.get("id") or str(index + 1),
+                        image=image,
+                        image_path=(path.parent / image) if image else path.parent / "",
+                        point=(row["r"], row["a"], row["s"]),
+                    )
+                )
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"The manifest {path} is not a readable CSV file ({error}).") from error
+    if not rows:
+        raise UsageError(f"The manifest {path} has no rows; add one line per nodule.")
+    return rows
+
+
+def case_folder_name(row: ManifestRow) -> str:
+    """A folder name from the row number and a sanitised id: safe on every file system."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", row.id).strip("._")[:60] or "case"
+    return f"{row.index + 1:05d}_{safe}"
+
+
+def parse_point(row: ManifestRow) -> tuple[float, float, float]:
+    try:
+        return tuple(float(v) for v in row.point)  # type: ignore[return-value]
+    except ValueError as error:
+        raise UsageError(
+            f"Row {row.index + 1} has a point that is not three numbers ({', '.join(row.point)})."
+        ) from error
+
+
+def write_predictions(rows: list[dict], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+class BatchRunner:
+    """Runs an ``Analyzer`` over a manifest; ``rank``/``world_size`` shard it (torchrun)."""
+
+    def __init__(
+        self,
+        analyzer: object,
+        manifest: Path | str,
+        output_dir: Path | str,
+        progress: bool = True,
+        lps: bool = False,
+    ) -> None:
+        self.analyzer = analyzer
+        self.manifest = Path(manifest)
+        self.output_dir = Path(output_dir)
+        self.progress = progress
+        self.lps = lps
+
+    def analyze_row(self, row: ManifestRow) -> dict:
+        record = {
+            "id": row.id,
+            "image": row.image,
+            "r": row.point[0],
+            "a": row.point[1],
+            "s": row.point[2],
+            "error": "",
+        }
+        out = self.output_dir / "cases" / case_folder_name(row)
+        try:
+            if not row.image:
+                raise UsageError(f"Row {row.index + 1} has no image path.")
+            result = self.analyzer.analyze_file(row.image_path, parse_point(row), out, lps=self.lps)
+            record.update(
+                {
+                    "probability": result["probability"],
+                    "uncertainty": result["uncertainty"],
+                    "label": result["label"],
+                    "diameter_mm": result["diameter_mm"],
+                    "volume_ml": result["volume_ml"],
+                    "output_dir": str(out.relative_to(self.output_dir)),
+                }
+            )
+        except MedCNNError as error:
+            record["error"] = str(error)
+        except Exception as error:  # one broken case must not stop an archive run
+            record["error"] = f"unexpected error: {type(error).__name__}: {error}"
+        return record
+
+    def run(self) -> Path:
+        rows = read_manifest(self.manifest)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        iterator = rows
+        if self.progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(rows, desc="medcnn batch", unit="case")
+        records = [self.analyze_row(row) for row in iterator]
+        predictions = self.output_dir / "predictions.csv"
+        write_predictions(records, predictions)
+        failed = sum(1 for r in records if r["error"])
+        if failed:
+            raise BatchIncompleteError(
+                f"{failed} of {len(records)} cases failed; see the error column of {predictions}."
+            )
+        return predictions

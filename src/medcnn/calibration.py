@@ -1,0 +1,67 @@
+"""The combining head: a logistic regression over each member's image features.
+
+It is fitted on out-of-fold predictions only, so it learns how far to trust each member's
+outputs on patients the member never saw; that also calibrates the probability.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medcnn.network import NoduleEnsemble
+
+
+def fit_logistic(
+    features: np.ndarray, labels: np.ndarray, l2: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Standardised, ridge-penalised logistic regression by Newton's method."""
+    x = np.asarray(features, float)
+    y = np.asarray(labels, float)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    design = np.concatenate([(x - mean) / std, np.ones((len(x), 1))], 1)
+    w = np.zeros(design.shape[1])
+    penalty = np.full(design.shape[1], l2)
+    penalty[-1] = 0.0
+    for _ in range(100):
+        p = 1 / (1 + np.exp(-(design @ w)))
+        gradient = design.T @ (p - y) + penalty * w
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"mean": mean, "std": std, "weight": w[:-1], "bias": w[-1:]}
+
+
+def apply_logistic(head: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    z = (np.asarray(features, float) - head["mean"]) / head["std"]
+    return 1 / (1 + np.exp(-(z @ head["weight"] + head["bias"][0])))
+
+
+def install_head(model: NoduleEnsemble, head: dict[str, np.ndarray]) -> None:
+    """Put a fitted head into the model's buffers, so it ships inside ``model.pt``."""
+    for name, key in (
+        ("feature_mean", "mean"),
+        ("feature_std", "std"),
+        ("head_weight", "weight"),
+        ("head_bias", "bias"),
+    ):
+        getattr(model, name).copy_(torch.as_tensor(head[key], dtype=torch.float32))
+
+
+def feature_matrix(rows: list[dict]) -> np.ndarray:
+    return np.array([[r[f"feature_{i}"] for i in range(NoduleEnsemble.n_features)] for r in rows])
+
+
+def nested_head_probabilities(rows: list[dict], l2: float = 1.0) -> list[dict]:
+    """Each fold's probabilities from a head fitted on the other folds only: the honest numbers."""
+    binary = [r for r in rows if r["label"] is not None]
+    out = []
+    for fold in sorted({r["fold"] for r in rows}):
+        train = [r for r in binary if r["fold"] != fold]
+        head = fit_logistic(feature_matrix(train), [r["label"] for r in train], l2)
+        held = [r for r in rows if r["fold"] == fold]
+        for row, p in zip(held, apply_logistic(head, feature_matrix(held)), strict=True):
+            out.append({**row, "probability": float(p)})
+    return out

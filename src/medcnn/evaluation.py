@@ -1,0 +1,190 @@
+"""Cross-validated evaluation: each nodule judged by the fold model that never saw its patient.
+
+The numbers come from the same inference path a user's click takes (the patch, the context-box
+passes, the flips), on the volumes of interest, so what is reported is what is shipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medcnn.data.lidc import NoduleCase
+from medcnn.inference import predict
+from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
+from medcnn.metrics import (
+    dice,
+    expected_calibration_error,
+    reliability_bins,
+    roc_auc,
+    roc_curve,
+    threshold_metrics,
+)
+from medcnn.network import NoduleEnsemble, single_member
+from medcnn.preprocessing import PatchSpec, patch_to_scan, sample_patch
+from medcnn.volume import Volume
+
+EPS = 1e-6
+
+
+def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> dict:
+    """Probability, logit and segmentation quality for one nodule."""
+    patch = sample_patch(case.image, case.center_ras, spec)
+    prediction = predict(model, patch, spec)
+    seg = patch_to_scan(prediction.segmentation, patch, case.image, spec)
+    centre = seg.world_to_index(case.center_ras[None])[0]
+    nodule = component_nearest_centre(seg.array > 0.5, centre)
+    full = np.zeros(case.image.shape, dtype=bool)
+    offset = np.round(case.image.world_to_index(seg.affine[None, :3, 3])[0]).astype(int)
+    region = tuple(slice(o, o + n) for o, n in zip(offset, nodule.shape, strict=True))
+    full[region] = nodule
+    p = float(np.clip(prediction.probability, EPS, 1 - EPS))
+    return {
+        "name": case.name,
+        "patient_id": case.patient_id,
+        "fold": case.fold,
+        "rating": case.rating,
+        "label": case.binary_label,
+        "probability": p,
+        "uncertainty": prediction.uncertainty,
+        "logit": float(np.log(p / (1 - p))),
+        **{f"feature_{i}": float(v) for i, v in enumerate(prediction.member_features[0])},
+        "dice": dice(full, case.mask.array > 0),
+        "diameter_mm": longest_axial_diameter_mm(Volume(full.astype(np.uint8), case.image.affine)),
+        "reader_diameter_mm": case.diameter_mm,
+        "volume_ml": volume_ml(Volume(full.astype(np.uint8), case.image.affine)),
+    }
+
+
+def out_of_fold(
+    model: NoduleEnsemble,
+    member_folds: list[int],
+    cases: list[NoduleCase],
+    spec: PatchSpec,
+    progress: bool = False,
+) -> list[dict]:
+    """Every case judged by the member whose training left out the case's fold."""
+    rows = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="evaluating", unit="nodule")
+    views = {fold: single_member(model, i) for i, fold in enumerate(member_folds)}
+    for case in iterator:
+        if case.fold not in views:
+            continue
+        rows.append(evaluate_case(views[case.fold], case, spec))
+    return rows
+
+
+def summarize(rows: list[dict], threshold: float) -> dict:
+    """The bundle's reported metrics for the binary task (ratings 1-2 against 4-5)."""
+    binary = [r for r in rows if r["label"] is not None]
+    labels = np.array([r["label"] for r in binary], bool)
+    probs = np.array([r["probability"] for r in binary])
+    folds = sorted({r["fold"] for r in binary})
+    per_fold = {
+        str(f): roc_auc(
+            labels[[r["fold"] == f for r in binary]], probs[[r["fold"] == f for r in binary]]
+        )
+        for f in folds
+    }
+    diam = np.array([r["reader_diameter_mm"] for r in binary])
+    return {
+        "n_nodules": len(rows),
+        "n_binary": len(binary),
+        "auc": roc_auc(labels, probs),
+        "auc_per_fold": per_fold,
+        "auc_worst_fold": min(per_fold.values()) if per_fold else float("nan"),
+        "auc_reader_diameter": roc_auc(labels, diam),
+        "threshold": threshold,
+        **threshold_metrics(labels, probs, threshold),
+        "ece": expected_calibration_error(labels, probs),
+        "dice_mean": float(np.mean([r["dice"] for r in rows])),
+        "dice_median": float(np.median([r["dice"] for r in rows])),
+        "mean_uncertainty": float(np.mean([r["uncertainty"] for r in rows])),
+    }
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) -> list[Path]:
+    """``roc.png`` and ``reliability.png`` for the README and the bundle's docs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    binary = [r for r in rows if r["label"] is not None]
+    labels = np.array([r["label"] for r in binary], bool)
+    probs = np.array([r["probability"] for r in binary])
+    diam = np.array([r["reader_diameter_mm"] for r in binary])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    fpr, tpr = roc_curve(labels, probs)
+    ax.plot(fpr, tpr, lw=2, label=f"MedCNN (AUC {roc_auc(labels, probs):.3f})")
+    fpr_d, tpr_d = roc_curve(labels, diam)
+    ax.plot(fpr_d, tpr_d, lw=1, ls="--", label=f"readers' diameter ({roc_auc(labels, diam):.3f})")
+    called = probs >= threshold
+    ax.plot(
+        1 - (~called[~labels]).mean(),
+        called[labels].mean(),
+        "o",
+        color="black",
+        label=f"threshold {threshold:.2f}",
+    )
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+    ax.set(
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title="5-fold cross-validated ROC (LIDC-IDRI)",
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    roc_path = out_dir / "roc.png"
+    fig.savefig(roc_path)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    bins = [b for b in reliability_bins(labels, probs) if b["count"]]
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5, label="perfect calibration")
+    ax.plot(
+        [b["predicted"] for b in bins],
+        [b["observed"] for b in bins],
+        "o-",
+        label=f"MedCNN (ECE {expected_calibration_error(labels, probs):.3f})",
+    )
+    for b in bins:
+        ax.annotate(
+            str(b["count"]),
+            (b["predicted"], b["observed"]),
+            fontsize=7,
+            textcoords="offset points",
+            xytext=(4, -10),
+        )
+    ax.set(
+        xlabel="predicted probability of malignancy",
+        ylabel="observed fraction malignant",
+        title="Reliability (cross-validated)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    rel_path = out_dir / "reliability.png"
+    fig.savefig(rel_path)
+    plt.close(fig)
+    return [roc_path, rel_path]
+
+
+def write_summary(summary: dict, path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n")

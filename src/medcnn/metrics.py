@@ -1,0 +1,71 @@
+"""Binary-classification and segmentation metrics, written out so each one is easy to check."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve: the chance a malignant nodule scores above a benign one."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates at every threshold, from (0, 0) to (1, 1)."""
+    labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
+    thresholds = np.concatenate([[np.inf], np.sort(np.unique(scores))[::-1]])
+    tpr = np.array([(scores[labels] >= t).mean() for t in thresholds])
+    fpr = np.array([(scores[~labels] >= t).mean() for t in thresholds])
+    return fpr, tpr
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 10
+) -> float:
+    """Mean |observed rate - predicted probability| over equal-width bins, weighted by count."""
+    labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        chosen = which == b
+        if chosen.any():
+            error += chosen.mean() * abs(labels[chosen].mean() - probabilities[chosen].mean())
+    return float(error)
+
+
+def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
+    labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    return [
+        {
+            "low": float(edges[b]),
+            "high": float(edges[b + 1]),
+            "count": int((which == b).sum()),
+            "predicted": float(probabilities[which == b].mean()) if (which == b).any() else None,
+            "observed": float(labels[which == b].mean()) if (which == b).any() else None,
+        }
+        for b in range(bins)
+    ]
+
+
+def threshold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    labels = np.asarray(labels, bool)
+    called = np.asarray(probabilities) >= threshold
+    return {
+        "accuracy": float((called == labels).mean()),
+        "sensitivity": float(called[labels].mean()) if labels.any() else float("nan"),
+        "specificity": float((~called[~labels]).mean()) if (~labels).any() else float("nan"),
+    }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0

@@ -1,0 +1,88 @@
+"""Turn the five trained fold models into the shipped bundle: ensemble, combining head,
+weights, SHA-256 and the measured numbers in ``metadata.json``, ROC and reliability plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcnn.bundle import load_patch_spec, sha256_of
+from medcnn.calibration import (
+    apply_logistic,
+    feature_matrix,
+    fit_logistic,
+    install_head,
+    nested_head_probabilities,
+)
+from medcnn.data.lidc import load_cases
+from medcnn.evaluation import out_of_fold, plot_roc_and_reliability, summarize, write_rows
+from medcnn.network import NoduleEnsemble
+
+log = logging.getLogger(__name__)
+THRESHOLD = 0.5
+
+
+def assemble(run_dir: Path, folds: list[int]) -> NoduleEnsemble:
+    model = NoduleEnsemble(n_members=len(folds))
+    for member, fold in zip(model.members, folds, strict=True):
+        member.load_state_dict(
+            torch.load(Path(run_dir) / f"fold{fold}" / "model.pt", weights_only=True)
+        )
+    return model.eval()
+
+
+def rounded(summary: dict) -> dict:
+    return {
+        k: (
+            round(v, 4)
+            if isinstance(v, float)
+            else {kk: round(vv, 4) for kk, vv in v.items()}
+            if isinstance(v, dict)
+            else v
+        )
+        for k, v in summary.items()
+    }
+
+
+def build_release(
+    run_dir: Path, data_dir: Path, bundle_dir: Path, folds: list[int] | None = None
+) -> dict:
+    run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
+    folds = folds or [0, 1, 2, 3, 4]
+    spec = load_patch_spec(bundle_dir)
+    model = assemble(run_dir, folds)
+    cases = load_cases(Path(data_dir), cache_dir=run_dir / "cache")
+    rows = out_of_fold(model, folds, cases, spec, progress=True)
+    write_rows(rows, run_dir / "oof_raw.csv")
+    nested = nested_head_probabilities(rows)
+    binary = [r for r in rows if r["label"] is not None]
+    head = fit_logistic(feature_matrix(binary), [r["label"] for r in binary])
+    install_head(model, head)
+    shipped = [
+        {**r, "probability": float(p)}
+        for r, p in zip(rows, apply_logistic(head, feature_matrix(rows)), strict=True)
+    ]
+    weights = bundle_dir / "models" / "model.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), weights)
+    summary = {
+        "shipped": rounded(summarize(shipped, THRESHOLD)),
+        "nested": rounded(summarize(nested, THRESHOLD)),
+        "head": {k: np.round(v, 4).tolist() for k, v in head.items()},
+    }
+    metadata_path = bundle_dir / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata.setdefault("medcnn", {}).update(
+        {"weights_sha256": sha256_of(weights), "member_folds": folds, "threshold": THRESHOLD}
+    )
+    metadata["eval_metrics"] = summary["shipped"]
+    metadata["eval_metrics_nested_head"] = summary["nested"]
+    metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+    plot_roc_and_reliability(nested, bundle_dir / "docs" / "images", THRESHOLD)
+    write_rows(nested, run_dir / "oof_nested.csv")
+    (run_dir / "release_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
