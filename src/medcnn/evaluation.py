@@ -188,3 +188,41 @@ def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) 
 
 def write_summary(summary: dict, path: Path) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def every_nth(cases: list[NoduleCase], every: int | None) -> list[NoduleCase]:
+    """A fixed, reproducible subset (every n-th nodule of the table) for quick checks."""
+    return cases if not every or every <= 1 else cases[::every]
+
+
+class BundleEvaluator:
+    """``evaluate.json``'s runner: the shipped model's cross-validated numbers and plots."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        output_dir: Path | str,
+        bundle_dir: Path | str | None = None,
+        every: int | None = None,
+        trusted: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.data_dir, self.output_dir = Path(data_dir), Path(output_dir)
+        self.bundle_dir, self.every, self.trusted = bundle_dir, every, trusted
+        self.progress = progress
+
+    def run(self) -> dict:
+        from medcnn.analysis import Analyzer
+        from medcnn.bundle import read_metadata
+        from medcnn.data.lidc import load_cases
+
+        analyzer = Analyzer(self.bundle_dir, trusted=self.trusted)
+        folds = read_metadata(analyzer.bundle_dir)["medcnn"]["member_folds"]
+        cases = every_nth(load_cases(self.data_dir), self.every)
+        rows = out_of_fold(analyzer.model, folds, cases, analyzer.spec, progress=self.progress)
+        summary = summarize(rows, analyzer.threshold)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_rows(rows, self.output_dir / "predictions.csv")
+        write_summary(summary, self.output_dir / "metrics.json")
+        plot_roc_and_reliability(rows, self.output_dir, analyzer.threshold)
+        return summary

@@ -49,13 +49,17 @@ def rounded(summary: dict) -> dict:
 
 
 def build_release(
-    run_dir: Path, data_dir: Path, bundle_dir: Path, folds: list[int] | None = None
+    run_dir: Path,
+    data_dir: Path,
+    bundle_dir: Path,
+    folds: list[int] | None = None,
+    limit: int | None = None,
 ) -> dict:
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
     folds = folds or [0, 1, 2, 3, 4]
     spec = load_patch_spec(bundle_dir)
     model = assemble(run_dir, folds)
-    cases = load_cases(Path(data_dir), cache_dir=run_dir / "cache")
+    cases = load_cases(Path(data_dir), cache_dir=None if limit else run_dir / "cache", limit=limit)
     rows = out_of_fold(model, folds, cases, spec, progress=True)
     write_rows(rows, run_dir / "oof_raw.csv")
     nested = nested_head_probabilities(rows)

@@ -198,3 +198,41 @@ def train_cross_validation(
     cases = load_cases(Path(data_dir), cache_dir=out_dir / "cache", limit=limit)
     folds = sorted({c.fold for c in cases}) if folds is None else folds
     return [train_fold(cases, f, out_dir / f"fold{f}", settings) for f in folds]
+
+
+class CrossValidationTrainer:
+    """``train.json``'s runner: train the fold models, then assemble a release bundle from them.
+
+    The release goes to ``release_dir``, a copy of the shipped bundle's configs with the new
+    weights and numbers; copy it over ``monai_bundle/`` to ship it.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        run_dir: Path | str,
+        folds: list[int],
+        settings: TrainSettings,
+        release_dir: Path | str,
+        bundle_dir: Path | str,
+        limit: int | None = None,
+    ) -> None:
+        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.folds, self.settings, self.limit = list(folds), settings, limit
+        self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
+
+    def run(self) -> dict:
+        import shutil
+
+        from medcnn.release import build_release
+
+        train_cross_validation(
+            self.data_dir, self.run_dir, self.folds, self.settings, limit=self.limit
+        )
+        if self.release_dir.resolve() != self.bundle_dir.resolve():
+            for part in ("configs", "docs"):
+                shutil.copytree(self.bundle_dir / part, self.release_dir / part, dirs_exist_ok=True)
+            shutil.copy2(self.bundle_dir / "LICENSE", self.release_dir / "LICENSE")
+        return build_release(
+            self.run_dir, self.data_dir, self.release_dir, self.folds, limit=self.limit
+        )

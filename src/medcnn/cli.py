@@ -1,0 +1,324 @@
+"""The ``medcnn`` command: analyze, batch, demo, train, evaluate.
+
+Every failure a user can cause ends here as one sentence on stderr and a documented exit code
+(``medcnn exit-codes`` lists them); ``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from medcnn import __version__
+from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError
+
+EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: exit code 2, one sentence
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{message}; run `{self.prog} --help` for the options.")
+
+
+def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="a MONAI bundle folder to use instead of the shipped one",
+    )
+    parser.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow a bundle other than the shipped one: bundles can run code, "
+        "so only for bundles you trust",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="medcnn",
+        description=(
+            "MedCNN: judge a lung nodule at a point in a chest CT: probability of malignancy with "
+            "its uncertainty, segmentation with diameter and volume, and a heatmap of what the "
+            "network looked at."
+        ),
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"medcnn {__version__}")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="log progress and show tracebacks of errors"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="analyse one nodule in one scan",
+        description="Analyse the nodule at a point. Writes result.json, heatmap.nii.gz and "
+        "segmentation.nii.gz into --out (all or nothing).",
+        epilog=EPILOG,
+    )
+    analyze.add_argument(
+        "image", type=Path, help="the CT: a DICOM folder or file, NIfTI, NRRD or MHA"
+    )
+    analyze.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        required=True,
+        metavar=("R", "A", "S"),
+        help="the nodule's position in world millimetres, RAS as 3D Slicer "
+        "shows it (LPS with --lps)",
+    )
+    analyze.add_argument(
+        "--lps", action="store_true", help="the point is in LPS (DICOM/ITK) instead of RAS"
+    )
+    analyze.add_argument("--out", type=Path, required=True, help="output folder")
+    analyze.add_argument(
+        "--series-uid",
+        default=None,
+        help="the SeriesInstanceUID to use when a folder holds several series",
+    )
+    analyze.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write overlay.png: the heatmap and outline on the slice",
+    )
+    _add_bundle_options(analyze)
+
+    batch = commands.add_parser(
+        "batch",
+        help="analyse every row of a manifest CSV",
+        description="MANIFEST has the columns image,r,a,s (optional id); image paths are "
+        "relative to the manifest. Writes DIR/predictions.csv in the manifest's order and each "
+        "case's files under DIR/cases/. A failed case is reported in its error column and the "
+        "exit code is 11.",
+        epilog=EPILOG,
+    )
+    batch.add_argument("manifest", type=Path, help="the manifest CSV")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    batch.add_argument("--lps", action="store_true", help="the manifest's points are LPS")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_bundle_options(batch)
+
+    demo = commands.add_parser(
+        "demo",
+        help="analyse the synthetic phantom (the embedded default input)",
+        description="Generate MedCNN's synthetic CT phantom (not a patient) as a DICOM series "
+        "and NIfTI, analyse its nodule, and say where the outputs are.",
+        epilog=EPILOG,
+    )
+    demo.add_argument("--out", type=Path, default=Path("medcnn_demo"), help="output folder")
+
+    train = commands.add_parser(
+        "train",
+        help="train the five fold models and assemble a release bundle",
+        description="Train one model per patient fold of lidc_voi (resumable: rerun the same "
+        "command after an interruption), then assemble the ensemble, its combining head, "
+        "metrics and plots into --release-dir.",
+        epilog=EPILOG,
+    )
+    train.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/lidc_voi"),
+        help="the lidc_voi folder (with nodules.csv)",
+    )
+    train.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("runs/cv"),
+        help="checkpoints, logs and out-of-fold predictions",
+    )
+    train.add_argument(
+        "--release-dir",
+        type=Path,
+        default=None,
+        help="where to write the new bundle (default RUN_DIR/bundle)",
+    )
+    train.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument(
+        "--limit", type=int, default=None, help="use only the first N nodules (a smoke run)"
+    )
+    train.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="at most this many steps per epoch (a smoke run)",
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="cross-validated metrics, ROC curve and reliability diagram",
+        description="Judge each nodule of lidc_voi with the ensemble member that never saw its "
+        "patient; writes metrics.json, predictions.csv, roc.png and reliability.png.",
+        epilog=EPILOG,
+    )
+    evaluate.add_argument("--data", type=Path, default=Path("../shared/data/lidc_voi"))
+    evaluate.add_argument("--out", type=Path, default=Path("medcnn_evaluation"))
+    evaluate.add_argument(
+        "--every", type=int, default=None, help="only every N-th nodule (a quick, fixed subset)"
+    )
+    _add_bundle_options(evaluate)
+
+    commands.add_parser("exit-codes", help="list the exit codes and what they mean")
+    return parser
+
+
+def _analyzer(args: argparse.Namespace) -> object:
+    from medcnn.analysis import Analyzer
+
+    return Analyzer(args.bundle, trusted=args.trust_bundle)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    analyzer = _analyzer(args)
+
+    def report(stage: str, fraction: float) -> None:
+        logging.getLogger("medcnn").info("%3d%% %s", int(fraction * 100), stage)
+
+    result = analyzer.analyze_file(
+        args.image, args.point, args.out, lps=args.lps, progress=report, series_uid=args.series_uid
+    )
+    if args.overlay:
+        from medcnn.render import overlay_from_outputs
+
+        overlay_from_outputs(args.image, args.out, series_uid=args.series_uid)
+    print(
+        f"{result['label']}: probability of malignancy {result['probability']:.3f} "
+        f"(members {result['probability_interval'][0]:.3f}-"
+        f"{result['probability_interval'][1]:.3f}), diameter {result['diameter_mm']:.1f} mm, "
+        f"volume {result['volume_ml']:.3f} mL"
+    )
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from medcnn.batch import BatchRunner
+
+    runner = BatchRunner(
+        _analyzer(args), args.manifest, args.out, progress=not args.no_progress, lps=args.lps
+    )
+    predictions = runner.run()
+    print(f"predictions in {predictions}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from medcnn.analysis import Analyzer
+    from medcnn.demo import ensure_phantom
+    from medcnn.render import overlay_from_outputs
+
+    phantom = ensure_phantom()
+    analyzer = Analyzer()
+    result = analyzer.analyze_file(phantom["dicom_dir"], phantom["nodule_center_ras"], args.out)
+    overlay = overlay_from_outputs(phantom["dicom_dir"], args.out)
+    out = Path(args.out).resolve()
+    print("MedCNN demo on a SYNTHETIC phantom (not a patient; research use only)")
+    print(f"  input (DICOM series): {phantom['dicom_dir']}")
+    print(f"  input (NIfTI):        {phantom['nifti']}")
+    print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
+    print(
+        f"  probability of malignancy {result['probability']:.3f} ({result['label']}), "
+        f"diameter {result['diameter_mm']:.1f} mm, volume {result['volume_ml']:.3f} mL"
+    )
+    print(
+        f"  outputs: {out / 'result.json'}, {out / 'heatmap.nii.gz'}, "
+        f"{out / 'segmentation.nii.gz'}, {overlay}"
+    )
+    print(
+        "To see them in 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz "
+        "and segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
+        "the heatmap as foreground with the 'Inferno' or 'Hot' colour map."
+    )
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medcnn.bundle import default_bundle_dir
+    from medcnn.training import CrossValidationTrainer, TrainSettings
+
+    settings = TrainSettings(epochs=args.epochs, max_steps_per_epoch=args.max_steps)
+    trainer = CrossValidationTrainer(
+        args.data,
+        args.run_dir,
+        args.folds,
+        settings,
+        release_dir=args.release_dir or args.run_dir / "bundle",
+        bundle_dir=default_bundle_dir(),
+        limit=args.limit,
+    )
+    summary = trainer.run()
+    print(json.dumps(summary["nested"], indent=2))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medcnn.evaluation import BundleEvaluator
+
+    summary = BundleEvaluator(
+        args.data, args.out, args.bundle, every=args.every, trusted=args.trust_bundle
+    ).run()
+    print(json.dumps(summary, indent=2))
+    print(f"metrics, predictions, roc.png and reliability.png in {args.out}")
+    return 0
+
+
+def run_exit_codes(args: argparse.Namespace) -> int:
+    for code, meaning in sorted(EXIT_CODES.items()):
+        print(f"{code:>4}  {meaning}")
+    return 0
+
+
+COMMANDS = {
+    "analyze": run_analyze,
+    "batch": run_batch,
+    "demo": run_demo,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "exit-codes": run_exit_codes,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.command:
+            build_parser().print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except MedCNNError as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"medcnn: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"medcnn: error: {CancelledError('Cancelled by the user.')}", file=sys.stderr)
+        return CancelledError.exit_code
+    except Exception as error:
+        if verbose:
+            traceback.print_exc()
+        print(
+            f"medcnn: error: unexpected {type(error).__name__}: {error}. Rerun with --verbose "
+            "and report it.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

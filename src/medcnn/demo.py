@@ -1,0 +1,36 @@
+"""The embedded default input: a synthetic CT phantom the project makes itself.
+
+A real scan cannot ship in the repository, so ``medcnn demo`` and the bundle's default run
+analyse a generated phantom (lung-like background, one nodule), clearly labelled synthetic.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from medcnn.phantom import make_phantom
+
+
+def phantom_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "medcnn" / "phantom"
+
+
+def ensure_phantom(directory: Path | None = None) -> dict:
+    """The phantom's files and nodule centre, generated once and reused."""
+    directory = Path(directory) if directory else phantom_dir()
+    return make_phantom(directory)
+
+
+def demo_manifest(directory: Path | None = None) -> Path:
+    """A one-row manifest pointing at the phantom's DICOM series and nodule."""
+    info = ensure_phantom(directory)
+    manifest = Path(info["dicom_dir"]).parent / "manifest.csv"
+    r, a, s = info["nodule_center_ras"]
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image", "r", "a", "s"])
+        writer.writerow(["synthetic_phantom", Path(info["dicom_dir"]).name, r, a, s])
+    return manifest

@@ -1,0 +1,230 @@
+"""The persistent analysis process behind 3D Slicer and other viewers: ``python -m medcnn.worker``.
+
+Importing torch and loading the verified model take seconds; a viewer that paid them on every
+click would feel broken. The worker pays them once, then answers requests one at a time for as
+long as its parent keeps it. It never imports anything of Slicer: it is the engine's edge, like
+the command line, and turns ``MedCNNError`` into messages and exit codes the same way.
+
+Protocol: JSON lines. Every line the worker writes to stdout is one JSON object, flushed at
+once; everything else (logging, stray prints of libraries) goes to stderr.
+
+On start, once the model is loaded::
+
+    {"event": "ready", "pid": 1234, "model": {"name": ..., "version": ..., "weights_sha256": ...,
+     "threshold": ...}, "software": {"medcnn": ..., "monai": ..., "torch": ..., ...}}
+
+or, when the engine cannot start (dependencies missing, model bundle failing its check)::
+
+    {"event": "fatal", "message": "<one sentence>", "exit_code": 9}
+
+after which the worker exits with that code.
+
+Requests, one JSON object per stdin line::
+
+    {"id": "7", "image": "/tmp/scan.nrrd", "point": [21.9, 120.5, -611.5], "lps": false,
+     "out": "/tmp/results/7"}                        # optional: "series_uid": "1.2.3..."
+    {"id": "8", "command": "quit"}                   # or end of stdin: exit 0
+
+Answers, all carrying the request's ``id``, in this order::
+
+    {"id": "7", "event": "progress", "stage": "reading", "fraction": 0.0}   # stages: reading,
+    ...                                     # preprocessing, network, heatmap, writing, done;
+                                            # fraction is of the whole analysis, 0..1
+    {"id": "7", "event": "result", "result": {...result.json...}}
+  or
+    {"id": "7", "event": "error", "message": "<one sentence>", "exit_code": 8}
+
+Exit codes are the engine's (``medcnn.errors``); an unexpected exception is exit code 1 and the
+worker keeps serving. A line that is not a valid request is answered with exit code 2 (its
+``id`` is null when it cannot be read). Cancelling is the parent's business: it kills the
+worker's process group and starts a new worker for the next request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
+
+log = logging.getLogger("medcnn.worker")
+
+INTERNAL_ERROR = 1
+BAD_REQUEST = 2
+
+
+class Channel:
+    """The protocol's stdout: one JSON object a line, flushed, nothing else ever written to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def send(self, **message: Any) -> None:
+        self.stream.write(json.dumps(message, allow_nan=False) + "\n")
+        self.stream.flush()
+
+
+def claim_stdout() -> TextIO:
+    """Keep the real stdout for the protocol and send file descriptor 1 to stderr, so that a
+    library printing to stdout (Python or C) cannot corrupt the protocol stream."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return protocol
+
+
+class BadRequest(ValueError):
+    """A stdin line that is not a valid request; ``request_id`` is its id when readable."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+def parse_request(line: str) -> tuple[str | None, dict]:
+    """The request's id and content; raises ``BadRequest`` with a user sentence when invalid."""
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise BadRequest(f"The request is not valid JSON ({error.msg}).") from None
+    if not isinstance(request, dict):
+        raise BadRequest("The request must be a JSON object.")
+    request_id = None if request.get("id") is None else str(request["id"])
+    if request.get("command") is not None:
+        return request_id, request
+    missing = [key for key in ("id", "image", "point", "out") if key not in request]
+    if missing:
+        raise BadRequest(f"The request lacks {', '.join(missing)}.", request_id)
+    point = request["point"]
+    if not isinstance(point, list) or len(point) != 3:
+        raise BadRequest("The request's point must be a list of three numbers.", request_id)
+    return request_id, request
+
+
+def serve(
+    analyzer: Any,
+    lines: Iterable[str],
+    channel: Channel,
+    error_types: tuple[type[BaseException], ...],
+) -> int:
+    """Answer requests until ``quit`` or the end of input; returns the exit status (0)."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            request_id, request = parse_request(line)
+        except BadRequest as error:
+            channel.send(
+                id=error.request_id, event="error", message=str(error), exit_code=BAD_REQUEST
+            )
+            continue
+        command = request.get("command")
+        if command == "quit":
+            log.info("quit requested")
+            return 0
+        if command is not None:
+            channel.send(
+                id=request_id,
+                event="error",
+                message=f"Unknown command {command!r}; the worker knows only 'quit'.",
+                exit_code=BAD_REQUEST,
+            )
+            continue
+        answer(analyzer, request_id, request, channel, error_types)
+    return 0
+
+
+def answer(
+    analyzer: Any,
+    request_id: str | None,
+    request: dict,
+    channel: Channel,
+    error_types: tuple[type[BaseException], ...],
+) -> None:
+    """Run one analysis and send its progress and its result or error."""
+
+    def progress(stage: str, fraction: float) -> None:
+        channel.send(id=request_id, event="progress", stage=stage, fraction=float(fraction))
+
+    try:
+        options = {"series_uid": request["series_uid"]} if request.get("series_uid") else {}
+        result = analyzer.analyze_file(
+            request["image"],
+            request["point"],
+            request["out"],
+            lps=bool(request.get("lps", False)),
+            progress=progress,
+            **options,
+        )
+    except error_types as error:
+        log.info("request %s: %s", request_id, error)
+        channel.send(
+            id=request_id,
+            event="error",
+            message=str(error),
+            exit_code=int(getattr(error, "exit_code", INTERNAL_ERROR)),
+        )
+    except Exception as error:  # the worker outlives any one analysis
+        log.error("request %s failed unexpectedly:\n%s", request_id, traceback.format_exc())
+        channel.send(
+            id=request_id,
+            event="error",
+            message=f"Unexpected internal error ({type(error).__name__}: {error}); "
+            "the worker's log (stderr) has the details.",
+            exit_code=INTERNAL_ERROR,
+        )
+    else:
+        channel.send(id=request_id, event="result", result=result)
+
+
+def load_analyzer(bundle: str | None, trusted: bool) -> tuple[Any, tuple, Callable[[], dict]]:
+    """Import the engine and load the model: the slow part, done once."""
+    from medcnn.analysis import Analyzer, software_versions
+    from medcnn.errors import MedCNNError
+
+    return Analyzer(bundle, trusted=trusted), (MedCNNError,), software_versions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m medcnn.worker",
+        description="Persistent MedCNN analysis process speaking JSON lines on stdin/stdout.",
+    )
+    parser.add_argument("--bundle", help="model bundle folder (default: the shipped one)")
+    parser.add_argument(
+        "--trust-bundle", action="store_true", help="allow a bundle other than the shipped one"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="medcnn.worker %(levelname)s: %(message)s"
+    )
+    channel = Channel(claim_stdout())
+    try:
+        analyzer, error_types, software_versions = load_analyzer(args.bundle, args.trust_bundle)
+    except ImportError as error:
+        log.error("cannot import the engine:\n%s", traceback.format_exc())
+        channel.send(
+            event="fatal",
+            message=f"The analysis engine cannot start because a Python package is missing "
+            f"({error}); install MedCNN's dependencies and try again.",
+            exit_code=INTERNAL_ERROR,
+        )
+        return INTERNAL_ERROR
+    except Exception as error:
+        exit_code = int(getattr(error, "exit_code", INTERNAL_ERROR))
+        log.error("cannot load the model:\n%s", traceback.format_exc())
+        channel.send(event="fatal", message=str(error), exit_code=exit_code)
+        return exit_code
+    model = {k: analyzer.model_info[k] for k in ("name", "version", "weights_sha256", "threshold")}
+    log.info("ready: %s %s (pid %d)", model["name"], model["version"], os.getpid())
+    channel.send(event="ready", pid=os.getpid(), model=model, software=software_versions())
+    return serve(analyzer, sys.stdin, channel, error_types)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
