@@ -155,17 +155,14 @@ def context_box(
     """The box around a nodule that the network may look at, in patch voxels.
 
     The nodule's bounding box plus a margin, and at least ``box_min_inplane_mm`` wide in the
-    axial plane, as the training volumes of interest were cut. With no segmentation yet, a
-    box for a small nodule at the centre.
+    axial plane, as the training volumes of interest were cut. With no segmentation yet, the
+    whole patch: the first pass finds the nodule's extent in full context.
     """
     margin = spec.box_margin_mm if margin_mm is None else margin_mm
-    centre = (spec.size - 1) / 2.0
     if segmentation is None or not np.any(segmentation > 0.5):
-        lo = np.full(3, centre - 3.0 / spec.spacing_mm)
-        hi = np.full(3, centre + 3.0 / spec.spacing_mm)
-    else:
-        index = np.argwhere(segmentation > 0.5)
-        lo, hi = index.min(0).astype(float), index.max(0).astype(float)
+        return np.ones(spec.shape, dtype=np.float32)
+    index = np.argwhere(segmentation > 0.5)
+    lo, hi = index.min(0).astype(float), index.max(0).astype(float)
     pad = np.array([margin, margin, spec.box_margin_z_mm]) / spec.spacing_mm
     lo, hi = lo - pad, hi + 1 + pad
     half_min = spec.box_min_inplane_mm / spec.spacing_mm / 2.0
