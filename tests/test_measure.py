@@ -1,0 +1,49 @@
+"""Diameter and volume of known shapes, on anisotropic and flipped grids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
+from medcnn.volume import Volume, apply_affine
+
+
+def ball(affine: np.ndarray, shape: tuple[int, int, int], radius_mm: float) -> Volume:
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    world = apply_affine(affine, index.reshape(-1, 3)).reshape(*shape, 3)
+    centre = apply_affine(affine, ((np.asarray(shape) - 1) / 2)[None])[0]
+    return Volume((np.linalg.norm(world - centre, axis=-1) <= radius_mm).astype(np.uint8), affine)
+
+
+def test_ball_volume_and_diameter_on_an_anisotropic_grid() -> None:
+    affine = np.diag([-0.6, -0.6, 1.25, 1.0])
+    seg = ball(affine, (60, 60, 30), radius_mm=7.5)
+    assert abs(volume_ml(seg) - 4 / 3 * np.pi * 7.5**3 / 1000) < 0.06
+    assert abs(longest_axial_diameter_mm(seg) - 15.0) < 0.8
+
+
+def test_diameter_is_axial_even_when_the_slices_are_the_first_axis() -> None:
+    # slices along the array's first axis (as some files store them)
+    # i -> S (2 mm), j -> R, k -> A (0.7 mm)
+    affine = np.array([[0, 0.7, 0, 0], [0, 0, 0.7, 0], [2.0, 0, 0, 0], [0, 0, 0, 1]], float)
+    elongated = np.zeros((10, 40, 40), np.uint8)
+    elongated[4:6, 5:35, 18:22] = 1  # 30 voxels * 0.7 mm long in-plane
+    diameter = longest_axial_diameter_mm(Volume(elongated, affine))
+    assert abs(diameter - 30 * 0.7) < 0.8
+
+
+def test_empty_segmentation_measures_zero() -> None:
+    empty = Volume(np.zeros((5, 5, 5), np.uint8), np.eye(4))
+    assert longest_axial_diameter_mm(empty) == 0.0
+    assert volume_ml(empty) == 0.0
+
+
+def test_component_nearest_centre_ignores_other_blobs() -> None:
+    mask = np.zeros((20, 20, 20), bool)
+    mask[8:12, 8:12, 8:12] = True
+    mask[0:3, 0:3, 0:3] = True
+    kept = component_nearest_centre(mask)
+    assert kept[10, 10, 10] and not kept[1, 1, 1]
+    off_centre = np.zeros_like(mask)
+    off_centre[15:18, 15:18, 15:18] = True
+    assert component_nearest_centre(off_centre).sum() == 27
