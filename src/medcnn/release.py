@@ -24,6 +24,7 @@ from medcnn.network import NoduleEnsemble
 
 log = logging.getLogger(__name__)
 THRESHOLD = 0.5
+CHECK_EVERY = 8  # the fixed subset (every 8th nodule) that the tests re-evaluate
 
 
 def assemble(run_dir: Path, folds: list[int]) -> NoduleEnsemble:
@@ -83,6 +84,10 @@ def build_release(
     metadata.setdefault("medcnn", {}).update(
         {"weights_sha256": sha256_of(weights), "member_folds": folds, "threshold": THRESHOLD}
     )
+    metadata["medcnn"]["check_subset"] = {
+        "every": CHECK_EVERY,
+        **rounded(summarize(shipped[::CHECK_EVERY], THRESHOLD)),
+    }
     metadata["eval_metrics"] = summary["shipped"]
     metadata["eval_metrics_nested_head"] = summary["nested"]
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")

@@ -1,0 +1,258 @@
+"""End to end, as a user runs it: real scans, the shipped model, files on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnn.analysis import Analyzer
+from medcnn.metrics import dice
+from medcnn.phantom import make_phantom
+from medcnn.preprocessing import resample
+from medcnn.reading import read_scan
+from medcnn.volume import Volume
+
+LUNG1_NODULE_RAS = (21.86, 120.54, -611.50)
+SCHEMA_KEYS = {
+    "schema_version",
+    "probability",
+    "uncertainty",
+    "probability_interval",
+    "threshold",
+    "label",
+    "diameter_mm",
+    "volume_ml",
+    "point",
+    "input",
+    "outputs",
+    "model",
+    "software",
+    "timings_s",
+    "warnings",
+}
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer()
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_phantom(tmp_path_factory.mktemp("phantom"))
+
+
+def medcnn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "medcnn.cli", *args], capture_output=True, text=True
+    )
+
+
+def nifti(path: Path) -> Volume:
+    image = nib.load(str(path))
+    return Volume(np.asarray(image.dataobj), image.affine)
+
+
+def assert_on_scan_grid(output: Volume, scan: Volume) -> None:
+    """Same spacing and direction as the scan, voxel centres on the scan's voxel centres."""
+    np.testing.assert_allclose(output.affine[:3, :3], scan.affine[:3, :3], atol=1e-4)
+    origin = scan.world_to_index(output.affine[None, :3, 3])[0]
+    np.testing.assert_allclose(origin, np.round(origin), atol=1e-3)
+
+
+@pytest.mark.data
+def test_analyze_lung1_from_the_command_line(shared_data: Path, tmp_path: Path) -> None:
+    image = shared_data / "ct" / "lung1" / "lung1_image.nrrd"
+    out = tmp_path / "out"
+    done = medcnn("analyze", str(image), "--point", *map(str, LUNG1_NODULE_RAS), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert SCHEMA_KEYS <= set(result)
+    assert 0.0 <= result["probability"] <= 1.0
+    assert result["label"] in ("benign", "malignant")
+    assert result["model"]["weights_sha256"]
+    scan = read_scan(image)
+    heatmap, seg = nifti(out / "heatmap.nii.gz"), nifti(out / "segmentation.nii.gz")
+    assert_on_scan_grid(heatmap, scan)
+    assert_on_scan_grid(seg, scan)
+    assert heatmap.array.dtype == np.float32
+    assert 0.0 <= heatmap.array.min() and heatmap.array.max() <= 1.0
+    # the segmentation is where the radiologist's label is
+    label = sitk.ReadImage(str(shared_data / "ct" / "lung1" / "lung1_label.nrrd"))
+    label_array = sitk.GetArrayFromImage(label).transpose(2, 1, 0).astype(np.float32)
+    label_affine = scan.affine  # image and label share one grid
+    on_seg_grid = resample(label_array, label_affine, seg.shape, seg.affine, mode="nearest")
+    assert dice(seg.array > 0, on_seg_grid > 0.5) > 0.55
+    assert 5.0 < result["diameter_mm"] < 30.0
+
+
+@pytest.mark.data
+def test_lps_point_gives_the_same_answer(
+    shared_data: Path, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    image = shared_data / "ct" / "lung1" / "lung1_image.nrrd"
+    r, a, s = LUNG1_NODULE_RAS
+    ras = analyzer.analyze_file(image, (r, a, s), tmp_path / "ras")
+    lps = analyzer.analyze_file(image, (-r, -a, s), tmp_path / "lps", lps=True)
+    assert ras["probability"] == lps["probability"]
+    assert lps["point"]["given_as"] == "LPS" and lps["point"]["ras"] == ras["point"]["ras"]
+
+
+def dataset_style_cutout(scan: Volume, label: np.ndarray) -> Volume:
+    """Cut a volume of interest as lidc_voi was made: the nodule's bounding box, at least 44
+    voxels in-plane, and about a seventh of its extent as margin."""
+    index = np.argwhere(label > 0)
+    lo, hi = index.min(0), index.max(0) + 1
+    margin = np.round((hi - lo) / 7).astype(int)
+    lo, hi = lo - margin, hi + margin
+    for axis in (0, 1):
+        short = 44 - (hi[axis] - lo[axis])
+        if short > 0:
+            lo[axis] -= short // 2
+            hi[axis] += short - short // 2
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, scan.shape)
+    affine = scan.affine.copy()
+    affine[:3, 3] = scan.index_to_world(lo[None].astype(float))[0]
+    return Volume(scan.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].copy(), affine)
+
+
+@pytest.mark.data
+def test_cutout_and_full_scan_agree(shared_data: Path, analyzer: Analyzer) -> None:
+    scan = read_scan(shared_data / "ct" / "lung1" / "lung1_image.nrrd")
+    label = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(shared_data / "ct" / "lung1" / "lung1_label.nrrd"))
+    ).transpose(2, 1, 0)
+    cutout = dataset_style_cutout(scan, label)
+    point = np.array(LUNG1_NODULE_RAS)
+    full = analyzer.analyze_volume(scan, point)
+    cut = analyzer.analyze_volume(cutout, point)
+    assert abs(full.result["probability"] - cut.result["probability"]) <= 0.1
+    # compare the two segmentations in world space, on the full scan's block
+    cut_on_full = resample(
+        cut.segmentation.array.astype(np.float32),
+        cut.segmentation.affine,
+        full.segmentation.shape,
+        full.segmentation.affine,
+        mode="nearest",
+    )
+    assert dice(full.segmentation.array > 0, cut_on_full > 0.5) >= 0.9
+
+
+def test_dicom_and_nifti_of_the_same_scan_agree(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    point = phantom["nodule_center_ras"]
+    from_dicom = analyzer.analyze_file(phantom["dicom_dir"], point, tmp_path / "dicom")
+    from_nifti = analyzer.analyze_file(phantom["nifti"], point, tmp_path / "nifti")
+    assert abs(from_dicom["probability"] - from_nifti["probability"]) < 1e-4
+    seg_d = nifti(tmp_path / "dicom" / "segmentation.nii.gz")
+    seg_n = nifti(tmp_path / "nifti" / "segmentation.nii.gz")
+    moved = resample(
+        seg_n.array.astype(np.float32), seg_n.affine, seg_d.shape, seg_d.affine, mode="nearest"
+    )
+    assert seg_d.array.sum() > 0
+    assert dice(seg_d.array > 0, moved > 0.5) > 0.99
+    # the phantom's nodule is found and measured
+    assert abs(from_dicom["diameter_mm"] - phantom["nodule_diameter_mm"]) < 4.0
+
+
+def test_same_input_gives_bit_identical_outputs(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    point = phantom["nodule_center_ras"]
+    first = analyzer.analyze_file(phantom["nifti"], point, tmp_path / "a")
+    second = Analyzer().analyze_file(phantom["nifti"], point, tmp_path / "b")
+    assert first["probability"] == second["probability"]
+    for name in ("heatmap.nii.gz", "segmentation.nii.gz"):
+        a, b = nifti(tmp_path / "a" / name), nifti(tmp_path / "b" / name)
+        np.testing.assert_array_equal(a.array, b.array)
+        np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_batch_goes_on_past_a_failure_and_keeps_the_order(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    manifest = tmp_path / "cases" / "manifest.csv"
+    manifest.parent.mkdir()
+    r, a, s = phantom["nodule_center_ras"]
+    rows = [
+        ["id", "image", "r", "a", "s"],
+        ["first", str(phantom["nifti"]), r, a, s],
+        ["../../escape", "missing.nii.gz", r, a, s],
+        ["third", str(phantom["dicom_dir"]), r, a, s],
+    ]
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    out = tmp_path / "out"
+    done = medcnn("batch", str(manifest), "--out", str(out), "--no-progress")
+    assert done.returncode == 11, done.stderr
+    with open(out / "predictions.csv") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert [p["id"] for p in predictions] == ["first", "../../escape", "third"]
+    assert predictions[0]["error"] == "" and predictions[2]["error"] == ""
+    assert "does not exist" in predictions[1]["error"]
+    # batch and analyze give the same numbers; case folders stay inside the output folder
+    single = analyzer.analyze_file(phantom["nifti"], (r, a, s), tmp_path / "single")
+    assert float(predictions[0]["probability"]) == pytest.approx(single["probability"], abs=1e-6)
+    for folder in (out / "cases").iterdir():
+        assert folder.resolve().parent == (out / "cases").resolve()
+
+
+def test_monai_bundle_run_on_a_manifest(phantom: dict, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    r, a, s = phantom["nodule_center_ras"]
+    manifest.write_text(f"image,r,a,s\n{phantom['nifti']},{r},{a},{s}\n")
+    out = tmp_path / "bundle_out"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(repo / "monai_bundle" / "configs" / "inference.json"),
+            "--manifest",
+            str(manifest),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out / "predictions.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["error"] == "" and 0.0 <= float(row["probability"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "args, code, phrase",
+    [
+        (["analyze", "no/such/scan.nii.gz", "--point", "0", "0", "0"], 3, "does not exist"),
+        (["analyze", "{nifti}", "--point", "900", "0", "0"], 8, "outside the scan"),
+        (["analyze", "{nifti}", "--point", "nan", "0", "0"], 2, "finite"),
+        (["analyze", "{nifti}"], 2, "--point"),
+    ],
+)
+def test_user_errors_are_one_sentence_an_exit_code_and_no_files(
+    phantom: dict, tmp_path: Path, args: list[str], code: int, phrase: str
+) -> None:
+    out = tmp_path / "out"
+    args = [a.format(nifti=phantom["nifti"]) for a in args]
+    done = medcnn(*args, "--out", str(out))
+    assert done.returncode == code, done.stderr
+    assert phrase in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
+    assert list(tmp_path.glob(".out*")) == []

@@ -1,0 +1,130 @@
+"""The shipped MONAI bundle: complete metadata, verified weights, MONAI's own checks, offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcnn.bundle import default_bundle_dir, load_ensemble, sha256_of
+from medcnn.errors import ModelIntegrityError
+
+BUNDLE = default_bundle_dir()
+METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+
+
+def test_metadata_is_complete() -> None:
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+        "intended_use",
+        "data_source",
+        "references",
+        "eval_metrics",
+    ):
+        assert METADATA.get(key), key
+    assert "not for clinical use" in METADATA["intended_use"].lower()
+    assert "medcnn" in METADATA["required_packages_version"]
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ece", "dice_mean"):
+        assert 0.0 <= METADATA["eval_metrics"][key] <= 1.0, key
+    assert METADATA["medcnn"]["weights_sha256"] == sha256_of(BUNDLE / "models" / "model.pt")
+
+
+def test_weights_are_small_enough_to_commit() -> None:
+    assert (BUNDLE / "models" / "model.pt").stat().st_size < 25 * 1024 * 1024
+
+
+def test_verify_net_in_out_runs_offline() -> None:
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+        device="cpu",
+    )
+
+
+def test_ckpt_export_gives_the_same_answers(tmp_path: Path) -> None:
+    from monai.bundle import ckpt_export
+
+    target = tmp_path / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(target),
+        ckpt_file=str(BUNDLE / "models" / "model.pt"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        config_file=str(BUNDLE / "configs" / "inference.json"),
+    )
+    scripted = torch.jit.load(str(target))
+    model, _ = load_ensemble(BUNDLE)
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+
+
+def tampered_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    weights = copy / "models" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return copy
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    copy = tampered_copy(tmp_path)
+    with pytest.raises(ModelIntegrityError, match="SHA-256"):
+        load_ensemble(copy, trusted=True)
+
+
+def test_another_bundle_needs_an_explicit_trust_flag(tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    with pytest.raises(ModelIntegrityError, match="trust"):
+        load_ensemble(copy)
+    model, info = load_ensemble(copy, trusted=True)
+    assert info["weights_sha256"] == METADATA["medcnn"]["weights_sha256"]
+
+
+def test_cli_refuses_tampered_bundle_with_exit_code_9(tmp_path: Path) -> None:
+    copy = tampered_copy(tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcnn.cli",
+            "analyze",
+            "x.nii.gz",
+            "--point",
+            "0",
+            "0",
+            "0",
+            "--out",
+            str(out),
+            "--bundle",
+            str(copy),
+            "--trust-bundle",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 9
+    assert "SHA-256" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
