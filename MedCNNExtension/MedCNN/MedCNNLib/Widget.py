@@ -1,0 +1,148 @@
+"""The module panel: inputs, Analyze/Cancel, progress, display settings, results table.
+
+Deliberately thin: it reads the user's choices, hands them to ``MedCNNLogic`` and polls the
+running task from a Qt timer, so Slicer's main thread never waits for the analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import qt
+import slicer
+
+from .AnalysisLogic import AnalysisError, MedCNNLogic
+from .InstallLogic import InstallError, InstallLogic
+from .Parameters import Parameters
+
+UI_FILE = Path(__file__).resolve().parent.parent / "Resources" / "UI" / "MedCNN.ui"
+POLL_INTERVAL_MS = 100
+ERROR_STYLE = "color: #c62828;"
+
+
+class Widget(qt.QWidget):
+    def __init__(self, logic: MedCNNLogic | None = None, parent: qt.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.logic = logic or MedCNNLogic()
+        self.settings = qt.QSettings()
+        self.logic.parameters = Parameters.load(self.settings)
+        self.task = None
+
+        uiWidget = slicer.util.loadUI(str(UI_FILE))
+        layout = qt.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.ui.opacitySlider.value = self.logic.parameters.heatmapOpacity
+        self.ui.thresholdSlider.value = self.logic.parameters.heatmapThreshold
+        self.ui.pointsPlaceWidget.placeMultipleMarkups = (
+            slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+        )
+        self.ui.pointsPlaceWidget.setCurrentNode(self.ui.pointsSelector.currentNode())
+
+        self.ui.pointsSelector.connect(
+            "currentNodeChanged(vtkMRMLNode*)", self.ui.pointsPlaceWidget.setCurrentNode
+        )
+        self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeOrCancel)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+        self._sceneObserver = slicer.mrmlScene.AddObserver(
+            slicer.mrmlScene.StartCloseEvent, self.onSceneClosing
+        )
+
+    def cleanup(self) -> None:
+        """Called when the module is closed or reloaded: stop the work and the worker."""
+        self.timer.stop()
+        if self.task is not None and not self.task.done:
+            self.task.cancel()
+        slicer.mrmlScene.RemoveObserver(self._sceneObserver)
+        self.logic.parameters.save(self.settings)
+        self.logic.cleanup()
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def onAnalyzeOrCancel(self) -> None:
+        if self.task is not None and not self.task.done:
+            self.task.cancel()
+            self.onPoll()
+            return
+        self.showStatus("")
+        try:
+            if not self.ensureDependencies():
+                return
+            self.task = self.logic.startAnalysis(
+                self.ui.volumeSelector.currentNode(), self.ui.pointsSelector.currentNode()
+            )
+        except (AnalysisError, InstallError) as error:
+            self.showStatus(str(error), error=True)
+            return
+        self.ui.analyzeButton.text = "Cancel"
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.format = self.task.statusText
+        self.timer.start()
+
+    def ensureDependencies(self) -> bool:
+        installer = InstallLogic.forSlicer(
+            confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, "MedCNN"),
+            log_=self.showInstallProgress,
+        )
+        if installer.plan().empty:
+            return True
+        with slicer.util.WaitCursor():
+            installer.ensure()
+        return True
+
+    def onPoll(self) -> None:
+        task = self.task
+        if task is None:
+            self.timer.stop()
+            return
+        try:
+            done = task.poll()
+        except Exception as error:  # never leave the timer running on a broken task
+            logging.exception("MedCNN analysis failed")
+            task.cancel()
+            self.finish(f"The analysis failed unexpectedly ({error}).", error=True)
+            return
+        self.ui.progressBar.value = int(round(task.progress * 1000))
+        self.ui.progressBar.format = task.statusText
+        if done:
+            self.finish(task.message, error=bool(task.failed))
+
+    def finish(self, message: str, error: bool = False) -> None:
+        self.timer.stop()
+        self.ui.analyzeButton.text = "Analyze"
+        self.showStatus(message, error=error)
+        task = self.task
+        if task is not None and task.succeeded:
+            tableID = task.succeeded[-1].nodeIDs.get("table")
+            tableNode = slicer.mrmlScene.GetNodeByID(tableID) if tableID else None
+            if tableNode is not None:
+                self.ui.resultsTableView.setMRMLTableNode(tableNode)
+        self.ui.progressBar.format = task.statusText if task is not None else "Ready"
+
+    def showStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.styleSheet = ERROR_STYLE if error else ""
+
+    def showInstallProgress(self, text: str) -> None:
+        self.showStatus(text)
+        slicer.app.processEvents()  # the install blocks; let the message show
+
+    def onOpacityChanged(self, value: float) -> None:
+        self.logic.setHeatmapOpacity(value)
+
+    def onThresholdChanged(self, value: float) -> None:
+        self.logic.setHeatmapThreshold(value)
+
+    def onSceneClosing(self, caller: slicer.vtkMRMLScene, event: str) -> None:
+        if self.task is not None and not self.task.done:
+            self.task.cancel()
+            self.onPoll()

@@ -1,0 +1,120 @@
+"""A stand-in for ``python -m medcnn.worker`` that speaks the same protocol without the model.
+
+It reads the scan with SimpleITK and writes a heatmap (a Gaussian blob) and a segmentation
+(a ball) on a sub-grid of the scan's own grid around the point, like the engine does, so the
+fast tests exercise the real runner and the real MRML import in seconds. Behaviour switches,
+by environment variable ``STANDIN_MODE``:
+
+- ``normal``: answer every request;
+- ``hang``: report progress, start a child process (so there is a process tree), then hang;
+- ``die``: report progress, then exit with status 3 after writing a line to stderr;
+- ``fatal``: say the engine cannot start, as the real worker does when torch is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+RADIUS = 8  # voxels of the sub-grid around the point
+
+
+def send(**message) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def analyse(request: dict) -> dict:
+    image = sitk.ReadImage(request["image"])
+    ras = np.asarray(request["point"], dtype=float)
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    index = np.round(image.TransformPhysicalPointToContinuousIndex(lps.tolist())).astype(int)
+    size = np.asarray(image.GetSize())
+    if np.any(index < 0) or np.any(index >= size):
+        raise LookupError(f"The point {ras.round(1).tolist()} (RAS mm) lies outside the scan.")
+    low = np.maximum(index - RADIUS, 0)
+    high = np.minimum(index + RADIUS + 1, size)
+    region = sitk.RegionOfInterest(image, (high - low).tolist(), low.tolist())
+    grid = np.stack(
+        np.meshgrid(
+            *[np.arange(lo, hi) - c for lo, hi, c in zip(low, high, index, strict=True)],
+            indexing="ij",
+        )
+    )
+    distance = np.sqrt((grid**2).sum(axis=0)).transpose(2, 1, 0)  # sitk arrays are z, y, x
+    heat = sitk.GetImageFromArray(np.exp(-(distance**2) / 18.0).astype(np.float32))
+    heat.CopyInformation(region)
+    ball = sitk.GetImageFromArray((distance <= 3).astype(np.uint8))
+    ball.CopyInformation(region)
+    out = Path(request["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(heat, str(out / "heatmap.nii.gz"))
+    sitk.WriteImage(ball, str(out / "segmentation.nii.gz"))
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    result = {
+        "schema_version": 1,
+        "probability": 0.731,
+        "uncertainty": 0.042,
+        "probability_interval": [0.69, 0.78],
+        "threshold": 0.5,
+        "label": "malignant",
+        "diameter_mm": 7.25,
+        "volume_ml": round(int((distance <= 3).sum()) * voxel_ml, 4),
+        "point": {"ras": ras.tolist(), "lps": lps.tolist(), "given_as": "RAS"},
+        "input": {"path": request["image"], "format": "nrrd", "shape": size.tolist()},
+        "outputs": {
+            "heatmap": "heatmap.nii.gz",
+            "segmentation": "segmentation.nii.gz",
+            "result": "result.json",
+        },
+        "model": {"name": "standin", "version": "0.0.1", "weights_sha256": "0" * 64},
+        "software": {"medcnn": "0.0.0-standin"},
+        "warnings": [],
+    }
+    (out / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def main() -> int:
+    mode = os.environ.get("STANDIN_MODE", "normal")
+    if mode == "fatal":
+        send(event="fatal", message="The analysis engine cannot start (no torch).", exit_code=1)
+        return 1
+    send(event="ready", pid=os.getpid(), model={"name": "standin", "version": "0.0.1"})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("command") == "quit":
+            return 0
+        rid = request["id"]
+        for stage, fraction in (("reading", 0.0), ("preprocessing", 0.2), ("network", 0.3)):
+            send(id=rid, event="progress", stage=stage, fraction=fraction)
+        if mode == "hang":
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            sys.stderr.write(f"child {child.pid}\n")
+            sys.stderr.flush()
+            send(id=rid, event="progress", stage="child", fraction=float(child.pid))
+            time.sleep(600)
+        if mode == "die":
+            sys.stderr.write("standin: simulated crash\n")
+            sys.stderr.flush()
+            return 3
+        try:
+            result = analyse(request)
+        except LookupError as error:
+            send(id=rid, event="error", message=str(error), exit_code=8)
+            continue
+        for stage, fraction in (("heatmap", 0.6), ("writing", 0.9), ("done", 1.0)):
+            send(id=rid, event="progress", stage=stage, fraction=fraction)
+        send(id=rid, event="result", result=result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
