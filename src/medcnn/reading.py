@@ -1,13 +1,14 @@
 """Read a CT scan from disk into a :class:`~medcnn.volume.Volume` in RAS millimetres and HU.
 
 ``read_scan`` is the engine's one way in. It accepts a DICOM series (a folder, searched
-recursively, a DICOMDIR-layout folder, or one file of the series), NIfTI (``.nii``, ``.nii.gz``),
-NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``). Each library does what it does
-best: pydicom reads DICOM headers only, to choose the series and check its geometry; SimpleITK
-(GDCM) decodes the chosen files' pixels, compressed or not, and applies RescaleSlope/Intercept;
-nibabel reads NIfTI with the qform/sform it picks (already RAS); SimpleITK reads NRRD and MHA,
-whose LPS geometry is converted here, once. The affine is always ``direction @ diag(spacing)``
-plus the origin, so ``array[i, j, k]`` sits at ``affine @ (i, j, k, 1)``.
+recursively; a DICOMDIR or the folder it indexes; or one file of the series), NIfTI (``.nii``,
+``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) and MetaImage (``.mha``, ``.mhd``). Each library does
+what it does best: pydicom reads DICOM headers only, to choose the series and check its geometry;
+SimpleITK (GDCM) decodes the chosen files' pixels, compressed or not, and applies
+RescaleSlope/Intercept; nibabel reads NIfTI with the qform/sform it picks (already RAS);
+SimpleITK reads NRRD and MHA, whose LPS geometry is converted here, once. The affine is always
+``direction @ diag(spacing)`` plus the origin, so ``array[i, j, k]`` sits at
+``affine @ (i, j, k, 1)``.
 
 Series selection (DICOM). Candidates are series whose Modality is CT, whose SOP class is CT Image
 Storage (so not SEG, RTSTRUCT, SR, secondary capture or enhanced multi-frame objects), that are not
@@ -38,7 +39,6 @@ sentences). Nothing else leaves a DICOM header: no patient identifiers.
 from __future__ import annotations
 
 import os
-import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +121,8 @@ def read_scan(path: str | Path, series_uid: str | None = None) -> Volume:
         raise InputNotFoundError(f"{path} does not exist; check the path to the scan.")
     if path.is_dir():
         return _read_dicom(path, _scan_folder(path, recursive=True), series_uid, path)
+    if path.name.upper() == "DICOMDIR":  # a CD or export's index: read the media it indexes
+        return _read_dicom(path.parent, _scan_folder(path.parent, recursive=True), series_uid, path)
     image_format = _format_from_suffix(path)
     if image_format is not None and series_uid is not None:
         raise UsageError(
@@ -172,7 +174,7 @@ class _Series:
         description = self.first.series_description or "no description"
         spacing = _slice_spacing_estimate(self.slices)
         apart = f", {spacing:.2f} mm apart" if np.isfinite(spacing) else ""
-        return f"{uid} ('{description}', {len(self.slices)} images{apart})"
+        return f"{uid} ('{description}', {_count(len(self.slices), 'image')}{apart})"
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,10 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _tag(ds: object, name: str) -> object:
     """A tag's value, or None when absent or malformed (archives hold both)."""
     try:
@@ -290,7 +296,9 @@ def _read_dicom_file(path: Path, series_uid: str | None) -> Volume:
         )
     scan = _scan_folder(path.parent, recursive=False)
     series = [s for s in scan.series if s.key == header.series_key]
-    return _read_dicom(path.parent, _FolderScan(series, scan.unreadable_files), None, path)
+    return _read_dicom(
+        path.parent, _FolderScan(series, scan.unreadable_files), None, path, given_file=True
+    )
 
 
 _CT_ONLY = "MedCNN analyses CT scans only."
@@ -302,13 +310,21 @@ def _what_modality(modality: str | None) -> str:
     return _MODALITY_NAMES.get(modality, f"a {modality} object")
 
 
-def _read_dicom(folder: Path, scan: _FolderScan, series_uid: str | None, path: Path) -> Volume:
+def _read_dicom(
+    folder: Path,
+    scan: _FolderScan,
+    series_uid: str | None,
+    path: Path,
+    given_file: bool = False,
+) -> Volume:
     series, choice = _choose_series(folder, scan.series, series_uid)
+    if given_file:
+        choice = f"Series {series.label} is the series of the file given, read from its folder."
     warnings = []
     if scan.unreadable_files:
         warnings.append(
-            f"{scan.unreadable_files} file(s) in {folder} look like DICOM but could not be read "
-            "and were skipped."
+            f"{_count(scan.unreadable_files, 'file')} in {folder} looked like DICOM but could not "
+            "be read and were skipped."
         )
     if series.first.series_uid is None:
         warnings.append(
@@ -319,9 +335,9 @@ def _read_dicom(folder: Path, scan: _FolderScan, series_uid: str | None, path: P
     warnings += geometry_warnings
     rows, columns = slices[0].size
     _check_size(rows * columns * len(slices) * 2, str(path))
-    array = _read_dicom_pixels(slices)
-    array, value_warnings = _as_hounsfield(array, modality_known=True)
-    metadata = _metadata(path, "dicom", "CT", series.first, choice, warnings + value_warnings)
+    array, low, high = _read_dicom_pixels(slices)
+    warnings += _value_warnings(array, low, high, modality_known=True)
+    metadata = _metadata(path, "dicom", "CT", series.first, choice, warnings)
     return Volume(array, affine, metadata)
 
 
@@ -339,8 +355,7 @@ def _choose_series(
         if not chosen:
             available = "; ".join(s.label for s in all_series)
             raise SeriesSelectionError(
-                f"No series with UID {series_uid} in {folder}; the series there are: "
-                f"{available}."
+                f"No series with UID {series_uid} in {folder}; the series there are: {available}."
             )
         rejection = _rejection(chosen[0])
         if rejection is not None:
@@ -353,8 +368,7 @@ def _choose_series(
     skipped = len(all_series) - len(candidates)
     if len(candidates) == 1:
         others = (
-            f"; {skipped} other series (not CT images, localizers or too few images) were "
-            "skipped"
+            f"; {skipped} other series (not CT images, localizers or too few images) were skipped"
             if skipped
             else ""
         )
@@ -418,8 +432,8 @@ def _rejection(series: _Series) -> MedCNNError | None:
         )
     if len(series.slices) < MIN_SERIES_SLICES:
         return GeometryError(
-            f"Series {series.label} has only {len(series.slices)} image(s), a 2D image rather "
-            f"than a 3D volume; MedCNN needs a series of at least {MIN_SERIES_SLICES} slices."
+            f"Series {series.label} is a 2D image rather than a 3D volume; MedCNN needs a series "
+            f"of at least {MIN_SERIES_SLICES} slices."
         )
     return None
 
@@ -439,12 +453,12 @@ def _no_candidate_error(folder: Path, all_series: list[_Series]) -> MedCNNError:
 
 def _slice_spacing_estimate(slices: list[_SliceHeader]) -> float:
     """Median distance between distinct slice positions along the normal (inf if unknown)."""
-    first = slices[0].orientation
-    if first is None or any(s.position is None for s in slices):
+    orientation = slices[0].orientation
+    positions = [s.position for s in slices if s.position is not None]
+    if orientation is None or len(positions) < len(slices):
         return float("inf")
-    normal = np.cross(first[:3], first[3:])
-    distances = np.unique(np.round([s.position @ normal for s in slices], 3))  # type: ignore[operator]
-    steps = np.diff(distances)
+    normal = np.cross(orientation[:3], orientation[3:])
+    steps = np.diff(np.unique(np.round(np.array(positions) @ normal, 3)))
     return float(np.median(steps)) if steps.size else float("inf")
 
 
@@ -452,28 +466,26 @@ def _stack_geometry(
     slices: list[_SliceHeader],
 ) -> tuple[list[_SliceHeader], np.ndarray, list[str]]:
     """Order the slices along their normal, check they form a regular grid, build the affine."""
-    warnings: list[str] = []
-    if any(s.position is None or s.orientation is None or s.pixel_spacing is None for s in slices):
+    positions = [s.position for s in slices if s.position is not None]
+    orientations = [s.orientation for s in slices if s.orientation is not None]
+    pixel_spacings = [s.pixel_spacing for s in slices if s.pixel_spacing is not None]
+    if not len(positions) == len(orientations) == len(pixel_spacings) == len(slices):
         raise GeometryError(
             "Some images of the series lack ImagePositionPatient, ImageOrientationPatient or "
             "PixelSpacing, so their place in the patient is unknown; export the series with its "
             "geometry tags."
         )
-    first = slices[0]
-    if any(
-        s.size != first.size or not np.allclose(s.pixel_spacing, first.pixel_spacing, atol=1e-4)  # type: ignore[arg-type]
-        for s in slices
-    ):
+    if len({s.size for s in slices}) > 1 or np.ptp(np.array(pixel_spacings), axis=0).max() > 1e-4:
         raise GeometryError(
             "The series mixes images of different sizes or pixel spacings, so they do not stack "
             "into one volume; choose a single reconstruction."
         )
-    if any(np.abs(s.orientation - first.orientation).max() > ORIENTATION_TOLERANCE for s in slices):  # type: ignore[operator]
+    if np.ptp(np.array(orientations), axis=0).max() > ORIENTATION_TOLERANCE:
         raise GeometryError(
             "The series mixes slices of different orientations (for example axial and sagittal "
             "images in one series); choose a series with a single orientation."
         )
-    row, column = first.orientation[:3], first.orientation[3:]  # type: ignore[index]
+    row, column = orientations[0][:3], orientations[0][3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3:
         raise GeometryError(
             "The series' ImageOrientationPatient is not made of unit vectors, so its geometry is "
@@ -487,34 +499,34 @@ def _stack_geometry(
     normal = np.cross(row, column)
     normal /= np.linalg.norm(normal)
 
-    ordered = sorted(slices, key=lambda s: (float(s.position @ normal), s.instance_number))  # type: ignore[operator]
-    ordered, duplicate_warnings = _drop_duplicate_positions(ordered, normal)
-    warnings += duplicate_warnings
-    positions = np.array([s.position for s in ordered])
-    distances = positions @ normal
-    _check_no_tilt(positions, distances, normal)
-    step = _check_regular_spacing(distances)
+    # Along the normal, and within one position by instance number (duplicates keep the lowest).
+    distances = np.array(positions) @ normal
+    order = np.lexsort(([s.instance_number for s in slices], distances))
+    keep, warnings = _drop_duplicate_positions(distances[order])
+    order = order[keep]
+    ordered = [slices[n] for n in order]
+    _check_no_tilt(np.array(positions)[order], distances[order], normal)
+    step = _check_regular_spacing(distances[order])
 
     lps = np.eye(4)
-    row_spacing, column_spacing = first.pixel_spacing  # type: ignore[misc]
+    row_spacing, column_spacing = pixel_spacings[0]
     lps[:3, 0] = row * column_spacing
     lps[:3, 1] = column * row_spacing
     lps[:3, 2] = normal * step
-    lps[:3, 3] = positions[0]
+    lps[:3, 3] = positions[order[0]]
     return ordered, LPS_TO_RAS @ lps, warnings
 
 
-def _drop_duplicate_positions(
-    ordered: list[_SliceHeader], normal: np.ndarray
-) -> tuple[list[_SliceHeader], list[str]]:
-    distances = np.array([s.position @ normal for s in ordered])  # type: ignore[operator]
-    new_position = np.concatenate([[True], np.diff(distances) > SAME_POSITION_MM])
-    if new_position.all():
-        return ordered, []
-    counts = np.diff(np.flatnonzero(np.concatenate([new_position, [True]])))
+def _drop_duplicate_positions(sorted_distances: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Which sorted slices to keep (the first at each position), refusing stacks of repeats."""
+    first_at_position = np.concatenate([[True], np.diff(sorted_distances) > SAME_POSITION_MM])
+    if first_at_position.all():
+        return first_at_position, []
+    n_images = sorted_distances.size
+    counts = np.diff(np.flatnonzero(np.concatenate([first_at_position, [True]])))
     if counts.size == 1:
         raise GeometryError(
-            f"The series' {len(ordered)} images all lie at the same position, so they do not "
+            f"The series' {n_images} images all lie at the same position, so they do not "
             "form a 3D volume; choose a series of consecutive slices."
         )
     if counts.min() > 1 and counts.min() == counts.max():
@@ -523,17 +535,15 @@ def _drop_duplicate_positions(
             "(several phases, echoes or reconstructions in one series); export one of them as "
             "its own series."
         )
-    # Within a position the sort kept the lowest instance number first.
-    kept = [s for s, new in zip(ordered, new_position, strict=True) if new]
-    if len(kept) < MIN_SERIES_SLICES:
+    if counts.size < MIN_SERIES_SLICES:
         raise GeometryError(
-            f"The series' {len(ordered)} images lie at only {len(kept)} distinct positions, not "
+            f"The series' {n_images} images lie at only {counts.size} distinct positions, not "
             "enough for a 3D volume; choose a series of consecutive slices."
         )
-    dropped = len(ordered) - len(kept)
-    return kept, [
-        f"{dropped} duplicate image(s) at an already present slice position were dropped "
-        "(the lowest instance number was kept)."
+    dropped = n_images - counts.size
+    return first_at_position, [
+        f"{_count(dropped, 'duplicate image')} at an already present slice position were "
+        "dropped (the lowest instance number was kept)."
     ]
 
 
@@ -575,7 +585,7 @@ def _check_regular_spacing(distances: np.ndarray) -> float:
     return step
 
 
-def _read_dicom_pixels(slices: list[_SliceHeader]) -> np.ndarray:
+def _read_dicom_pixels(slices: list[_SliceHeader]) -> tuple[np.ndarray, float, float]:
     """Decode the ordered files with GDCM; rescale slope/intercept are applied, so values are HU."""
     rescales = {s.rescale for s in slices}
     reader = sitk.ImageSeriesReader()
@@ -594,7 +604,10 @@ def _read_dicom_pixels(slices: list[_SliceHeader]) -> np.ndarray:
             "copy the series again from the archive."
         ) from err
     rows, columns = slices[0].size
-    if image.GetSize() != (columns, rows, len(slices)) or image.GetNumberOfComponentsPerPixel() != 1:
+    if (
+        image.GetSize() != (columns, rows, len(slices))
+        or image.GetNumberOfComponentsPerPixel() != 1
+    ):
         raise UnreadableImageError(
             f"The DICOM series in {slices[0].path.parent} decoded to an unexpected size "
             f"{image.GetSize()} (colour or multi-frame images?); export it as a grey-level "
@@ -642,15 +655,15 @@ def _read_nifti(path: Path) -> Volume:
             f"The voxels of {path} cannot be read ({_first_line(err)}); the file is probably "
             "truncated: copy or convert it again."
         ) from err
-    array = array.reshape(shape3)
+    array, low, high = _hounsfield_array(array.reshape(shape3), copy=False)
     warnings = []
     if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
         warnings.append(
             f"{path.name} has no orientation (its qform and sform codes are 0), so world "
             "positions assume an arbitrary axis-aligned grid."
         )
-    array, value_warnings = _as_hounsfield(array, modality_known=False)
-    metadata = _metadata(path, "nifti", None, None, None, warnings + value_warnings)
+    warnings += _value_warnings(array, low, high, modality_known=False)
+    metadata = _metadata(path, "nifti", None, None, None, warnings)
     return Volume(array, np.asarray(image.affine, dtype=float), metadata)
 
 
@@ -672,7 +685,7 @@ def _read_itk_image(path: Path, image_format: str) -> Volume:
             "or colour image); MedCNN needs a single grey-level 3D CT volume."
         )
     shape3 = _three_dimensions(size, path)
-    voxel_bytes = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
+    voxel_bytes = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     _check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
     try:
         image = reader.Execute()
@@ -687,7 +700,8 @@ def _read_itk_image(path: Path, image_format: str) -> Volume:
     lps = np.eye(4)
     lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=float)
     lps[:3, 3] = image.GetOrigin()
-    array, warnings = _as_hounsfield(_array_from_sitk(image), modality_known=False)
+    array, low, high = _array_from_sitk(image)
+    warnings = _value_warnings(array, low, high, modality_known=False)
     metadata = _metadata(path, image_format, None, None, None, warnings)
     return Volume(array, LPS_TO_RAS @ lps, metadata)
 
@@ -706,58 +720,61 @@ def _three_dimensions(shape: tuple[int, ...], path: Path) -> tuple[int, int, int
             f"{path.name} is a 2D image of shape {shape}, not a 3D volume; MedCNN needs the "
             "whole CT series."
         )
-    return shape  # type: ignore[return-value]
+    return shape[0], shape[1], shape[2]
 
 
 # --- Shared: pixels, HU, limits, metadata -----------------------------------------------------
 
 
-def _array_from_sitk(image: sitk.Image) -> np.ndarray:
-    """The voxels as ``[i, j, k]`` with at most one copy (ITK's buffer is ``[k, j, i]``)."""
+def _array_from_sitk(image: sitk.Image) -> tuple[np.ndarray, float, float]:
+    """HU voxels as ``[i, j, k]`` with one copy only (ITK's buffer is ``[k, j, i]``)."""
     if image.GetPixelID() == sitk.sitkInt16:
-        return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    view = sitk.GetArrayViewFromImage(image)  # valid while `image` lives: copied just below
-    array = _smallest_exact(view, copy=True)
-    del view
-    return array.transpose(2, 1, 0)
+        array, low, high = _hounsfield_array(sitk.GetArrayFromImage(image), copy=False)
+    else:
+        view = sitk.GetArrayViewFromImage(image)  # valid while `image` lives: copied right here
+        array, low, high = _hounsfield_array(view, copy=True)
+        del view
+    return array.transpose(2, 1, 0), low, high
 
 
-def _smallest_exact(array: np.ndarray, copy: bool) -> np.ndarray:
-    """int16 when every value is an int16 integer, else float32: HU need no more."""
-    if array.dtype == np.int16:
-        return array.copy() if copy else array
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise UnreadableImageError(
-            f"The image's voxels are of type {array.dtype}, not grey levels; MedCNN needs a "
-            "grey-level CT in Hounsfield units."
-        )
-    low, high = array.min(), array.max()
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise UnreadableImageError(
-            "The image contains NaN or infinite voxels, so it is corrupt or not a CT; export "
-            "the scan again."
-        )
-    if low >= -32768 and high <= 32767 and _all_integers(array):
-        return array.astype(np.int16)
-    return array.astype(np.float32, copy=copy)
+def _hounsfield_array(array: np.ndarray, copy: bool) -> tuple[np.ndarray, float, float]:
+    """The voxels as int16 when every value is an int16 integer, else float32, with min and max.
 
-
-def _all_integers(array: np.ndarray) -> bool:
-    if np.issubdtype(array.dtype, np.integer):
-        return True
-    flat = array.reshape(array.shape[0], -1)  # checked slab by slab: no full-size temporary
-    return all(np.array_equal(slab, np.rint(slab)) for slab in flat)
-
-
-def _as_hounsfield(array: np.ndarray, modality_known: bool) -> tuple[np.ndarray, list[str]]:
-    """The voxels in their smallest exact type; refuse what cannot be HU."""
+    HU need no more than that, and int16 halves the memory of float32. NaN or infinite voxels
+    mean a corrupt file: refused rather than silently replaced.
+    """
     if array.dtype == bool:
         raise NotCTError(
             "The image holds only true/false values, so it is a mask, not a CT; give the CT "
             "scan itself."
         )
-    array = _smallest_exact(array, copy=False)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise UnreadableImageError(
+            f"The image's voxels are of type {array.dtype}, not grey levels; MedCNN needs a "
+            "grey-level CT in Hounsfield units."
+        )
     low, high = float(array.min()), float(array.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise UnreadableImageError(
+            "The image contains NaN or infinite voxels, so it is corrupt or not a CT; export "
+            "the scan again."
+        )
+    if array.dtype == np.int16:
+        return (array.copy() if copy else array), low, high
+    if low >= -32768 and high <= 32767 and _all_integers(array):
+        return array.astype(np.int16), low, high
+    return array.astype(np.float32, copy=copy), low, high
+
+
+def _all_integers(array: np.ndarray) -> bool:
+    if np.issubdtype(array.dtype, np.integer):
+        return True
+    slabs = np.moveaxis(array, -1, 0) if array.flags.f_contiguous else array
+    return all(np.array_equal(slab, np.rint(slab)) for slab in slabs)  # no full-size temporary
+
+
+def _value_warnings(array: np.ndarray, low: float, high: float, modality_known: bool) -> list[str]:
+    """Refuse what cannot be HU when the format does not say it is CT; warn when it may not be."""
     if not modality_known:
         if low >= 0 and high <= 1:
             raise NotCTError(
@@ -770,13 +787,12 @@ def _as_hounsfield(array: np.ndarray, modality_known: bool) -> tuple[np.ndarray,
                 "it looks like a label map (segmentation), not a CT in Hounsfield units; give "
                 "the CT scan itself."
             )
-    warnings = []
     if low >= 0:
-        warnings.append(
+        return [
             f"No voxel is below 0 HU (the lowest is {low:g}): if the scan contains air, its "
             "values are not Hounsfield units and the analysis will be wrong."
-        )
-    return array, warnings
+        ]
+    return []
 
 
 def _few_values(array: np.ndarray, limit: int = 16, sample: int = 1_000_000) -> bool:
