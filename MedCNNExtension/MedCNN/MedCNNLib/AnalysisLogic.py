@@ -188,9 +188,10 @@ class AnalysisTask:
     @property
     def message(self) -> str:
         """The outcome, one line a point, for the panel."""
-        if self.cancelled and not self.failed:
-            return "The analysis was cancelled."
-        return "\n".join(outcome.summary() for outcome in self.outcomes)
+        lines = [o.summary() for o in self.outcomes if o.exitCode != CANCELLED_EXIT_CODE]
+        if self.cancelled:
+            lines.append("The analysis was cancelled.")
+        return "\n".join(lines)
 
     def poll(self) -> bool:
         """Advance without blocking; returns True once every point has an outcome."""

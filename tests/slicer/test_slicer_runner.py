@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import pid_alive
 from MedCNNLib.Runner import (
     CANCELLED_EXIT_CODE,
     AnalysisRequest,
     RunnerBusyError,
     WorkerRunner,
 )
+from slicer_test_support import pid_alive
 
 REQUIRED_STAGES = ["reading", "preprocessing", "network", "heatmap", "writing"]
 

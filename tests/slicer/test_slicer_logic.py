@@ -1,0 +1,313 @@
+"""The scene side against real MRML (slicer-core), fast: the real runner and the real MRML import,
+with the protocol stand-in in place of the model (it writes its heatmap and segmentation on a
+sub-grid of the scan's grid, as the engine does). The same checks with the real model are in
+``test_slicer_end_to_end.py``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from slicer_test_support import LUNG1_NODULE_RAS, SLICER_CORE_MISSING
+
+slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
+
+from MedCNNLib.AnalysisLogic import (  # noqa: E402
+    NODULE_TERMINOLOGY,
+    TABLE_COLUMNS,
+    AnalysisError,
+    MedCNNLogic,
+    pointFromRAS,
+    pointsFromMarkups,
+)
+from MedCNNLib.Parameters import Parameters  # noqa: E402
+from slicer_scene_support import (  # noqa: E402
+    grid_indices,
+    ijk_to_ras,
+    load_volume,
+    new_scene,
+    segment_world_points,
+    world_points,
+)
+
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture
+def scene():
+    scene = new_scene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def lung1(scene, shared_data):
+    return load_volume(scene, shared_data / "ct" / "lung1" / "lung1_image.nrrd", "lung1")
+
+
+@pytest.fixture
+def logic(scene, standin_runner, tmp_path):
+    logic = MedCNNLogic(scene, standin_runner(), workDir=tmp_path / "work", keepOutputs=True)
+    yield logic
+    logic.cleanup()
+
+
+def node_ids(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def analyse(logic, volume, *points):
+    task = logic.analyze(volume, [pointFromRAS(p, f"P{n}") for n, p in enumerate(points, 1)], 60)
+    return task
+
+
+def test_heatmap_voxels_sit_on_source_voxels(logic, lung1, scene):
+    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    assert task.failed == [], task.message
+    heatmap = scene.GetNodeByID(task.outcomes[0].nodeIDs["heatmap"])
+    source, overlay = ijk_to_ras(lung1), ijk_to_ras(heatmap)
+    np.testing.assert_allclose(overlay[:3, :3], source[:3, :3], atol=1e-6)  # same axes, spacing
+    dims = np.array(heatmap.GetImageData().GetDimensions())
+    corners = np.array([[i, j, k] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
+                        for k in (0, dims[2] - 1)])  # fmt: skip
+    world = world_points(corners, overlay)
+    in_source = grid_indices(world, lung1)
+    np.testing.assert_allclose(in_source, np.round(in_source), atol=1e-4)  # voxel centres
+    np.testing.assert_allclose(world_points(np.round(in_source), source), world, atol=1e-4)
+    # the point's own voxel is inside the heatmap's sub-grid
+    point_index = grid_indices(np.array([LUNG1_NODULE_RAS]), heatmap)[0]
+    assert np.all(point_index > -0.5) and np.all(point_index < dims - 0.5)
+
+
+def test_heatmap_display_uses_the_heat_colour_map_with_threshold(logic, lung1, scene):
+    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    heatmap = scene.GetNodeByID(task.outcomes[0].nodeIDs["heatmap"])
+    display = heatmap.GetDisplayNode()
+    color = scene.GetNodeByID(display.GetColorNodeID())
+    assert color.GetSingletonTag() == "MedCNNHeat" and color.GetNumberOfColors() == 256
+    rgb = [0.0] * 4
+    color.GetColor(0, rgb)
+    assert rgb[:3] == [0.0, 0.0, 0.0]
+    color.GetColor(255, rgb)
+    assert rgb[:3] == [1.0, 1.0, 1.0]
+    assert (display.GetWindow(), display.GetLevel()) == (1.0, 0.5)
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.2)
+
+    logic.setHeatmapThreshold(0.45)
+    logic.setHeatmapOpacity(0.7)
+    assert display.GetLowerThreshold() == pytest.approx(0.45)
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        assert composite.GetBackgroundVolumeID() == lung1.GetID()
+        assert composite.GetForegroundVolumeID() == heatmap.GetID()
+        assert composite.GetForegroundOpacity() == pytest.approx(0.7)
+
+
+def test_slice_views_are_centred_on_the_point(logic, lung1, scene):
+    analyse(logic, lung1, LUNG1_NODULE_RAS)
+    slices = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for index in range(slices.GetNumberOfItems()):
+        matrix = slices.GetItemAsObject(index).GetSliceToRAS()
+        centre = [matrix.GetElement(row, 3) for row in range(3)]
+        np.testing.assert_allclose(centre, LUNG1_NODULE_RAS, atol=1e-3)
+
+
+def test_segmentation_has_a_named_coded_segment_around_the_point(logic, lung1, scene):
+    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    segmentation = scene.GetNodeByID(task.outcomes[0].nodeIDs["segmentation"])
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    segment = segmentation.GetSegmentation().GetSegment(segment_id)
+    assert segment.GetName() == "Nodule"
+    assert segment.GetTerminology() == NODULE_TERMINOLOGY
+    assert "^27925004^Nodule" in segment.GetTerminology()
+    display = segmentation.GetDisplayNode()
+    assert display.GetVisibility2DFill() and display.GetVisibility3D()
+    assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
+    points = segment_world_points(segmentation, segment_id)
+    assert len(points) > 0
+    np.testing.assert_allclose(points.mean(axis=0), LUNG1_NODULE_RAS, atol=3.0)
+    indices = grid_indices(points, lung1)  # on the CT's voxel centres
+    np.testing.assert_allclose(indices, np.round(indices), atol=1e-4)
+
+
+def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, lung1, scene):
+    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    outcome = task.outcomes[0]
+    result = json.loads((outcome.outputDir / "result.json").read_text())
+    table = scene.GetNodeByID(outcome.nodeIDs["table"])
+    assert table.GetNumberOfRows() == 1
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == [
+        name for name, *_ in TABLE_COLUMNS
+    ]
+    data = table.GetTable()
+
+    def cell(name):
+        return data.GetColumnByName(name).GetValue(0)
+
+    assert cell("Probability") == result["probability"]
+    assert cell("Uncertainty") == result["uncertainty"]
+    assert [cell("Probability low"), cell("Probability high")] == result["probability_interval"]
+    assert cell("Label") == result["label"]
+    assert cell("Diameter") == result["diameter_mm"]
+    assert cell("Volume") == result["volume_ml"]
+    assert [cell("R"), cell("A"), cell("S")] == result["point"]["ras"]
+    assert cell("Point") == "P1"
+    assert table.GetColumnUnitLabel("Diameter") == "mm"
+
+    for role in ("heatmap", "segmentation", "table"):
+        node = scene.GetNodeByID(outcome.nodeIDs[role])
+        assert node.GetAttribute("MedCNN.Role") == role
+        assert node.GetAttribute("MedCNN.ModelName") == result["model"]["name"]
+        assert node.GetAttribute("MedCNN.ModelVersion") == result["model"]["version"]
+        assert node.GetAttribute("MedCNN.WeightsSHA256") == result["model"]["weights_sha256"]
+        assert node.GetAttribute("MedCNN.EngineVersion") == result["software"]["medcnn"]
+        assert node.GetAttribute("MedCNN.InputVolume") == "lung1"
+        assert node.GetAttribute("MedCNN.InputVolumeID") == lung1.GetID()
+        point = [float(v) for v in node.GetAttribute("MedCNN.PointRAS").split(",")]
+        np.testing.assert_allclose(point, LUNG1_NODULE_RAS, atol=1e-3)
+        assert node.GetAttribute("MedCNN.Time").endswith("+00:00")
+        assert "not for clinical use" in node.GetAttribute("MedCNN.Disclaimer")
+    heatmap = scene.GetNodeByID(outcome.nodeIDs["heatmap"])
+    assert json.loads(heatmap.GetAttribute("MedCNN.Result")) == result
+
+
+def test_rerun_on_the_same_point_replaces_its_results(logic, lung1, scene):
+    first = analyse(logic, lung1, LUNG1_NODULE_RAS).outcomes[0].nodeIDs
+    before = node_ids(scene)
+    second = analyse(logic, lung1, LUNG1_NODULE_RAS).outcomes[0].nodeIDs
+    after = node_ids(scene)
+    assert len(after) == len(before)
+    for role in ("heatmap", "segmentation"):
+        assert scene.GetNodeByID(first[role]) is None
+        assert scene.GetNodeByID(second[role]) is not None
+    assert first["table"] == second["table"]
+    assert scene.GetNodeByID(second["table"]).GetNumberOfRows() == 1
+    # a second point adds a row and its own nodes; the first point's stay
+    other = (LUNG1_NODULE_RAS[0] + 20.0, LUNG1_NODULE_RAS[1], LUNG1_NODULE_RAS[2])
+    third = analyse(logic, lung1, other).outcomes[0].nodeIDs
+    assert scene.GetNodeByID(third["table"]).GetNumberOfRows() == 2
+    assert scene.GetNodeByID(second["heatmap"]) is not None
+    assert len(logic.resultNodes(role="heatmap")) == 2
+
+
+def test_error_leaves_the_scene_as_it_was(logic, lung1, scene):
+    analyse(logic, lung1, LUNG1_NODULE_RAS)
+    before = node_ids(scene)
+    mtimes = {i: scene.GetNodeByID(i).GetMTime() for i in before}
+    task = analyse(logic, lung1, (5000.0, 0.0, 0.0))
+    assert task.succeeded == []
+    assert task.failed[0].exitCode == 8
+    assert "outside" in task.message
+    assert node_ids(scene) == before
+    table = logic.resultNodes(role="table")[0]
+    assert table.GetNumberOfRows() == 1
+    assert all(scene.GetNodeByID(i).GetMTime() == mtimes[i] for i in before if "Table" in i)
+
+
+def test_failed_import_removes_what_it_had_added(logic, lung1, scene, monkeypatch):
+    before = node_ids(scene)
+    real = logic._addSegmentation
+
+    def broken(*args, **kwargs):
+        real(*args, **kwargs)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(logic, "_addSegmentation", broken)
+    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    assert "could not be loaded into the scene (disk full)" in task.message
+    assert node_ids(scene) - before <= {logic.heatColorNode().GetID()}  # shared colour map only
+
+
+def test_points_from_a_markups_list_are_keyed_by_point(logic, lung1, scene):
+    markups = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(markups)
+    markups.AddControlPoint(*LUNG1_NODULE_RAS, "N-1")
+    markups.AddControlPoint(5000.0, 0.0, 0.0, "far")
+    points = pointsFromMarkups(markups)
+    assert [p.label for p in points] == ["N-1", "far"]
+    task = logic.analyze(lung1, markups, timeout=60)
+    assert [o.error is None for o in task.outcomes] == [True, False]
+    assert task.message.splitlines()[0].startswith("N-1: malignant, probability 0.73")
+    assert task.message.splitlines()[1].startswith("far: ")
+    # moving the point and re-running replaces N-1's results
+    markups.SetNthControlPointPosition(0, *np.add(LUNG1_NODULE_RAS, 2.0))
+    markups.RemoveNthControlPoint(1)
+    logic.analyze(lung1, markups, timeout=60)
+    assert len(logic.resultNodes(role="heatmap")) == 1
+
+
+def test_volume_under_a_transform_is_analysed_in_its_own_coordinates(logic, lung1, scene):
+    transform = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(transform)
+    matrix = transform.GetMatrixTransformToParent()
+    matrix.SetElement(0, 3, 100.0)  # the CT shown 100 mm to the right
+    transform.SetMatrixTransformToParent(matrix)
+    lung1.SetAndObserveTransformNodeID(transform.GetID())
+    world = (LUNG1_NODULE_RAS[0] + 100.0, LUNG1_NODULE_RAS[1], LUNG1_NODULE_RAS[2])
+    task = analyse(logic, lung1, world)
+    assert task.failed == []
+    np.testing.assert_allclose(task.outcomes[0].result["point"]["ras"], LUNG1_NODULE_RAS)
+    for role in ("heatmap", "segmentation"):
+        node = scene.GetNodeByID(task.outcomes[0].nodeIDs[role])
+        assert node.GetTransformNodeID() == transform.GetID()
+
+
+def test_inputs_are_checked_before_anything_runs(logic, lung1, scene):
+    with pytest.raises(AnalysisError, match="Select a CT volume"):
+        logic.startAnalysis(None, [pointFromRAS(LUNG1_NODULE_RAS)])
+    with pytest.raises(AnalysisError, match="Place a point"):
+        logic.startAnalysis(lung1, [])
+    empty = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(empty)
+    with pytest.raises(AnalysisError, match="Place a point"):
+        logic.startAnalysis(lung1, empty)
+    label = slicer.vtkMRMLLabelMapVolumeNode()
+    label.SetName("mask")
+    label.SetAndObserveImageData(lung1.GetImageData())
+    scene.AddNode(label)
+    with pytest.raises(AnalysisError, match="not a scalar volume"):
+        logic.startAnalysis(label, [pointFromRAS(LUNG1_NODULE_RAS)])
+    assert logic.runner.pid is None  # nothing was started
+
+
+def test_cancel_marks_every_remaining_point(scene, lung1, standin_runner, tmp_path):
+    logic = MedCNNLogic(scene, standin_runner("hang"), workDir=tmp_path / "w")
+    before = node_ids(scene)
+    task = logic.startAnalysis(lung1, [pointFromRAS(LUNG1_NODULE_RAS), pointFromRAS((0, 0, 0))])
+    while task.stage not in ("network", "child"):
+        task.poll()
+    task.cancel()
+    assert task.done and task.cancelled and task.succeeded == []
+    assert [o.exitCode for o in task.outcomes] == [130, 130]
+    assert task.message == "The analysis was cancelled."
+    assert node_ids(scene) == before
+    logic.cleanup()
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("result.json"))
+
+
+def test_export_is_reused_until_the_volume_changes(logic, lung1):
+    first = logic.exportVolume(lung1)
+    assert logic.exportVolume(lung1) == first
+    lung1.GetImageData().Modified()
+    second = logic.exportVolume(lung1)
+    assert second != first and second.exists() and not first.exists()
+
+
+def test_parameters_round_trip_through_a_settings_store():
+    class Store(dict):
+        def value(self, key, default=None):
+            return self.get(key, default)
+
+        def setValue(self, key, value):
+            self[key] = value
+
+    store = Store()
+    Parameters(heatmapOpacity=0.3, heatmapThreshold=0.6, showSegmentation3D=False).save(store)
+    store["MedCNN/centerViewsOnNodule"] = "false"  # QSettings gives strings back
+    loaded = Parameters.load(store)
+    assert loaded == Parameters(0.3, 0.6, False, False)
+    store["MedCNN/heatmapOpacity"] = 7
+    assert Parameters.load(store).heatmapOpacity == 1.0

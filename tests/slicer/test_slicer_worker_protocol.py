@@ -1,0 +1,116 @@
+"""``medcnn.worker``: the JSON-lines protocol, without Slicer and (but for the last test) without
+the model. ``serve`` gets a stand-in analyzer; the process-level test starts the real module."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+from medcnn.errors import MedCNNError, PointOutsideScanError
+from medcnn.worker import Channel, serve
+
+
+class StandInAnalyzer:
+    """Answers like ``Analyzer.analyze_file``: progress through the callback, then a dict."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def analyze_file(self, image, point, out_dir, lps=False, progress=None, **options):
+        self.calls.append((image, point, out_dir, lps, options))
+        if image == "outside.nrrd":
+            raise PointOutsideScanError("The point lies outside the scan.")
+        if image == "bug.nrrd":
+            raise ZeroDivisionError("division by zero")
+        for stage, fraction in (("reading", 0.0), ("network", 0.3), ("writing", 0.9)):
+            progress(stage, fraction)
+        return {"probability": 0.25, "label": "benign", "point": {"ras": list(point)}}
+
+
+def run(lines: list[str], analyzer=None) -> tuple[int, list[dict], StandInAnalyzer]:
+    analyzer = analyzer or StandInAnalyzer()
+    out = io.StringIO()
+    status = serve(analyzer, iter(lines), Channel(out), (MedCNNError,))
+    messages = [json.loads(line) for line in out.getvalue().splitlines()]
+    return status, messages, analyzer
+
+
+def request(rid: str, image: str = "scan.nrrd", **extra) -> str:
+    return json.dumps(
+        {"id": rid, "image": image, "point": [1.0, 2.0, 3.0], "out": f"/tmp/{rid}", **extra}
+    )
+
+
+def test_progress_then_result_each_with_the_request_id():
+    status, messages, analyzer = run([request("a"), request("b", lps=True)])
+    assert status == 0
+    a = [m for m in messages if m["id"] == "a"]
+    assert [m["event"] for m in a] == ["progress", "progress", "progress", "result"]
+    assert [m["stage"] for m in a[:3]] == ["reading", "network", "writing"]
+    assert a[-1]["result"]["label"] == "benign"
+    assert analyzer.calls[1][3] is True  # lps passed through
+    assert messages[-1] == {**messages[-1], "id": "b", "event": "result"}
+
+
+def test_engine_errors_become_error_events_with_their_exit_code():
+    _, messages, _ = run([request("x", image="outside.nrrd"), request("y")])
+    error = next(m for m in messages if m["id"] == "x")
+    assert error == {
+        "id": "x",
+        "event": "error",
+        "message": "The point lies outside the scan.",
+        "exit_code": PointOutsideScanError.exit_code,
+    }
+    assert messages[-1]["id"] == "y" and messages[-1]["event"] == "result"  # still serving
+
+
+def test_unexpected_exception_is_exit_code_1_and_the_worker_keeps_serving():
+    _, messages, _ = run([request("x", image="bug.nrrd"), request("y")])
+    error = next(m for m in messages if m["id"] == "x")
+    assert error["event"] == "error" and error["exit_code"] == 1
+    assert "ZeroDivisionError" in error["message"]
+    assert messages[-1]["event"] == "result"
+
+
+def test_bad_lines_are_answered_and_quit_stops():
+    lines = [
+        "not json",
+        json.dumps([1, 2]),
+        json.dumps({"id": "m", "image": "scan.nrrd"}),
+        json.dumps({"id": "p", "image": "s", "point": [1, 2], "out": "o"}),
+        json.dumps({"id": "c", "command": "dance"}),
+        "",
+        json.dumps({"id": "q", "command": "quit"}),
+        request("never"),
+    ]
+    status, messages, analyzer = run(lines)
+    assert status == 0
+    assert [m["exit_code"] for m in messages] == [2, 2, 2, 2, 2]
+    assert [m["id"] for m in messages] == [None, None, "m", "p", "c"]
+    assert "lacks point, out" in messages[2]["message"]
+    assert analyzer.calls == []  # nothing after quit
+
+
+def test_series_uid_is_passed_on():
+    _, _, analyzer = run([request("s", series_uid="1.2.3")])
+    assert analyzer.calls[0][4] == {"series_uid": "1.2.3"}
+
+
+def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):
+    """The real module, started as Slicer starts it: a fatal line on stdout, only JSON there,
+    the error's exit code as the process status."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "medcnn.worker", "--bundle", str(tmp_path), "--trust-bundle"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = completed.stdout.splitlines()
+    assert len(lines) == 1, completed.stdout
+    message = json.loads(lines[0])
+    assert message["event"] == "fatal"
+    assert message["exit_code"] == completed.returncode != 0
+    assert message["message"]
