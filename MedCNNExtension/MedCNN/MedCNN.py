@@ -67,8 +67,8 @@ class MedCNNWidget(ScriptedLoadableModuleWidget):
             widget.cleanup()
 
     def onReload(self) -> None:
-        """Reload the library too, in dependency order, so edits take effect."""
-        self.cleanup()
+        """Reload the library too, in dependency order, so edits take effect (Slicer's reload
+        then cleans up this widget and builds a new one)."""
         for name in LIB_MODULES:
             module = importlib.import_module(f"MedCNNLib.{name}")
             importlib.reload(module)

@@ -28,6 +28,7 @@ class Widget(qt.QWidget):
         self.settings = qt.QSettings()
         self.logic.parameters = Parameters.load(self.settings)
         self.task = None
+        self._cleanedUp = False
 
         uiWidget = slicer.util.loadUI(str(UI_FILE))
         layout = qt.QVBoxLayout(self)
@@ -59,6 +60,9 @@ class Widget(qt.QWidget):
 
     def cleanup(self) -> None:
         """Called when the module is closed or reloaded: stop the work and the worker."""
+        if self._cleanedUp:
+            return
+        self._cleanedUp = True
         self.timer.stop()
         if self.task is not None and not self.task.done:
             self.task.cancel()
