@@ -40,6 +40,38 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+SOURCES = ("lidc", "nodulemnist3d")
+LIDC_DATA = Path("../shared/data/lidc_voi")
+
+
+def _add_source_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="lidc",
+        help="lidc (default): the lidc_voi volumes of interest; nodulemnist3d: the "
+        "nodulemnist3d.npz of MedMNIST v2 (download it yourself from medmnist.com), to compare "
+        "with the MedMNIST table",
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="with --source nodulemnist3d, accept an npz that is not the official file (a "
+        "subset you made); its numbers are then not comparable with the MedMNIST table",
+    )
+
+
+def _data_path(args: argparse.Namespace) -> Path:
+    if args.data is not None:
+        return args.data
+    if args.source == "nodulemnist3d":
+        raise UsageError(
+            "--source nodulemnist3d needs --data PATH/TO/nodulemnist3d.npz (download it from "
+            "https://medmnist.com)."
+        )
+    return LIDC_DATA
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medcnn",
@@ -120,20 +152,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the five fold models and assemble a release bundle",
         description="Train one model per patient fold of lidc_voi (resumable: rerun the same "
         "command after an interruption), then assemble the ensemble, its combining head, "
-        "metrics and plots into --release-dir.",
+        "metrics and plots into --release-dir. With --source nodulemnist3d, train one model on "
+        "NoduleMNIST3D's training split instead, report its validation split, and write a "
+        "one-member benchmark bundle (it does not segment) to evaluate on the test split.",
         epilog=EPILOG,
     )
     train.add_argument(
         "--data",
         type=Path,
-        default=Path("../shared/data/lidc_voi"),
-        help="the lidc_voi folder (with nodules.csv)",
+        default=None,
+        help=f"the lidc_voi folder (with nodules.csv; default {LIDC_DATA}), or the "
+        "nodulemnist3d.npz file with --source nodulemnist3d",
     )
+    _add_source_options(train)
     train.add_argument(
         "--run-dir",
         type=Path,
-        default=Path("runs/cv"),
-        help="checkpoints, logs and out-of-fold predictions",
+        default=None,
+        help="checkpoints, logs and out-of-fold predictions (default runs/cv, or "
+        "runs/nodulemnist3d with --source nodulemnist3d)",
     )
     train.add_argument(
         "--release-dir",
@@ -141,10 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where to write the new bundle (default RUN_DIR/bundle)",
     )
-    train.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    train.add_argument(
+        "--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="lidc only: which folds"
+    )
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument(
-        "--limit", type=int, default=None, help="use only the first N nodules (a smoke run)"
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first N nodules (of each split with nodulemnist3d; a smoke run)",
     )
     train.add_argument(
         "--max-steps",
@@ -157,10 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="cross-validated metrics, ROC curve and reliability diagram",
         description="Judge each nodule of lidc_voi with the ensemble member that never saw its "
-        "patient; writes metrics.json, predictions.csv, roc.png and reliability.png.",
+        "patient; writes metrics.json, predictions.csv, roc.png and reliability.png. With "
+        "--source nodulemnist3d, judge NoduleMNIST3D's test split with the whole model and "
+        "write its AUC and accuracy (the MedMNIST table's metrics) to metrics.json and "
+        "predictions.csv.",
         epilog=EPILOG,
     )
-    evaluate.add_argument("--data", type=Path, default=Path("../shared/data/lidc_voi"))
+    evaluate.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"the lidc_voi folder (default {LIDC_DATA}), or the nodulemnist3d.npz file with "
+        "--source nodulemnist3d",
+    )
+    _add_source_options(evaluate)
     evaluate.add_argument("--out", type=Path, default=Path("medcnn_evaluation"))
     evaluate.add_argument(
         "--every", type=int, default=None, help="only every N-th nodule (a quick, fixed subset)"
@@ -245,15 +297,35 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from medcnn.bundle import default_bundle_dir
-    from medcnn.training import CrossValidationTrainer, TrainSettings
+    from medcnn.training import CrossValidationTrainer, NoduleMNISTTrainer, TrainSettings
 
+    data = _data_path(args)
     settings = TrainSettings(epochs=args.epochs, max_steps_per_epoch=args.max_steps)
+    if args.source == "nodulemnist3d":
+        run_dir = args.run_dir or Path("runs/nodulemnist3d")
+        release_dir = args.release_dir or run_dir / "bundle"
+        summary = NoduleMNISTTrainer(
+            data,
+            run_dir,
+            settings,
+            release_dir=release_dir,
+            bundle_dir=default_bundle_dir(),
+            limit=args.limit,
+            verify=not args.no_verify,
+        ).run()
+        print(json.dumps(summary["validation"], indent=2))
+        print(
+            f"validation split above; for the test split: medcnn evaluate --source "
+            f"nodulemnist3d --data {data} --bundle {release_dir} --trust-bundle"
+        )
+        return 0
+    run_dir = args.run_dir or Path("runs/cv")
     trainer = CrossValidationTrainer(
-        args.data,
-        args.run_dir,
+        data,
+        run_dir,
         args.folds,
         settings,
-        release_dir=args.release_dir or args.run_dir / "bundle",
+        release_dir=args.release_dir or run_dir / "bundle",
         bundle_dir=default_bundle_dir(),
         limit=args.limit,
     )
@@ -266,10 +338,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medcnn.evaluation import BundleEvaluator
 
     summary = BundleEvaluator(
-        args.data, args.out, args.bundle, every=args.every, trusted=args.trust_bundle
+        _data_path(args),
+        args.out,
+        args.bundle,
+        every=args.every,
+        trusted=args.trust_bundle,
+        source=args.source,
+        verify=not args.no_verify,
     ).run()
     print(json.dumps(summary, indent=2))
-    print(f"metrics, predictions, roc.png and reliability.png in {args.out}")
+    if args.source == "nodulemnist3d":
+        print(f"metrics.json and predictions.csv in {args.out}")
+    else:
+        print(f"metrics, predictions, roc.png and reliability.png in {args.out}")
     return 0
 
 

@@ -2,7 +2,11 @@
 
 Each fold's model learns from the other four folds' patients; its predictions on its own fold
 are the honest cross-validated numbers, and the five fold models together are the shipped
-ensemble.
+ensemble. ``NoduleMNISTTrainer`` trains the same network on NoduleMNIST3D's training split, for
+comparison with the MedMNIST benchmark.
+
+A case trains only the outputs it has targets for: a NoduleMNIST3D cube has a label but no
+mask, rating or descriptors, so its segmentation, rating and descriptor terms are left out.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 
 from medcnn.augmentation import Augmentation, random_rotation
 from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase, load_cases
-from medcnn.network import NoduleNet
+from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet
 from medcnn.preprocessing import PatchSpec, context_box, network_input, resample, sample_patch
 
 log = logging.getLogger(__name__)
@@ -44,7 +49,12 @@ class TrainSettings:
 def training_example(
     case: NoduleCase, spec: PatchSpec, rng: np.random.Generator | None, aug: Augmentation
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Network input (2, N, N, N) and soft mask target (1, N, N, N) for one nodule."""
+    """Network input (2, N, N, N) and soft mask target (1, N, N, N) for one nodule.
+
+    Without a mask, the source's own cut-out is the context (the coverage channel marks it), as
+    inference sees it with a model that segments nothing; the mask target is then a placeholder
+    that the loss leaves out. The random draws are the same either way.
+    """
     center, rotation = case.center_ras, None
     margin, min_inplane = spec.box_margin_mm, spec.box_min_inplane_mm
     if rng is not None:
@@ -53,9 +63,12 @@ def training_example(
         margin = rng.uniform(*aug.box_margin_mm)
         min_inplane = rng.uniform(*aug.box_min_inplane_mm)
     patch = sample_patch(case.image, center, spec, rotation)
-    mask = resample(case.mask.array, case.mask.affine, spec.shape, patch.affine)
-    box_spec = PatchSpec(**{**asdict(spec), "box_min_inplane_mm": min_inplane})
-    box = context_box(mask, box_spec, margin_mm=margin)
+    if case.mask is None:
+        mask, box = np.zeros(spec.shape, dtype=np.float32), context_box(None, spec)
+    else:
+        mask = resample(case.mask.array, case.mask.affine, spec.shape, patch.affine)
+        box_spec = PatchSpec(**{**asdict(spec), "box_min_inplane_mm": min_inplane})
+        box = context_box(mask, box_spec, margin_mm=margin)
     if rng is not None:
         noise = rng.normal(0, aug.hu_noise, size=patch.hu.shape) + rng.uniform(-1, 1) * aug.hu_shift
         patch = type(patch)(
@@ -64,32 +77,83 @@ def training_example(
     return network_input(patch, box, spec), (mask * box)[None].astype(np.float32)
 
 
+def _soft_label(case: NoduleCase) -> float:
+    """The readers' rating as a soft label; the source's own 0/1 where there is no rating."""
+    if case.rating is not None:
+        return SOFT_MALIGNANCY[case.rating]
+    if case.binary_label is None:
+        raise ValueError(f"{case.name} has neither a rating nor a label")
+    return float(case.binary_label)
+
+
 def _targets(cases: list[NoduleCase], rating3_weight: float) -> dict[str, torch.Tensor]:
-    ratings = np.array([c.rating for c in cases])
+    """Per-case targets; one a case lacks is a placeholder that its ``has_*`` flag turns off."""
+    ratings = np.array([c.rating if c.has_rating else 1 for c in cases])
+    no_descriptors = np.zeros(len(DESCRIPTORS), dtype=np.float32)
     return {
-        "soft": torch.tensor([SOFT_MALIGNANCY[r] for r in ratings], dtype=torch.float32)[:, None],
+        "soft": torch.tensor([_soft_label(c) for c in cases], dtype=torch.float32)[:, None],
         "weight": torch.tensor(np.where(ratings == 3, rating3_weight, 1.0), dtype=torch.float32)[
             :, None
         ],
         "rating": torch.tensor((ratings - 1) / 4.0, dtype=torch.float32)[:, None],
-        "descriptors": torch.tensor(np.stack([c.descriptors for c in cases])),
+        "descriptors": torch.tensor(
+            np.stack([c.descriptors if c.has_descriptors else no_descriptors for c in cases])
+        ),
+        **{
+            flag: torch.tensor([getattr(c, flag) for c in cases])
+            for flag in ("has_rating", "has_descriptors", "has_mask")
+        },
     }
+
+
+def _mean_where_present(
+    batch: dict[str, torch.Tensor],
+    flag: str,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    output: torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """``loss`` over the batch's samples that have the target ``flag`` names; 0 if none has.
+
+    A batch whose samples all have it (every LIDC batch) goes in untouched, so its loss and
+    gradients are exactly what they were before sources without these targets existed.
+    """
+    present = batch.get(flag)
+    if present is None or bool(present.all()):
+        return loss(output, target)
+    if not bool(present.any()):
+        return output.new_zeros(())
+    return loss(output[present], target[present])
+
+
+def _probability_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(torch.sigmoid(logits), target)
+
+
+def _segmentation_loss(seg_logits: torch.Tensor, seg_target: torch.Tensor) -> torch.Tensor:
+    seg_prob = torch.sigmoid(seg_logits)
+    inter = (seg_prob * seg_target).sum((1, 2, 3, 4))
+    dice = 1 - (2 * inter + 1) / (seg_prob.sum((1, 2, 3, 4)) + seg_target.sum((1, 2, 3, 4)) + 1)
+    return F.binary_cross_entropy_with_logits(seg_logits, seg_target) + dice.mean()
 
 
 def loss_terms(
     out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], settings: TrainSettings
 ) -> dict[str, torch.Tensor]:
-    seg_logits, seg_target = out["segmentation"], batch["mask"]
-    seg_prob = torch.sigmoid(seg_logits)
-    inter = (seg_prob * seg_target).sum((1, 2, 3, 4))
-    dice = 1 - (2 * inter + 1) / (seg_prob.sum((1, 2, 3, 4)) + seg_target.sum((1, 2, 3, 4)) + 1)
+    """Each auxiliary term is the mean over the samples that have its target."""
     return {
         "malignancy": F.binary_cross_entropy_with_logits(
             out["malignancy"], batch["soft"], weight=batch["weight"]
         ),
-        "rating": F.mse_loss(torch.sigmoid(out["rating"]), batch["rating"]),
-        "descriptors": F.mse_loss(torch.sigmoid(out["descriptors"]), batch["descriptors"]),
-        "segmentation": F.binary_cross_entropy_with_logits(seg_logits, seg_target) + dice.mean(),
+        "rating": _mean_where_present(
+            batch, "has_rating", _probability_mse, out["rating"], batch["rating"]
+        ),
+        "descriptors": _mean_where_present(
+            batch, "has_descriptors", _probability_mse, out["descriptors"], batch["descriptors"]
+        ),
+        "segmentation": _mean_where_present(
+            batch, "has_mask", _segmentation_loss, out["segmentation"], batch["mask"]
+        ),
     }
 
 
@@ -116,6 +180,8 @@ def train_fold(
     targets = _targets(train, settings.rating3_weight)
     torch.manual_seed(settings.seed + (fold or 0))
     net = NoduleNet()
+    if not any(c.has_mask for c in train):
+        _segment_nothing(net)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
@@ -185,6 +251,19 @@ def train_fold(
     return final
 
 
+def _segment_nothing(net: NoduleNet) -> None:
+    """Make the segmentation head say "no nodule" everywhere, for a model with no mask to learn.
+
+    Left at its random start, the head would draw noise, and inference's context-box search
+    would follow it; a model that cannot segment says so, and inference then looks at the whole
+    cut-out, as such a model was trained. The loss has no segmentation term for it, so the head
+    stays exactly like this.
+    """
+    with torch.no_grad():
+        net.seg_out.weight.zero_()
+        net.seg_out.bias.fill_(-10.0)
+
+
 def train_cross_validation(
     data_dir: Path,
     out_dir: Path,
@@ -222,17 +301,109 @@ class CrossValidationTrainer:
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
 
     def run(self) -> dict:
-        import shutil
-
         from medcnn.release import build_release
 
         train_cross_validation(
             self.data_dir, self.run_dir, self.folds, self.settings, limit=self.limit
         )
         if self.release_dir.resolve() != self.bundle_dir.resolve():
-            for part in ("configs", "docs"):
-                shutil.copytree(self.bundle_dir / part, self.release_dir / part, dirs_exist_ok=True)
-            shutil.copy2(self.bundle_dir / "LICENSE", self.release_dir / "LICENSE")
+            copy_bundle_files(self.bundle_dir, self.release_dir, ("configs", "docs"))
         return build_release(
             self.run_dir, self.data_dir, self.release_dir, self.folds, limit=self.limit
         )
+
+
+def copy_bundle_files(bundle_dir: Path, release_dir: Path, parts: tuple[str, ...]) -> None:
+    """Start a new bundle from the shipped one's folders ``parts`` and its licence."""
+    import shutil
+
+    for part in parts:
+        shutil.copytree(Path(bundle_dir) / part, Path(release_dir) / part, dirs_exist_ok=True)
+    shutil.copy2(Path(bundle_dir) / "LICENSE", Path(release_dir) / "LICENSE")
+
+
+class NoduleMNISTTrainer:
+    """``medcnn train --source nodulemnist3d``: one NoduleNet on NoduleMNIST3D's training split.
+
+    Same network, augmentation, loss and resumable loop as the LIDC folds, with the malignancy
+    head alone learning (the file has no masks, ratings or descriptors). The validation split is
+    only reported, never used to choose anything; the threshold stays 0.5, as the MedMNIST
+    table's accuracy assumes. The result is a one-member bundle in ``release_dir`` for
+    ``medcnn evaluate --source nodulemnist3d``; it does not segment, so it is a benchmark model,
+    not one to analyse scans with.
+    """
+
+    def __init__(
+        self,
+        data_path: Path | str,
+        run_dir: Path | str,
+        settings: TrainSettings,
+        release_dir: Path | str,
+        bundle_dir: Path | str,
+        limit: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.data_path, self.run_dir = Path(data_path), Path(run_dir)
+        self.settings, self.limit, self.verify = settings, limit, verify
+        self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
+
+    def run(self) -> dict:
+        from medcnn.data.nodulemnist import load_nodulemnist3d
+        from medcnn.errors import UsageError
+        from medcnn.evaluation import evaluate_cases, summarize_benchmark, write_rows
+        from medcnn.release import THRESHOLD, rounded
+
+        if self.release_dir.resolve() == self.bundle_dir.resolve():
+            raise UsageError(
+                "A NoduleMNIST3D model cannot replace the shipped bundle (it does not segment); "
+                "choose another --release-dir."
+            )
+        splits = load_nodulemnist3d(self.data_path, verify=self.verify)
+        train, val = splits["train"][: self.limit], splits["val"][: self.limit]
+        weights = train_fold(train, None, self.run_dir / "model", self.settings)
+        model = NoduleEnsemble(n_members=1)
+        model.members[0].load_state_dict(torch.load(weights, weights_only=True))
+        model.eval()
+        rows = evaluate_cases(model, val, self.settings.spec, progress=True)
+        write_rows(rows, self.run_dir / "val_predictions.csv")
+        validation = rounded(summarize_benchmark(rows, THRESHOLD))
+        self._write_bundle(model, validation, THRESHOLD, n_train=len(train))
+        summary = {"validation": validation, "bundle": str(self.release_dir)}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _write_bundle(
+        self, model: NoduleEnsemble, validation: dict, threshold: float, n_train: int
+    ) -> None:
+        from medcnn.bundle import sha256_of
+
+        copy_bundle_files(self.bundle_dir, self.release_dir, ("configs",))
+        weights = self.release_dir / "models" / "model.pt"
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+        inference_path = self.release_dir / "configs" / "inference.json"
+        inference = json.loads(inference_path.read_text())
+        inference["network_def"]["n_members"] = 1
+        inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+        metadata_path = self.release_dir / "configs" / "metadata.json"
+        metadata = json.loads(metadata_path.read_text())
+        metadata.pop("eval_metrics_nested_head", None)
+        metadata.update(
+            {
+                "name": "MedCNN NoduleNet trained on NoduleMNIST3D (benchmark model)",
+                "description": "One MedCNN NoduleNet trained on the training split of "
+                f"NoduleMNIST3D ({n_train} nodules, 28 mm cubes at 1 mm) for comparison with "
+                "the MedMNIST v2 table. Malignancy only: the file has no masks, so it does not "
+                "segment. Not the shipped model.",
+                "data_source": "NoduleMNIST3D of MedMNIST v2 (Yang et al. 2023, CC BY 4.0), "
+                "derived from LIDC-IDRI",
+                "eval_metrics": {"split": "val", **validation},
+            }
+        )
+        metadata["medcnn"] = {
+            "weights_sha256": sha256_of(weights),
+            "member_folds": [],
+            "threshold": threshold,
+            "training_source": "nodulemnist3d",
+        }
+        metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")

@@ -24,26 +24,47 @@ SOFT_MALIGNANCY = {1: 0.0, 2: 0.1, 3: 0.5, 4: 0.9, 5: 1.0}
 
 @dataclass
 class NoduleCase:
-    """One nodule: its cut-out, consensus mask, centre and the readers' labels."""
+    """One nodule: its cut-out, consensus mask, centre and the readers' labels.
+
+    A source that lacks some of the supervision (NoduleMNIST3D has one benign/malignant label
+    and no mask, rating or descriptors) leaves those fields None and gives ``source_label``;
+    the ``has_*`` flags say which targets exist, and training uses only those.
+    """
 
     name: str
     patient_id: str
     fold: int
     center_ras: np.ndarray
-    rating: int
+    rating: int | None
     diameter_mm: float
-    descriptors: np.ndarray
+    descriptors: np.ndarray | None
     image: Volume
-    mask: Volume
+    mask: Volume | None
+    source_label: int | None = None
 
     @property
     def binary_label(self) -> int | None:
-        """1 malignant (rating 4-5), 0 benign (1-2), None for the indeterminate rating 3."""
+        """1 malignant (rating 4-5), 0 benign (1-2), None for the indeterminate rating 3;
+        the source's own label where it gives one instead of a rating."""
+        if self.source_label is not None:
+            return self.source_label
         if self.rating in (1, 2):
             return 0
         if self.rating in (4, 5):
             return 1
         return None
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask is not None
+
+    @property
+    def has_rating(self) -> bool:
+        return self.rating is not None
+
+    @property
+    def has_descriptors(self) -> bool:
+        return self.descriptors is not None
 
 
 def read_table(data_dir: Path) -> list[dict[str, str]]:
