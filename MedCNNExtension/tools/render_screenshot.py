@@ -118,12 +118,13 @@ def render(data: Path, output: Path) -> Path:
         colours = lut[np.clip((np.nan_to_num(h) * 255).round().astype(int), 0, 255)]
         colours[..., 3] = np.where(visible, opacity, 0.0)
         axis.imshow(colours, extent=extent)
-        if s.max() > 0:
-            axis.contour(s, levels=[0.5], colors=[segment.GetColor()], linewidths=1.4,
-                         extent=(0, cols * dx, 0, rows * dy), origin="upper")  # fmt: skip
-        c = {"Axial": (centre[0] * dx, centre[1] * dy),
-             "Coronal": (centre[0] * dx, (rows - 1 - centre[2]) * dy),
-             "Sagittal": (centre[1] * dx, (rows - 1 - centre[2]) * dy)}[name]  # fmt: skip
+        if s.max() > 0:  # pixel centres as imshow places them
+            x, y = (np.arange(cols) + 0.5) * dx, (np.arange(rows) + 0.5) * dy
+            axis.contour(x, y, s, levels=[0.5], colors=[segment.GetColor()], linewidths=1.5)
+        c = {"Axial": (centre[0] + 0.5, centre[1] + 0.5),
+             "Coronal": (centre[0] + 0.5, rows - 0.5 - centre[2]),
+             "Sagittal": (centre[1] + 0.5, rows - 0.5 - centre[2])}[name]  # fmt: skip
+        c = (c[0] * dx, c[1] * dy)
         half = FIELD_OF_VIEW_MM / 2
         axis.set_xlim(c[0] - half, c[0] + half)
         axis.set_ylim(c[1] + half, c[1] - half)

@@ -170,6 +170,17 @@ def test_lung1_in_the_scene(logic, scene, shared_data):
     assert node_ids(scene) == before
 
 
+def test_a_mask_is_refused_as_not_a_ct(logic, scene, shared_data):
+    """A 0/1 volume (a mask loaded as a scalar volume) is refused by the engine: one message,
+    the engine's exit code, nothing added to the scene."""
+    mask = load_volume(scene, shared_data / "ct" / "lung1" / "lung1_label.nrrd", "mask")
+    before = node_ids(scene)
+    task = logic.analyze(mask, [pointFromRAS(LUNG1_NODULE_RAS, "N1")], TIMEOUT)
+    assert task.succeeded == []
+    assert task.failed[0].exitCode == 6, task.message
+    assert node_ids(scene) == before
+
+
 def test_dicom_series_in_the_scene(logic, scene, shared_data):
     from medcnn.reading import read_scan
 
