@@ -311,3 +311,14 @@ def test_parameters_round_trip_through_a_settings_store():
     assert loaded == Parameters(0.3, 0.6, False, False)
     store["MedCNN/heatmapOpacity"] = 7
     assert Parameters.load(store).heatmapOpacity == 1.0
+
+
+def test_a_busy_runner_is_one_clear_message(scene, lung1, standin_runner, tmp_path):
+    runner = standin_runner("hang")
+    first = MedCNNLogic(scene, runner, workDir=tmp_path / "a")
+    second = MedCNNLogic(scene, runner, workDir=tmp_path / "b")
+    task = first.startAnalysis(lung1, [pointFromRAS(LUNG1_NODULE_RAS)])
+    task.poll()
+    other = second.analyze(lung1, [pointFromRAS(LUNG1_NODULE_RAS)], timeout=10)
+    assert "already running" in other.message
+    task.cancel()

@@ -32,6 +32,7 @@ from .Runner import (
     AnalysisRequest,
     InferenceJob,
     InferenceRunner,
+    RunnerBusyError,
     RunnerEvent,
     WorkerRunner,
 )
@@ -156,7 +157,6 @@ class AnalysisTask:
         self.progress = 0.0
         self.stage = "starting"
         self.cancelled = False
-        self.startedAt = time.monotonic()
         self._image = logic.exportVolume(volumeNode)
         self._toLocal = worldToVolumeTransform(volumeNode)
         self._job: InferenceJob | None = None
@@ -236,7 +236,10 @@ class AnalysisTask:
         local = self._toLocal.TransformPoint(point.ras)
         request = AnalysisRequest(str(self._image), tuple(local), str(self._outDir))
         self.stage = "starting"
-        self._job = self.logic.runner.submit(request)
+        try:
+            self._job = self.logic.runner.submit(request)
+        except RunnerBusyError as error:
+            self._job = FinishedJob(RunnerEvent("error", message=str(error), exitCode=1))
 
     def _handle(self, event: RunnerEvent) -> None:
         point = self.points[len(self.outcomes)]
@@ -268,6 +271,24 @@ class AnalysisTask:
         if self._outDir is not None and not self.logic.keepOutputs:
             shutil.rmtree(self._outDir, ignore_errors=True)
         self._outDir = None
+
+
+class FinishedJob:
+    """A job that ended before it started (the runner refused it)."""
+
+    def __init__(self, event: RunnerEvent) -> None:
+        self._events = [event]
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def poll(self) -> list[RunnerEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def cancel(self) -> None:
+        self._events = []
 
 
 def worldToVolumeTransform(volumeNode: slicer.vtkMRMLVolumeNode) -> vtk.vtkAbstractTransform:
