@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet, pixel_shuffle_3d, single_member
+from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet, member_subset, pixel_shuffle_3d
 
 
 def test_nodule_net_outputs() -> None:
@@ -28,7 +28,7 @@ def test_ensemble_forward_is_two_class_probabilities_and_views_share_weights() -
     with torch.no_grad():
         probs = model(x)
         per_member = model.member_outputs(x)["probability"]
-        view = single_member(model, 1).member_outputs(x)["probability"]
+        view = member_subset(model, [1]).member_outputs(x)["probability"]
     assert probs.shape == (1, 2)
     assert torch.allclose(probs.sum(1), torch.ones(1))
     assert torch.allclose(probs[:, 1], per_member.mean(1))

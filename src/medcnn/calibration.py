@@ -50,8 +50,19 @@ def install_head(model: NoduleEnsemble, head: dict[str, np.ndarray]) -> None:
         getattr(model, name).copy_(torch.as_tensor(head[key], dtype=torch.float32))
 
 
-def feature_matrix(rows: list[dict]) -> np.ndarray:
-    return np.array([[r[f"feature_{i}"] for i in range(NoduleEnsemble.n_features)] for r in rows])
+def member_rows(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """One training row per member and nodule: the head is applied to each member alone."""
+    features, labels = [], []
+    for row in rows:
+        for member in row["member_features"]:
+            features.append(member)
+            labels.append(row["label"])
+    return np.array(features, dtype=float), np.array(labels, dtype=float)
+
+
+def ensemble_probabilities(head: dict[str, np.ndarray], rows: list[dict]) -> np.ndarray:
+    """What the shipped model computes: the members' head probabilities, averaged."""
+    return np.array([apply_logistic(head, np.array(r["member_features"])).mean() for r in rows])
 
 
 def nested_head_probabilities(rows: list[dict], l2: float = 1.0) -> list[dict]:
@@ -59,9 +70,8 @@ def nested_head_probabilities(rows: list[dict], l2: float = 1.0) -> list[dict]:
     binary = [r for r in rows if r["label"] is not None]
     out = []
     for fold in sorted({r["fold"] for r in rows}):
-        train = [r for r in binary if r["fold"] != fold]
-        head = fit_logistic(feature_matrix(train), [r["label"] for r in train], l2)
+        head = fit_logistic(*member_rows([r for r in binary if r["fold"] != fold]), l2)
         held = [r for r in rows if r["fold"] == fold]
-        for row, p in zip(held, apply_logistic(head, feature_matrix(held)), strict=True):
+        for row, p in zip(held, ensemble_probabilities(head, held), strict=True):
             out.append({**row, "probability": float(p)})
     return out

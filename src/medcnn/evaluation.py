@@ -27,7 +27,7 @@ from medcnn.metrics import (
     roc_curve,
     threshold_metrics,
 )
-from medcnn.network import NoduleEnsemble, single_member
+from medcnn.network import NoduleEnsemble, member_subset
 from medcnn.preprocessing import PatchSpec, patch_to_scan, sample_patch
 from medcnn.volume import Volume
 
@@ -58,7 +58,7 @@ def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> d
         "probability": p,
         "uncertainty": prediction.uncertainty,
         "logit": float(np.log(p / (1 - p))),
-        **{f"feature_{i}": float(v) for i, v in enumerate(prediction.member_features[0])},
+        "member_features": prediction.member_features.tolist(),
         "dice": None if case.mask is None else dice(full, case.mask.array > 0),
         "diameter_mm": longest_axial_diameter_mm(Volume(full.astype(np.uint8), case.image.affine)),
         "reader_diameter_mm": case.diameter_mm,
@@ -81,10 +81,13 @@ def out_of_fold(
     spec: PatchSpec,
     progress: bool = False,
 ) -> list[dict]:
-    """Every case judged by the member whose training left out the case's fold."""
+    """Every case judged by the members whose training left out the case's fold."""
     rows = []
     iterator = _with_progress(cases, progress)
-    views = {fold: single_member(model, i) for i, fold in enumerate(member_folds)}
+    views = {
+        fold: member_subset(model, [i for i, f in enumerate(member_folds) if f == fold])
+        for fold in set(member_folds)
+    }
     for case in iterator:
         if case.fold not in views:
             continue
@@ -145,6 +148,10 @@ def summarize(rows: list[dict], threshold: float) -> dict:
 
 def write_rows(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {**r, "member_features": json.dumps(r["member_features"])} if "member_features" in r else r
+        for r in rows
+    ]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

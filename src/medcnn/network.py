@@ -168,11 +168,11 @@ class NoduleEnsemble(nn.Module):
         return torch.cat([1 - malignant, malignant], 1)
 
 
-def single_member(model: NoduleEnsemble, index: int) -> NoduleEnsemble:
-    """A one-member view of the ensemble (shared weights, same calibration), for evaluating a
-    fold's member on the patients it never saw."""
+def member_subset(model: NoduleEnsemble, indices: list[int]) -> NoduleEnsemble:
+    """A view of some members of the ensemble (shared weights, same head), for judging a
+    fold's patients with only the members that never saw them."""
     view = NoduleEnsemble(n_members=0)
-    view.members = nn.ModuleList([model.members[index]])
+    view.members = nn.ModuleList([model.members[i] for i in indices])
     for name, buffer in model.named_buffers(recurse=False):
         setattr(view, name, buffer)
     return view.eval()

@@ -12,10 +12,10 @@ import torch
 
 from medcnn.bundle import load_patch_spec, sha256_of
 from medcnn.calibration import (
-    apply_logistic,
-    feature_matrix,
+    ensemble_probabilities,
     fit_logistic,
     install_head,
+    member_rows,
     nested_head_probabilities,
 )
 from medcnn.data.lidc import load_cases
@@ -27,13 +27,13 @@ THRESHOLD = 0.5
 CHECK_EVERY = 8  # the fixed subset (every 8th nodule) that the tests re-evaluate
 
 
-def assemble(run_dir: Path, folds: list[int]) -> NoduleEnsemble:
-    model = NoduleEnsemble(n_members=len(folds))
-    for member, fold in zip(model.members, folds, strict=True):
-        member.load_state_dict(
-            torch.load(Path(run_dir) / f"fold{fold}" / "model.pt", weights_only=True)
-        )
-    return model.eval()
+def assemble(run_dirs: list[Path], folds: list[int]) -> tuple[NoduleEnsemble, list[int]]:
+    """All fold models of all runs (seeds) as one ensemble, and each member's held-out fold."""
+    paths = [(Path(d) / f"fold{f}" / "model.pt", f) for d in run_dirs for f in folds]
+    model = NoduleEnsemble(n_members=len(paths))
+    for member, (path, _) in zip(model.members, paths, strict=True):
+        member.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval(), [f for _, f in paths]
 
 
 def rounded(summary: dict) -> dict:
@@ -55,21 +55,23 @@ def build_release(
     bundle_dir: Path,
     folds: list[int] | None = None,
     limit: int | None = None,
+    extra_run_dirs: list[Path] | None = None,
 ) -> dict:
+    """``extra_run_dirs``: further trainings of the same folds (other seeds) to ensemble."""
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
     folds = folds or [0, 1, 2, 3, 4]
     spec = load_patch_spec(bundle_dir)
-    model = assemble(run_dir, folds)
+    model, member_folds = assemble([run_dir, *(extra_run_dirs or [])], folds)
     cases = load_cases(Path(data_dir), cache_dir=None if limit else run_dir / "cache", limit=limit)
-    rows = out_of_fold(model, folds, cases, spec, progress=True)
+    rows = out_of_fold(model, member_folds, cases, spec, progress=True)
     write_rows(rows, run_dir / "oof_raw.csv")
     nested = nested_head_probabilities(rows)
     binary = [r for r in rows if r["label"] is not None]
-    head = fit_logistic(feature_matrix(binary), [r["label"] for r in binary])
+    head = fit_logistic(*member_rows(binary))
     install_head(model, head)
     shipped = [
         {**r, "probability": float(p)}
-        for r, p in zip(rows, apply_logistic(head, feature_matrix(rows)), strict=True)
+        for r, p in zip(rows, ensemble_probabilities(head, rows), strict=True)
     ]
     weights = bundle_dir / "models" / "model.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,7 @@ def build_release(
     metadata_path = bundle_dir / "configs" / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     metadata.setdefault("medcnn", {}).update(
-        {"weights_sha256": sha256_of(weights), "member_folds": folds, "threshold": THRESHOLD}
+        {"weights_sha256": sha256_of(weights), "member_folds": member_folds, "threshold": THRESHOLD}
     )
     metadata["medcnn"]["check_subset"] = {
         "every": CHECK_EVERY,
