@@ -295,21 +295,40 @@ class CrossValidationTrainer:
         release_dir: Path | str,
         bundle_dir: Path | str,
         limit: int | None = None,
+        seeds: list[int] | None = None,
     ) -> None:
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.folds, self.settings, self.limit = list(folds), settings, limit
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
+        self.seeds = list(seeds) if seeds else [settings.seed]
+
+    def seed_dir(self, index: int) -> Path:
+        """The first seed trains in ``run_dir``, each further one in ``run_dir/seed<N>``."""
+        return self.run_dir if index == 0 else self.run_dir / f"seed{self.seeds[index]}"
 
     def run(self) -> dict:
+        from dataclasses import replace
+
         from medcnn.release import build_release
 
-        train_cross_validation(
-            self.data_dir, self.run_dir, self.folds, self.settings, limit=self.limit
-        )
+        for index, seed in enumerate(self.seeds):
+            train_cross_validation(
+                self.data_dir,
+                self.seed_dir(index),
+                self.folds,
+                replace(self.settings, seed=seed),
+                limit=self.limit,
+            )
         if self.release_dir.resolve() != self.bundle_dir.resolve():
             copy_bundle_files(self.bundle_dir, self.release_dir, ("configs", "docs"))
+        extra = [self.seed_dir(i) for i in range(1, len(self.seeds))]
         return build_release(
-            self.run_dir, self.data_dir, self.release_dir, self.folds, limit=self.limit
+            self.run_dir,
+            self.data_dir,
+            self.release_dir,
+            self.folds,
+            limit=self.limit,
+            extra_run_dirs=extra,
         )
 
 
