@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 7],
+        help="lidc only: one training of every fold per seed; all are ensembled (shipped: 0 7)",
+    )
+    train.add_argument(
         "--limit",
         type=int,
         default=None,
@@ -328,6 +335,7 @@ def run_train(args: argparse.Namespace) -> int:
         release_dir=args.release_dir or run_dir / "bundle",
         bundle_dir=default_bundle_dir(),
         limit=args.limit,
+        seeds=args.seeds,
     )
     summary = trainer.run()
     print(json.dumps(summary["nested"], indent=2))
