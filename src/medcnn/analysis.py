@@ -26,7 +26,7 @@ from medcnn.explain import malignancy_heatmap
 from medcnn.inference import predict
 from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
 from medcnn.preprocessing import patch_to_scan, sample_patch
-from medcnn.reading import read_scan
+from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
 from medcnn.writing import HEATMAP, RESULT, SEGMENTATION, write_outputs
 
@@ -100,7 +100,7 @@ class Analyzer:
         timings["network"] = time.perf_counter() - started
         report("heatmap", 0.6)
         started = time.perf_counter()
-        heat = malignancy_heatmap(self.model, prediction.network_input)
+        heat = malignancy_heatmap(self.model, prediction.network_input, prediction.activations)
         heatmap = patch_to_scan(heat, prediction.patch, scan, self.spec)
         heatmap = Volume(np.clip(heatmap.array, 0.0, 1.0), heatmap.affine)
         seg_scan = patch_to_scan(prediction.segmentation, prediction.patch, scan, self.spec)
@@ -134,7 +134,7 @@ class Analyzer:
                 "format": scan.metadata.get("format"),
                 "series_instance_uid": scan.metadata.get("series_instance_uid"),
                 "series_choice": scan.metadata.get("series_choice"),
-                "shape": list(scan.shape),
+                "shape": list(scan.metadata.get("scan_shape", scan.shape)),
                 "spacing_mm": [round(float(s), 5) for s in scan.spacing],
             },
             "outputs": {"result": RESULT, "heatmap": HEATMAP, "segmentation": SEGMENTATION},
@@ -159,7 +159,9 @@ class Analyzer:
         total_start = time.perf_counter()
         report("reading", 0.0)
         started = time.perf_counter()
-        scan = read_scan(image, series_uid=series_uid)
+        # Only the slices the network's cube reaches are decoded (DICOM series).
+        half_width = self.spec.size * self.spec.spacing_mm / 2.0
+        scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
         timings = {"read": time.perf_counter() - started}
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         report("writing", 0.9)

@@ -1,30 +1,77 @@
 """The heatmap: where the network looked when it called the nodule malignant.
 
-MONAI's GradCAM on each ensemble member's malignancy logit, at the decoder's 8-voxel level,
-which feeds the classifier directly and is fine enough to outline a nodule; the members' maps
-are averaged, as their probabilities are.
+GradCAM (Selvaraju et al.) on each ensemble member's malignancy logit, at the decoder's 8-voxel
+level (``dec2``), which feeds the classifier directly and is fine enough to outline a nodule; the
+members' maps are averaged, as their probabilities are.
+
+It is MONAI's ``monai.visualize.GradCAM`` computed without running the network again: the
+logit depends on ``dec2``'s activations only through their spatial mean, so their gradient
+needs just the classifier head, applied here to the activations the prediction already
+computed. MONAI's own upsampler and normaliser finish each member's map, exactly as its
+``GradCAM`` does; ``tests/test_speed_equivalence.py`` checks the maps against it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.visualize import GradCAM
+import torch.nn.functional as F
+from monai.visualize.class_activation_maps import default_normalizer
+from monai.visualize.visualizer import default_upsampler
 
-from medcnn.network import MalignancyLogit, NoduleEnsemble
+from medcnn.grouped import grouped_ensemble
+from medcnn.network import NoduleEnsemble, NoduleNet
 
 TARGET_LAYER = "net.dec2"
 
 
-def malignancy_heatmap(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
-    """Class-activation map for the malignant class, in [0, 1], on the input's grid."""
-    batch = torch.from_numpy(x)[None]
-    maps = []
-    for member in model.members:
-        wrapped = MalignancyLogit(member).eval()
-        cam = GradCAM(nn_module=wrapped, target_layers=TARGET_LAYER)
-        with torch.enable_grad():
-            maps.append(cam(batch, class_idx=0)[0, 0].detach().numpy())
+def malignancy_heatmap(
+    model: NoduleEnsemble,
+    x: np.ndarray,
+    activations: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Class-activation map for the malignant class, in [0, 1], on the input's grid.
+
+    ``activations`` are ``Prediction.activations`` of this input (deepest encoder level and
+    ``dec2``); without them the network runs once to get them.
+    """
+    grouped = grouped_ensemble(model)
+    if activations is None:
+        with torch.inference_mode():
+            out = grouped(torch.from_numpy(x)[None])
+        activations = (out.encoder, out.decoder)
+    encoder, decoder = activations
+    maps = [
+        _member_gradcam(
+            member,
+            grouped.member_slice(encoder, index),
+            grouped.member_slice(decoder, index),
+            x.shape[1:],
+        )
+        for index, member in enumerate(model.members)
+    ]
     heat = np.mean(maps, axis=0)
     span = float(heat.max() - heat.min())
     return ((heat - heat.min()) / span if span > 0 else np.zeros_like(heat)).astype(np.float32)
+
+
+def _member_gradcam(
+    member: NoduleNet, encoder: torch.Tensor, decoder: torch.Tensor, spatial: tuple[int, ...]
+) -> np.ndarray:
+    """One member's GradCAM map, as MONAI's ``GradCAM(member's logit, "net.dec2")`` gives it.
+
+    ``NoduleNet.forward`` computes the logit as ``malignancy(head([pool(s3), pool(d2)]))``;
+    the same modules run here on the member's saved activations, and autograd gives the
+    gradient at ``d2`` (dec2's output, where MONAI's backward hook would read it).
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        acti = decoder.clone().requires_grad_(True)
+        pooled = torch.cat([member.pool(encoder.clone()), member.pool(acti)], 1)
+        logit = member.malignancy(member.head(pooled))
+        (grad,) = torch.autograd.grad(logit[:, 0].squeeze().sum(), acti)
+    acti = acti.detach()
+    b, c, *rest = grad.shape
+    weights = grad.view(b, c, -1).mean(2).view(b, c, *[1] * len(rest))
+    cam = F.relu((weights * acti).sum(1, keepdim=True))
+    cam = default_normalizer(default_upsampler(spatial)(cam))
+    return cam[0, 0].numpy()

@@ -34,10 +34,21 @@ map). Voxels are int16 when the values fit exactly, else float32.
 ``modality`` ("CT" or None when the format does not say), ``series_instance_uid``,
 ``series_description``, ``series_choice`` (a sentence, or None) and ``warnings`` (a list of
 sentences). Nothing else leaves a DICOM header: no patient identifiers.
+
+Reading around a point (``around=ScanRegion(...)``, what one click needs). A DICOM series is
+still chosen and checked from the headers of all its files, exactly as above, but only the
+slices that a cube around the point reaches (plus two on each side, for interpolation) are
+decoded: the returned Volume is that slab of whole slices, with its own affine, so every voxel
+sits where it sits in the whole scan. Its ``metadata`` adds ``scan_shape`` (the whole series'
+shape) and ``region`` (``{"first_slice": k0, "slices": n}`` along the slice axis), and the value
+checks above (voxel type, the warning when nothing is below 0 HU) see the slab's voxels. When
+the cube misses the scan, or for the other formats, the whole scan is read, as without
+``around``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -45,9 +56,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 
 from medcnn.errors import (
     GeometryError,
@@ -101,6 +113,11 @@ _HEADER_TAGS = [
     "RescaleSlope",
     "RescaleIntercept",
 ]
+# Every tag above is in a group up to 0x0028; parsing stops there, before the large private
+# groups some scanners write between the image tags and the pixels.
+_HEADER_TAG_LIST = [Tag(name) for name in _HEADER_TAGS]
+_LAST_HEADER_GROUP = max(tag.group for tag in _HEADER_TAG_LIST)
+REGION_MARGIN_SLICES = 2
 _MODALITY_NAMES = {
     "MR": "an MR image",
     "PT": "a PET image",
@@ -114,15 +131,39 @@ _MODALITY_NAMES = {
 }
 
 
-def read_scan(path: str | Path, series_uid: str | None = None) -> Volume:
-    """Read a CT scan as a Volume in RAS mm and HU, refusing what the network must not see."""
+@dataclass(frozen=True)
+class ScanRegion:
+    """The part of a scan one analysis needs: the cube of half-width ``half_width_mm`` around
+    ``center_ras`` (axes along R, A, S)."""
+
+    center_ras: np.ndarray
+    half_width_mm: float
+
+    def corners(self) -> np.ndarray:
+        """The cube's eight corners in RAS mm, (8, 3)."""
+        signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
+        return np.asarray(self.center_ras, dtype=float) + self.half_width_mm * signs
+
+
+def read_scan(
+    path: str | Path, series_uid: str | None = None, around: ScanRegion | None = None
+) -> Volume:
+    """Read a CT scan as a Volume in RAS mm and HU, refusing what the network must not see.
+
+    With ``around``, a DICOM series is decoded only where the region reaches (see the module's
+    documentation); the result is then a slab of the scan, in the scan's own world geometry.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist; check the path to the scan.")
     if path.is_dir():
-        return _read_dicom(path, _scan_folder(path, recursive=True), series_uid, path)
+        return _read_dicom(
+            path, _scan_folder(path, recursive=True), series_uid, path, around=around
+        )
     if path.name.upper() == "DICOMDIR":  # a CD or export's index: read the media it indexes
-        return _read_dicom(path.parent, _scan_folder(path.parent, recursive=True), series_uid, path)
+        return _read_dicom(
+            path.parent, _scan_folder(path.parent, recursive=True), series_uid, path, around=around
+        )
     image_format = _format_from_suffix(path)
     if image_format is not None and series_uid is not None:
         raise UsageError(
@@ -133,7 +174,7 @@ def read_scan(path: str | Path, series_uid: str | None = None) -> Volume:
         return _read_nifti(path)
     if image_format in ("nrrd", "mha"):
         return _read_itk_image(path, image_format)
-    return _read_dicom_file(path, series_uid)
+    return _read_dicom_file(path, series_uid, around)
 
 
 # --- DICOM: headers, series choice, geometry -------------------------------------------------
@@ -206,7 +247,8 @@ def _scan_folder(folder: Path, recursive: bool) -> _FolderScan:
 def _read_slice_header(path: Path) -> _SliceHeader | None:
     """The slice's header, or None when the file is not DICOM at all."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        with open(path, "rb") as handle:
+            ds = read_partial(handle, stop_when=_past_header_tags, specific_tags=_HEADER_TAG_LIST)
     except InvalidDicomError:
         return None
     except Exception as err:
@@ -245,6 +287,10 @@ def _read_slice_header(path: Path) -> _SliceHeader | None:
     )
 
 
+def _past_header_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group > _LAST_HEADER_GROUP
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -279,7 +325,7 @@ def _float_or(value: object, default: float) -> float:
         return default
 
 
-def _read_dicom_file(path: Path, series_uid: str | None) -> Volume:
+def _read_dicom_file(path: Path, series_uid: str | None, around: ScanRegion | None) -> Volume:
     """One file of a series: read the whole series it belongs to, from its folder."""
     header = _read_slice_header(path)
     if header is None:
@@ -297,7 +343,12 @@ def _read_dicom_file(path: Path, series_uid: str | None) -> Volume:
     scan = _scan_folder(path.parent, recursive=False)
     series = [s for s in scan.series if s.key == header.series_key]
     return _read_dicom(
-        path.parent, _FolderScan(series, scan.unreadable_files), None, path, given_file=True
+        path.parent,
+        _FolderScan(series, scan.unreadable_files),
+        None,
+        path,
+        given_file=True,
+        around=around,
     )
 
 
@@ -316,6 +367,7 @@ def _read_dicom(
     series_uid: str | None,
     path: Path,
     given_file: bool = False,
+    around: ScanRegion | None = None,
 ) -> Volume:
     series, choice = _choose_series(folder, scan.series, series_uid)
     if given_file:
@@ -335,10 +387,33 @@ def _read_dicom(
     warnings += geometry_warnings
     rows, columns = slices[0].size
     _check_size(rows * columns * len(slices) * 2, str(path))
-    array, low, high = _read_dicom_pixels(slices)
+    as_float = _needs_float_pixels(slices)
+    first, count = _slices_reached(around, affine, len(slices))
+    array, low, high = _read_dicom_pixels(slices[first : first + count], as_float)
     warnings += _value_warnings(array, low, high, modality_known=True)
     metadata = _metadata(path, "dicom", "CT", series.first, choice, warnings)
-    return Volume(array, affine, metadata)
+    if count == len(slices):
+        return Volume(array, affine, metadata)
+    slab_affine = affine.copy()
+    slab_affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, first]) + affine[:3, 3]
+    metadata["scan_shape"] = [columns, rows, len(slices)]
+    metadata["region"] = {"first_slice": first, "slices": count}
+    return Volume(array, slab_affine, metadata)
+
+
+def _slices_reached(
+    around: ScanRegion | None, affine: np.ndarray, n_slices: int
+) -> tuple[int, int]:
+    """The first slice and the number of slices that the region reaches, with the margin that
+    interpolation reads; all slices without a region or when the region misses the scan."""
+    if around is None:
+        return 0, n_slices
+    k = (np.linalg.inv(affine) @ np.c_[around.corners(), np.ones(8)].T)[2]
+    first = max(math.floor(k.min()) - REGION_MARGIN_SLICES, 0)
+    last = min(math.ceil(k.max()) + REGION_MARGIN_SLICES, n_slices - 1)
+    if last < first:
+        return 0, n_slices
+    return first, last - first + 1
 
 
 def _choose_series(
@@ -585,15 +660,21 @@ def _check_regular_spacing(distances: np.ndarray) -> float:
     return step
 
 
-def _read_dicom_pixels(slices: list[_SliceHeader]) -> tuple[np.ndarray, float, float]:
-    """Decode the ordered files with GDCM; rescale slope/intercept are applied, so values are HU."""
+def _needs_float_pixels(slices: list[_SliceHeader]) -> bool:
+    """Per-slice or fractional rescales must not be squeezed into the first slice's type."""
     rescales = {s.rescale for s in slices}
+    slope, intercept = next(iter(rescales))
+    return len(rescales) > 1 or not (float(slope).is_integer() and float(intercept).is_integer())
+
+
+def _read_dicom_pixels(
+    slices: list[_SliceHeader], as_float: bool
+) -> tuple[np.ndarray, float, float]:
+    """Decode the ordered files with GDCM; rescale slope/intercept are applied, so values are HU."""
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
     reader.SetFileNames([str(s.path) for s in slices])
-    slope, intercept = next(iter(rescales))
-    if len(rescales) > 1 or not (float(slope).is_integer() and float(intercept).is_integer()):
-        # Per-slice or fractional rescales must not be squeezed into the first slice's type.
+    if as_float:
         reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()

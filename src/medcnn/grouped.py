@@ -1,0 +1,212 @@
+"""The ensemble's members run as one network: each layer a grouped convolution over all members.
+
+A click runs the five members on one 32^3 patch several times (the context-box passes, then the
+flipped copies). Run member by member, each call is a batch of one, for which PyTorch picks its
+slow reference convolution (oneDNN is only chosen for batches, groups or large inputs), and pays
+the per-operation overhead five times. Stacking the members' weights along the channel axis,
+with ``groups`` = number of members, computes exactly the same sums in one oneDNN call per layer:
+member ``m`` owns channels ``[m * C, (m + 1) * C)`` of every feature map, and nothing mixes them.
+
+``GroupedEnsemble`` is built from a ``NoduleEnsemble`` in eval mode and mirrors
+``NoduleNet.forward`` and ``NoduleEnsemble.member_outputs`` line by line; the speed test in
+``tests/test_speed_equivalence.py`` checks it against the members run one by one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcnn.network import NoduleEnsemble, NoduleNet
+
+
+@dataclass(frozen=True)
+class GroupedOutputs:
+    """``member_outputs``' three tensors, and the activations the heatmap is computed from:
+    ``encoder`` (the deepest encoder level, B, M*C3, ...) and ``decoder`` (``dec2``'s output,
+    B, M*C2, ...), both in the grouped channel layout."""
+
+    probability: torch.Tensor
+    features: torch.Tensor
+    segmentation: torch.Tensor
+    encoder: torch.Tensor
+    decoder: torch.Tensor
+
+
+class _GroupedConvolution(nn.Module):
+    """A MONAI ``Convolution`` block (conv, batch norm, PReLU) of every member, as one."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        convs = [b.conv for b in blocks]
+        self.conv = _GroupedConv(convs)
+        norms = [b.adn.N for b in blocks]
+        acts = [b.adn.A for b in blocks]
+        if any(set(b.adn._modules) != {"N", "A"} for b in blocks) or any(
+            a.weight.numel() != 1 for a in acts
+        ):
+            raise TypeError("only conv -> batch norm -> PReLU blocks can be grouped")
+        self.register_buffer("mean", torch.cat([n.running_mean for n in norms]))
+        self.register_buffer("var", torch.cat([n.running_var for n in norms]))
+        self.register_buffer("gamma", torch.cat([n.weight for n in norms]))
+        self.register_buffer("beta", torch.cat([n.bias for n in norms]))
+        self.eps = norms[0].eps
+        per_channel = [a.weight.expand(n.num_features) for a, n in zip(acts, norms, strict=True)]
+        self.register_buffer("slope", torch.cat(per_channel).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = F.batch_norm(x, self.mean, self.var, self.gamma, self.beta, False, 0.0, self.eps)
+        return F.prelu(x, self.slope)
+
+
+class _GroupedConv(nn.Module):
+    """Conv3d or ConvTranspose3d of every member, as one grouped layer."""
+
+    def __init__(self, convs: list[nn.Module]) -> None:
+        super().__init__()
+        first = convs[0]
+        self.transposed = isinstance(first, nn.ConvTranspose3d)
+        if first.groups != 1 or not isinstance(first, (nn.Conv3d, nn.ConvTranspose3d)):
+            raise TypeError("only plain Conv3d / ConvTranspose3d layers can be grouped")
+        self.groups = len(convs)
+        self.register_buffer("weight", torch.cat([c.weight for c in convs]).contiguous())
+        self.register_buffer("bias", torch.cat([c.bias for c in convs]))
+        self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
+        self.output_padding = getattr(first, "output_padding", (0, 0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            return F.conv_transpose3d(
+                x,
+                self.weight,
+                self.bias,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
+            )
+        return F.conv3d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+
+class _GroupedResidualUnit(nn.Module):
+    """A MONAI ``ResidualUnit`` (subunits plus a strided residual convolution), grouped."""
+
+    def __init__(self, units: list[nn.Module]) -> None:
+        super().__init__()
+        names = list(units[0].conv._modules)
+        self.subunits = nn.ModuleList(
+            _GroupedConvolution([u.conv._modules[n] for u in units]) for n in names
+        )
+        self.residual = _GroupedConv([u.residual for u in units])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = self.residual(x)
+        for unit in self.subunits:
+            x = unit(x)
+        return x + residual
+
+
+def _cat_members(a: torch.Tensor, b: torch.Tensor, members: int) -> torch.Tensor:
+    """``torch.cat([a, b], 1)`` done per member, so each member's channels stay together."""
+    batch, spatial = a.shape[0], a.shape[2:]
+    joined = torch.cat(
+        [a.reshape(batch, members, -1, *spatial), b.reshape(batch, members, -1, *spatial)], 2
+    )
+    return joined.reshape(batch, -1, *spatial)
+
+
+class GroupedEnsemble(nn.Module):
+    """All members of a ``NoduleEnsemble`` in one grouped network; weights copied at build."""
+
+    def __init__(self, model: NoduleEnsemble) -> None:
+        super().__init__()
+        members: list[NoduleNet] = list(model.members)
+        if not members:
+            raise ValueError("an ensemble without members cannot be grouped")
+        self.n_members = len(members)
+        self.in_channels = members[0].stem.conv.in_channels
+        self.stem = _GroupedConvolution([m.stem for m in members])
+        self.enc1 = _GroupedResidualUnit([m.enc1 for m in members])
+        self.enc2 = _GroupedResidualUnit([m.enc2 for m in members])
+        self.enc3 = _GroupedResidualUnit([m.enc3 for m in members])
+        self.up3 = _GroupedConvolution([m.up3 for m in members])
+        self.dec2 = _GroupedConvolution([m.dec2 for m in members])
+        self.up2 = _GroupedConvolution([m.up2 for m in members])
+        self.dec1 = _GroupedConvolution([m.dec1 for m in members])
+        self.seg_out = _GroupedConv([m.seg_out for m in members])
+        hidden = [m.head[2] for m in members]
+        self.register_buffer("hidden_weight", torch.stack([h.weight for h in hidden]))
+        self.register_buffer("hidden_bias", torch.stack([h.bias for h in hidden]))
+        self.register_buffer("hidden_slope", torch.stack([m.head[3].weight for m in members]))
+        outputs = [
+            torch.cat([m.malignancy.weight, m.rating.weight, m.descriptors.weight]) for m in members
+        ]
+        output_bias = [
+            torch.cat([m.malignancy.bias, m.rating.bias, m.descriptors.bias]) for m in members
+        ]
+        self.register_buffer("output_weight", torch.stack(outputs))
+        self.register_buffer("output_bias", torch.stack(output_bias))
+        for name in ("feature_mean", "feature_std", "head_weight", "head_bias"):
+            self.register_buffer(name, getattr(model, name).detach().clone())
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> GroupedOutputs:
+        """(B, 2, N, N, N) -> each member's outputs, as ``NoduleEnsemble.member_outputs``."""
+        m, batch = self.n_members, x.shape[0]
+        s0 = self.stem(x.repeat(1, m, 1, 1, 1))
+        s1 = self.enc1(s0)
+        s2 = self.enc2(s1)
+        s3 = self.enc3(s2)
+        d2 = self.dec2(_cat_members(self.up3(s3), s2, m))
+        d1 = self.dec1(_cat_members(self.up2(d2), s1, m))
+        pooled = torch.cat(
+            [s3.mean((2, 3, 4)).reshape(batch, m, -1), d2.mean((2, 3, 4)).reshape(batch, m, -1)], 2
+        )
+        hidden = torch.einsum("bmi,moi->bmo", pooled, self.hidden_weight) + self.hidden_bias
+        hidden = torch.where(hidden >= 0, hidden, hidden * self.hidden_slope)
+        heads = torch.einsum("bmi,moi->bmo", hidden, self.output_weight) + self.output_bias
+        logits = self.seg_out(d1)
+        n = logits.shape[-1]
+        shuffled = logits.reshape(batch * m, 2, 2, 2, n, n, n).permute(0, 4, 1, 5, 2, 6, 3)
+        segmentation = torch.sigmoid(shuffled.reshape(batch, m, 2 * n, 2 * n, 2 * n))
+        volume = segmentation.sum((2, 3, 4))
+        features = torch.cat([heads, torch.log1p(volume)[..., None]], 2)
+        z = (features - self.feature_mean) / self.feature_std
+        probability = torch.sigmoid(z @ self.head_weight + self.head_bias)
+        return GroupedOutputs(probability, features, segmentation, s3, d2)
+
+    def member_slice(self, grouped: torch.Tensor, member: int) -> torch.Tensor:
+        """Member ``member``'s channels of a grouped feature map."""
+        channels = grouped.shape[1] // self.n_members
+        return grouped[:, member * channels : (member + 1) * channels]
+
+
+_CACHE: weakref.WeakKeyDictionary[NoduleEnsemble, tuple[tuple, GroupedEnsemble]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def grouped_ensemble(model: NoduleEnsemble) -> GroupedEnsemble:
+    """The grouped twin of an ensemble in eval mode, built once and rebuilt if its weights change.
+
+    The weights are copied, so the twin is checked against the ensemble's tensors and their
+    version counters (bumped by every in-place change, ``load_state_dict`` included) on each use.
+    """
+    if model.training:
+        raise ValueError("the ensemble must be in eval mode (model.eval()) to be grouped")
+    state = tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0] == state:
+        return cached[1]
+    with torch.no_grad():
+        grouped = GroupedEnsemble(model)
+    _CACHE[model] = (state, grouped)
+    return grouped

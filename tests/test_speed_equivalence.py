@@ -1,0 +1,191 @@
+"""The fast inference path gives the numbers of the straightforward one.
+
+The model's cross-validated metrics are computed through ``medcnn.inference.predict``; the speed
+work (members as one grouped network, the last box pass reused as the unflipped copy, GradCAM
+from the saved activations) must not move them. The straightforward implementation is kept
+here, as it was written before the speed work: each member on its own, a separate network
+call per pass and per flip, and MONAI's ``GradCAM`` with its own forward and backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.visualize import GradCAM
+
+from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec
+from medcnn.data.lidc import load_cases
+from medcnn.explain import malignancy_heatmap
+from medcnn.grouped import GroupedEnsemble, grouped_ensemble
+from medcnn.inference import FLIPS, MAX_BOX_PASSES, _central_component, predict
+from medcnn.metrics import dice
+from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
+from medcnn.preprocessing import PatchSpec, context_box, network_input, sample_patch
+
+PROBABILITY_TOLERANCE = 1e-4
+HEATMAP_TOLERANCE = 1e-3
+MIN_DICE = 0.999
+
+
+# --- the reference: the inference path as written before the speed work ---------------------
+
+
+def reference_predict(model: NoduleEnsemble, patch, spec: PatchSpec) -> dict:
+    def segment(x: np.ndarray) -> np.ndarray:
+        out = model.member_outputs(torch.from_numpy(x)[None])
+        return out["segmentation"][0].mean(0).numpy()
+
+    with torch.inference_mode():
+        box = context_box(None, spec)
+        passes = 0
+        while passes < MAX_BOX_PASSES:
+            passes += 1
+            new_box = context_box(
+                _central_component(segment(network_input(patch, box, spec))), spec
+            )
+            if np.array_equal(new_box, box):
+                break
+            box = new_box
+        x = network_input(patch, box, spec)
+        batch = torch.from_numpy(x)[None]
+        out = model.member_outputs(torch.cat([batch.flip(d) if d else batch for d in FLIPS]))
+        segs = [
+            s.flip([d - 1 for d in dims]) if dims else s
+            for s, dims in zip(out["segmentation"].mean(1, keepdim=True), FLIPS, strict=True)
+        ]
+        features = out["features"].mean(0)
+        probabilities = model.combine(features).numpy()
+        segmentation = torch.stack(segs).mean(0)[0].numpy()
+    return {"probabilities": probabilities, "segmentation": segmentation, "x": x, "passes": passes}
+
+
+def reference_heatmap(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
+    batch = torch.from_numpy(x)[None]
+    maps = []
+    for member in model.members:
+        cam = GradCAM(nn_module=MalignancyLogit(member).eval(), target_layers="net.dec2")
+        with torch.enable_grad():
+            maps.append(cam(batch, class_idx=0)[0, 0].detach().numpy())
+    heat = np.mean(maps, axis=0)
+    span = float(heat.max() - heat.min())
+    return ((heat - heat.min()) / span if span > 0 else np.zeros_like(heat)).astype(np.float32)
+
+
+# --- comparison --------------------------------------------------------------------------------
+
+
+def assert_same_answer(model: NoduleEnsemble, patch, spec: PatchSpec) -> None:
+    expected = reference_predict(model, patch, spec)
+    fast = predict(model, patch, spec)
+    assert fast.box_passes == expected["passes"]
+    np.testing.assert_array_equal(fast.network_input, expected["x"])
+    np.testing.assert_allclose(
+        fast.member_probabilities, expected["probabilities"], atol=PROBABILITY_TOLERANCE, rtol=0
+    )
+    assert abs(fast.probability - float(expected["probabilities"].mean())) < PROBABILITY_TOLERANCE
+    fast_mask, expected_mask = fast.segmentation > 0.5, expected["segmentation"] > 0.5
+    if expected_mask.any():
+        assert dice(fast_mask, expected_mask) > MIN_DICE
+    else:
+        assert not fast_mask.any()
+    np.testing.assert_allclose(fast.segmentation, expected["segmentation"], atol=1e-4)
+    heat = malignancy_heatmap(model, fast.network_input, fast.activations)
+    assert np.abs(heat - reference_heatmap(model, expected["x"])).max() < HEATMAP_TOLERANCE
+    # Without the saved activations, the heatmap runs the network itself: the same map.
+    assert np.abs(heat - malignancy_heatmap(model, fast.network_input)).max() < 1e-6
+
+
+def randomized_ensemble(n_members: int = 3, seed: int = 0) -> NoduleEnsemble:
+    """Random weights, with batch-norm statistics and PReLU slopes that are not the defaults,
+    so every parameter the grouped network copies matters."""
+    torch.manual_seed(seed)
+    model = NoduleEnsemble(n_members=n_members)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+            if isinstance(module, torch.nn.PReLU):
+                module.weight.uniform_(0.0, 0.5)
+        model.feature_mean.uniform_(-1, 1)
+        model.feature_std.uniform_(0.5, 2)
+        model.head_weight.uniform_(-1, 1)
+    return model.eval()
+
+
+def test_grouped_network_is_the_members_run_one_by_one() -> None:
+    model = randomized_ensemble()
+    x = torch.rand(3, 2, 32, 32, 32)
+    with torch.inference_mode():
+        expected = model.member_outputs(x)
+        out = grouped_ensemble(model)(x)
+    for key in ("probability", "features", "segmentation"):
+        torch.testing.assert_close(getattr(out, key), expected[key], atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_network_follows_changed_weights() -> None:
+    model = randomized_ensemble(n_members=2)
+    first = grouped_ensemble(model)
+    assert grouped_ensemble(model) is first
+    model.load_state_dict(randomized_ensemble(n_members=2, seed=1).state_dict())
+    second = grouped_ensemble(model)
+    assert second is not first
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            second(x).features, model.member_outputs(x)["features"], atol=1e-5, rtol=1e-5
+        )
+    with pytest.raises(ValueError, match="eval mode"):
+        grouped_ensemble(model.train())
+
+
+def test_member_subset_views_are_grouped_from_their_own_members() -> None:
+    model = randomized_ensemble(n_members=3)
+    view = member_subset(model, [0, 2])
+    grouped = GroupedEnsemble(view)
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            grouped(x).features, view.member_outputs(x)["features"], atol=1e-5, rtol=1e-5
+        )
+
+
+def test_fast_path_matches_reference_on_the_phantom_with_random_weights() -> None:
+    spec = PatchSpec()
+    patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
+    assert_same_answer(randomized_ensemble(), patch, spec)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[NoduleEnsemble, PatchSpec]:
+    bundle = default_bundle_dir()
+    if not (bundle / "models" / "model.pt").exists():
+        pytest.skip(f"no trained weights in {bundle} yet (the release puts them there)")
+    model, _ = load_ensemble(bundle)
+    return model, load_patch_spec()
+
+
+def test_fast_path_matches_reference_with_the_shipped_model_on_the_phantom(shipped) -> None:
+    model, spec = shipped
+    patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
+    assert_same_answer(model, patch, spec)
+
+
+@pytest.mark.data
+def test_fast_path_matches_reference_with_the_shipped_model_on_real_nodules(
+    shipped, shared_data
+) -> None:
+    """Nodules of every size class from the real data, and the full lung1 CT."""
+    from medcnn.reading import read_scan
+
+    model, spec = shipped
+    cases = load_cases(shared_data / "lidc_voi", limit=60)
+    chosen = sorted(cases, key=lambda c: c.diameter_mm)[::6]
+    for case in chosen:
+        assert_same_answer(model, sample_patch(case.image, case.center_ras, spec), spec)
+    lung1 = read_scan(shared_data / "ct" / "lung1" / "lung1_image.nrrd")
+    assert_same_answer(model, sample_patch(lung1, np.array([21.86, 120.54, -611.5]), spec), spec)
