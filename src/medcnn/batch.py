@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcnn import distributed
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
 
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
@@ -153,13 +154,19 @@ class BatchRunner:
     def run(self) -> Path:
         rows = read_manifest(self.manifest)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        iterator = rows
+        # Under torchrun each rank takes rows i % world_size == rank; rank 0 writes the CSV.
+        here = distributed.init_process_group("gloo", timeout=distributed.BATCH_TIMEOUT)
+        iterator = here.shard(rows)
         if self.progress:
             from tqdm import tqdm
 
-            iterator = tqdm(rows, desc="medcnn batch", unit="case")
-        records = [self.analyze_row(row) for row in iterator]
+            desc = "medcnn batch" + (f" (rank {here.rank})" if here.size > 1 else "")
+            iterator = tqdm(iterator, desc=desc, unit="case", position=here.local_rank)
+        mine = [self.analyze_row(row) for row in iterator]
         predictions = self.output_dir / "predictions.csv"
+        records = distributed.gather_in_order(mine, here, len(rows))
+        if records is None:
+            return predictions
         write_predictions(records, predictions)
         failed = sum(1 for r in records if r["error"])
         if failed:

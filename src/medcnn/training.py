@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnn import distributed
 from medcnn.augmentation import Augmentation, random_rotation
 from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase, load_cases
 from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet
@@ -168,8 +169,19 @@ def total_loss(terms: dict[str, torch.Tensor], settings: TrainSettings) -> torch
 def train_fold(
     cases: list[NoduleCase], fold: int | None, out_dir: Path, settings: TrainSettings
 ) -> Path:
-    """Train on every case outside ``fold`` (all cases when ``fold`` is None); resumable."""
-    torch.set_num_threads(settings.threads)
+    """Train on every case outside ``fold`` (all cases when ``fold`` is None); resumable.
+
+    Under ``torchrun`` (``configs/multi_gpu_train.json``) the network is wrapped in
+    ``DistributedDataParallel`` and each rank computes its share of every batch, so a step still
+    averages the gradient over the whole batch and the schedule is the single-process one; each
+    rank draws its own augmentations, batch norm sees each rank's share, and rank 0 alone logs
+    and writes checkpoints, in the single-process format. One process: exactly as before.
+    """
+    here = distributed.world()
+    parallel = here.size > 1
+    torch.set_num_threads(
+        distributed.threads_per_process(settings.threads) if parallel else settings.threads
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final, checkpoint = out_dir / "model.pt", out_dir / "checkpoint.pt"
@@ -195,27 +207,45 @@ def train_fold(
         pct_start=0.1,
     )
     start_epoch = 0
+    device = distributed.device()
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
         log.info("fold %s: resuming at epoch %d", fold, start_epoch)
+    model = net
+    if parallel:
+        net.to(device)
+        model = torch.nn.parallel.DistributedDataParallel(
+            net,
+            device_ids=[device] if device.type == "cuda" else None,
+            # Sources without masks or ratings leave those heads out of the loss.
+            find_unused_parameters=not all(
+                c.has_mask and c.has_rating and c.has_descriptors for c in train
+            ),
+        )
     history_path = out_dir / "history.jsonl"
     for epoch in range(start_epoch, settings.epochs):
         rng = np.random.default_rng([settings.seed, fold if fold is not None else 99, epoch])
         order = rng.permutation(len(train))
+        if parallel:  # the same order on every rank, each rank's own augmentations
+            rng = np.random.default_rng(
+                [settings.seed, fold if fold is not None else 99, epoch, here.rank]
+            )
         net.train()
         started, sums, seen = time.time(), {}, 0
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
+            if parallel:
+                index = _rank_share(index, here)
             examples = [
                 training_example(train[i], settings.spec, rng, settings.augmentation) for i in index
             ]
-            batch = {key: value[index] for key, value in targets.items()}
-            batch["mask"] = torch.from_numpy(np.stack([e[1] for e in examples]))
-            out = net(torch.from_numpy(np.stack([e[0] for e in examples])))
+            batch = {key: value[index].to(device) for key, value in targets.items()}
+            batch["mask"] = torch.from_numpy(np.stack([e[1] for e in examples])).to(device)
+            out = model(torch.from_numpy(np.stack([e[0] for e in examples])).to(device))
             terms = loss_terms(out, batch, settings)
             loss = total_loss(terms, settings)
             optimizer.zero_grad()
@@ -225,6 +255,12 @@ def train_fold(
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(index)
             seen += len(index)
+        if parallel:
+            keys = list(sums)
+            totals = distributed.all_reduce_sum([sums[k] for k in keys] + [seen])
+            sums, seen = dict(zip(keys, totals[:-1], strict=True)), int(totals[-1])
+            if not here.is_main:
+                continue
         record = {
             "fold": fold,
             "epoch": epoch,
@@ -236,19 +272,44 @@ def train_fold(
             handle.write(json.dumps(record) + "\n")
         tmp = checkpoint.with_suffix(".tmp")
         torch.save(
-            {
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-            },
+            _portable(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                },
+                device,
+            ),
             tmp,
         )
         tmp.replace(checkpoint)
-    tmp = final.with_suffix(".tmp")
-    torch.save(net.state_dict(), tmp)
-    tmp.replace(final)
+    if here.is_main:
+        tmp = final.with_suffix(".tmp")
+        torch.save(_portable(net.state_dict(), device), tmp)
+        tmp.replace(final)
+    distributed.barrier()
     return final
+
+
+def _rank_share(index: np.ndarray, here: distributed.World) -> np.ndarray:
+    """This rank's samples of a batch; a batch smaller than the world lends one to each rank."""
+    share = index[here.rank :: here.size]
+    return share if len(share) else index[here.rank % len(index) :][:1]
+
+
+def _portable(state: object, device: torch.device) -> object:
+    """What to save: a GPU run's state moved to the CPU, so checkpoints and weights load
+    anywhere; a CPU run's state as it is."""
+    if device.type == "cpu":
+        return state
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        return {k: _portable(v, device) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_portable(v, device) for v in state]
+    return state
 
 
 def _segment_nothing(net: NoduleNet) -> None:
@@ -319,6 +380,8 @@ class CrossValidationTrainer:
                 replace(self.settings, seed=seed),
                 limit=self.limit,
             )
+        if not distributed.world().is_main:  # under torchrun, rank 0 builds the release
+            return {}
         if self.release_dir.resolve() != self.bundle_dir.resolve():
             copy_bundle_files(self.bundle_dir, self.release_dir, ("configs", "docs"))
         extra = [self.seed_dir(i) for i in range(1, len(self.seeds))]
