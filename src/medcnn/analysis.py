@@ -21,7 +21,8 @@ import torch
 
 import medcnn
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec
-from medcnn.errors import PointOutsideScanError, UsageError
+from medcnn.checks import check_scan_at_point
+from medcnn.errors import UsageError
 from medcnn.explain import malignancy_heatmap
 from medcnn.inference import predict
 from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
@@ -85,11 +86,7 @@ class Analyzer:
         """Judge the nodule at a RAS point of an already-read scan."""
         report = progress or (lambda stage, fraction: None)
         timings = {} if timings is None else timings
-        if not scan.contains(point_ras):
-            raise PointOutsideScanError(
-                f"The point {np.round(point_ras, 1).tolist()} (RAS mm) lies outside the scan; "
-                "place it on a nodule inside the image (use --lps if it is in LPS)."
-            )
+        check_scan_at_point(scan, point_ras)
         report("preprocessing", 0.2)
         started = time.perf_counter()
         patch = sample_patch(scan, point_ras, self.spec)

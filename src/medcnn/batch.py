@@ -4,6 +4,13 @@ A case that fails does not stop the others: its ``error`` column says why, and t
 with a non-zero exit code. Each case's files go to a folder whose name is derived from its
 row number and a sanitised id, never from the image's contents, and always inside the output
 folder.
+
+The manifest is read forgivingly but never guessed at: column names ignore case and spaces;
+rows whose fields are all empty (spreadsheets export them) are skipped; a row with more
+non-empty fields than the header (usually an unquoted comma in a path) fails on its own with a
+sentence, as does a row without an image or with a point that is not three numbers. A manifest
+that cannot be read at all, has no header with ``image,r,a,s`` or no rows stops the run before
+any case.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class ManifestRow:
     image: str
     image_path: Path
     point: tuple[str, str, str]
+    problem: str = ""
 
 
 def read_manifest(path: Path | str) -> list[ManifestRow]:
@@ -61,23 +69,42 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
                     "must be image,r,a,s (and optionally id)."
                 )
             rows = []
-            for index, raw in enumerate(reader):
+            for raw in reader:
+                extra = [v.strip() for v in raw.pop(None, None) or []]  # beyond the header
                 row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
-                image = row["image"]
-                rows.append(
-                    ManifestRow(
-                        index=index,
-                        id=row.get("id") or str(index + 1),
-                        image=image,
-                        image_path=(path.parent / image) if image else path.parent / "",
-                        point=(row["r"], row["a"], row["s"]),
-                    )
-                )
+                if not any(row.values()) and not any(extra):
+                    continue
+                rows.append(_manifest_row(path, len(rows), row, extra, len(columns)))
     except (UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"The manifest {path} is not a readable CSV file ({error}).") from error
+    except OSError as error:
+        raise InputNotFoundError(
+            f"The manifest {path} cannot be read ({error.strerror or error}); check its "
+            "permissions."
+        ) from error
     if not rows:
         raise UsageError(f"The manifest {path} has no rows; add one line per nodule.")
     return rows
+
+
+def _manifest_row(
+    path: Path, index: int, row: dict[str, str], extra: list[str], n_columns: int
+) -> ManifestRow:
+    image = row["image"]
+    problem = ""
+    if any(extra):
+        problem = (
+            f"Row {index + 1} has {n_columns + len(extra)} fields but the header has "
+            f"{n_columns}; quote image paths that contain commas."
+        )
+    return ManifestRow(
+        index=index,
+        id=row.get("id") or str(index + 1),
+        image=image,
+        image_path=(path.parent / image) if image else path.parent / "",
+        point=(row["r"], row["a"], row["s"]),
+        problem=problem,
+    )
 
 
 def case_folder_name(row: ManifestRow) -> str:
@@ -91,17 +118,22 @@ def parse_point(row: ManifestRow) -> tuple[float, float, float]:
         return tuple(float(v) for v in row.point)  # type: ignore[return-value]
     except ValueError as error:
         raise UsageError(
-            f"Row {row.index + 1} has a point that is not three numbers ({', '.join(row.point)})."
+            f"Row {row.index + 1} has a point that is not three numbers ({', '.join(row.point)}); "
+            "give r, a and s in millimetres."
         ) from error
 
 
 def write_predictions(rows: list[dict], path: Path) -> None:
+    """Write ``predictions.csv`` atomically: a failed write leaves neither it nor a partial file."""
     tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class BatchRunner:
@@ -132,8 +164,10 @@ class BatchRunner:
         }
         out = self.output_dir / "cases" / case_folder_name(row)
         try:
+            if row.problem:
+                raise UsageError(row.problem)
             if not row.image:
-                raise UsageError(f"Row {row.index + 1} has no image path.")
+                raise UsageError(f"Row {row.index + 1} has no image path; add one.")
             result = self.analyzer.analyze_file(row.image_path, parse_point(row), out, lps=self.lps)
             record.update(
                 {
@@ -153,6 +187,10 @@ class BatchRunner:
 
     def run(self) -> Path:
         rows = read_manifest(self.manifest)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise UsageError(
+                f"The output folder {self.output_dir} is a file; give a folder with --out."
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # Under torchrun each rank takes rows i % world_size == rank; rank 0 writes the CSV.
         here = distributed.init_process_group("gloo", timeout=distributed.BATCH_TIMEOUT)

@@ -38,19 +38,19 @@ class SeriesSelectionError(MedCNNError):
 
 
 class NotCTError(MedCNNError):
-    """The image is not a CT in Hounsfield units (MR, segmentation, secondary capture...)."""
+    """The image is not a CT in Hounsfield units (MR, segmentation, screenshot, values not HU)."""
 
     exit_code = 6
 
 
 class GeometryError(MedCNNError):
-    """The scan is not a usable 3D volume: 2D, 4D, gantry tilt, missing or uneven slices."""
+    """The scan is not a usable 3D volume: 2D, 4D, too thin, tilted, missing or uneven slices."""
 
     exit_code = 7
 
 
 class PointOutsideScanError(MedCNNError):
-    """The point is outside the scan, or too close to its edge for the network's region."""
+    """The point is outside the scan, or at its very edge, where a nodule would be cut off."""
 
     exit_code = 8
 
@@ -65,6 +65,12 @@ class ResourceLimitError(MedCNNError):
     """The scan is too large to process within the memory limit."""
 
     exit_code = 10
+
+
+class NoTissueAtPointError(MedCNNError):
+    """The point is in air: no tissue within a few millimetres of it, so no nodule is there."""
+
+    exit_code = 12
 
 
 class BatchIncompleteError(MedCNNError):
@@ -95,6 +101,7 @@ EXIT_CODES: dict[int, str] = {
             ModelIntegrityError,
             ResourceLimitError,
             BatchIncompleteError,
+            NoTissueAtPointError,
             CancelledError,
         )
     },

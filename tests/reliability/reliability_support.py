@@ -1,0 +1,75 @@
+"""Helpers of the reliability suite: run the command line in-process, and look for leftovers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcnn.bundle import sha256_of
+from medcnn.cli import main
+from medcnn.network import NoduleEnsemble
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED_BUNDLE = REPO / "monai_bundle"
+SHIPPED_WEIGHTS = SHIPPED_BUNDLE / "models" / "model.pt"
+
+
+def write_random_bundle(folder: Path, n_members: int = 1, seed: int = 0) -> Path:
+    """A bundle with the shipped configs and random weights whose SHA-256 is in its metadata."""
+    shutil.copytree(SHIPPED_BUNDLE / "configs", folder / "configs")
+    (folder / "models").mkdir()
+    torch.manual_seed(seed)
+    weights = folder / "models" / "model.pt"
+    torch.save(NoduleEnsemble(n_members=n_members).state_dict(), weights)
+    metadata_path = folder / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["medcnn"]["weights_sha256"] = sha256_of(weights)
+    metadata_path.write_text(json.dumps(metadata, indent=2))
+    return folder
+
+
+@dataclass(frozen=True)
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def sentence(self) -> str:
+        """The error sentence: stderr's one line without the ``medcnn: error:`` prefix."""
+        return self.stderr.strip().removeprefix("medcnn: error: ")
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str | Path) -> CliRun:
+    """``medcnn ARGS`` in this process, as the console script runs it."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return CliRun(code, out, err)
+
+
+def assert_one_clear_sentence(run: CliRun, code: int, *phrases: str) -> None:
+    """The documented exit code, and stderr is one line: a sentence naming the problem and what
+    to do, with no traceback and no Python exception name."""
+    assert run.code == code, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("medcnn: error: ")
+    sentence = run.sentence
+    assert sentence.endswith("."), sentence
+    assert "Traceback" not in run.stderr and "Error:" not in sentence, sentence
+    for phrase in phrases:
+        assert phrase in sentence, f"{phrase!r} not in {sentence!r}"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` (hidden ones too), with size and modification."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }

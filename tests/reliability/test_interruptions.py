@@ -1,0 +1,67 @@
+"""A run stopped half-way, by the user or by the disk, leaves nothing half-written behind, and a
+previous complete result in the same folder stays as it was."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from reliability_support import assert_one_clear_sentence, run_cli, snapshot
+
+import medcnn.analysis
+import medcnn.writing
+from medcnn.phantom import NODULE_CENTER_RAS
+
+
+def analyze_args(phantom: dict, out: Path, bundle: Path) -> list:
+    args = ["analyze", phantom["nifti"], "--point", *map(str, NODULE_CENTER_RAS), "--out", out]
+    return args + ["--bundle", bundle, "--trust-bundle"]
+
+
+def test_cancelling_is_exit_code_130_and_leaves_nothing(
+    phantom: dict, tmp_bundle: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medcnn.analysis, "predict", interrupted)
+    before = snapshot(tmp_path)
+    run = run_cli(capsys, *analyze_args(phantom, tmp_path / "out", tmp_bundle))
+    assert_one_clear_sentence(run, 130, "Cancelled")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_failed_write_keeps_the_previous_result_whole(
+    phantom: dict, tmp_bundle: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "out"
+    assert run_cli(capsys, *analyze_args(phantom, out, tmp_bundle)).code == 0
+    before = snapshot(tmp_path)
+    saved = []
+    real_save = medcnn.writing.nib.save
+
+    def disk_full_on_second_file(image: object, path: Path) -> None:
+        if saved:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(image, path)
+        saved.append(path)
+
+    monkeypatch.setattr(medcnn.writing.nib, "save", disk_full_on_second_file)
+    run = run_cli(capsys, *analyze_args(phantom, out, tmp_bundle))
+    assert run.code != 0
+    assert "No space left on device" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert saved and not saved[0].exists()  # the staged heatmap is gone
+    assert snapshot(tmp_path) == before  # the earlier result.json and volumes are untouched
+
+
+def test_batch_into_a_file_is_a_usage_error(tmp_bundle: Path, tmp_path: Path, capsys) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,r,a,s\nx.nii.gz,1,2,3\n")
+    out = tmp_path / "out.txt"
+    out.write_text("not a folder\n")
+    run = run_cli(
+        capsys, "batch", manifest, "--out", out, "--no-progress", "--bundle", tmp_bundle,
+        "--trust-bundle",
+    )  # fmt: skip
+    assert_one_clear_sentence(run, 2, "is a file", "give a folder")
