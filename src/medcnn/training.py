@@ -214,6 +214,8 @@ def train_fold(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
+        if "torch_rng" in state:  # dropout continues as if never interrupted
+            torch.set_rng_state(state["torch_rng"].cpu())
         log.info("fold %s: resuming at epoch %d", fold, start_epoch)
     model = net
     if parallel:
@@ -278,6 +280,7 @@ def train_fold(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
+                    "torch_rng": torch.get_rng_state(),
                 },
                 device,
             ),

@@ -1,0 +1,83 @@
+"""Training as a user runs it: a smoke run through the command line on a few real nodules,
+interrupted and resumed, ending in a complete bundle (never the real training in CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcnn import training
+from medcnn.data.lidc import load_cases
+from medcnn.training import TrainSettings, train_fold
+
+
+@pytest.mark.data
+def test_train_command_makes_a_complete_bundle(shared_data: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcnn.cli",
+            "train",
+            "--data",
+            str(shared_data / "lidc_voi"),
+            "--run-dir",
+            str(run_dir),
+            "--folds",
+            "0",
+            "1",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "1",
+            "--limit",
+            "40",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    bundle = run_dir / "bundle"
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["medcnn"]["member_folds"] == [0, 1]
+    assert len(metadata["medcnn"]["weights_sha256"]) == 64
+    assert {"auc", "ece", "dice_mean"} <= set(metadata["eval_metrics"])
+    for name in ("roc.png", "reliability.png"):
+        assert (bundle / "docs" / "images" / name).stat().st_size > 1000
+    for fold in (0, 1):
+        assert (run_dir / f"fold{fold}" / "model.pt").exists()
+
+
+@pytest.mark.data
+def test_training_resumes_where_it_stopped(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = load_cases(shared_data / "lidc_voi", limit=12)
+    settings = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    straight = torch.load(train_fold(cases, 0, tmp_path / "straight", settings), weights_only=True)
+    # the same run, interrupted in its second epoch
+    calls = {"n": 0}
+    original = training.training_example
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] > 4:  # one step of 4 examples per epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "training_example", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(cases, 0, tmp_path / "resumed", settings)
+    assert not (tmp_path / "resumed" / "model.pt").exists()
+    monkeypatch.setattr(training, "training_example", original)
+    resumed = torch.load(train_fold(cases, 0, tmp_path / "resumed", settings), weights_only=True)
+    lines = (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
