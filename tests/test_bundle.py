@@ -128,3 +128,23 @@ def test_cli_refuses_tampered_bundle_with_exit_code_9(tmp_path: Path) -> None:
     assert done.returncode == 9
     assert "SHA-256" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.data
+def test_shipped_cross_validated_numbers_reproduce_on_a_fixed_subset(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Every 8th nodule, each judged by the member that never saw its patient, through the
+    click's inference path: the numbers recorded at release time come out again."""
+    from medcnn.evaluation import BundleEvaluator
+
+    expected = METADATA["medcnn"]["check_subset"]
+    summary = BundleEvaluator(
+        shared_data / "lidc_voi", tmp_path, every=expected["every"], progress=False
+    ).run()
+    assert summary["n_nodules"] == expected["n_nodules"]
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ece", "dice_mean"):
+        assert summary[key] == pytest.approx(expected[key], abs=2e-3), key
+    # and they are those of a model worth shipping, not of a broken one
+    assert summary["auc"] > 0.85 and summary["dice_mean"] > 0.7
+    assert (tmp_path / "roc.png").exists() and (tmp_path / "reliability.png").exists()
