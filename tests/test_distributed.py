@@ -124,6 +124,6 @@ def test_bundle_trains_on_two_processes(tmp_path: Path, shared_data: Path) -> No
         history = (run_dir / f"fold{fold}" / "history.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in history] == [0, 1]  # rank 0 alone logs
         checkpoint = torch.load(run_dir / f"fold{fold}" / "checkpoint.pt", weights_only=False)
-        assert set(checkpoint) == {"model", "optimizer", "scheduler", "epoch"}
+        assert {"model", "optimizer", "scheduler", "epoch"} <= set(checkpoint)
         assert not any(k.startswith("module.") for k in checkpoint["model"])  # not DDP's names
     assert (run_dir / "bundle" / "models" / "model.pt").exists()  # rank 0 built the release

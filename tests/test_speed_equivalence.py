@@ -9,20 +9,28 @@ call per pass and per flip, and MONAI's ``GradCAM`` with its own forward and bac
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.visualize import GradCAM
 
-from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec
+from medcnn.analysis import Analyzer
+from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
 from medcnn.data.lidc import load_cases
 from medcnn.explain import malignancy_heatmap
 from medcnn.grouped import GroupedEnsemble, grouped_ensemble
 from medcnn.inference import FLIPS, MAX_BOX_PASSES, _central_component, predict
 from medcnn.metrics import dice
 from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
-from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
+from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
 from medcnn.preprocessing import PatchSpec, context_box, network_input, sample_patch
+from medcnn.reading import ScanRegion, read_scan
+from medcnn.volume import Volume
 
 PROBABILITY_TOLERANCE = 1e-4
 HEATMAP_TOLERANCE = 1e-3
@@ -180,8 +188,6 @@ def test_fast_path_matches_reference_with_the_shipped_model_on_real_nodules(
     shipped, shared_data
 ) -> None:
     """Nodules of every size class from the real data, and the full lung1 CT."""
-    from medcnn.reading import read_scan
-
     model, spec = shipped
     cases = load_cases(shared_data / "lidc_voi", limit=60)
     chosen = sorted(cases, key=lambda c: c.diameter_mm)[::6]
@@ -189,3 +195,90 @@ def test_fast_path_matches_reference_with_the_shipped_model_on_real_nodules(
         assert_same_answer(model, sample_patch(case.image, case.center_ras, spec), spec)
     lung1 = read_scan(shared_data / "ct" / "lung1" / "lung1_image.nrrd")
     assert_same_answer(model, sample_patch(lung1, np.array([21.86, 120.54, -611.5]), spec), spec)
+
+
+# --- reading only around the point -------------------------------------------------------------
+
+
+def assert_slab_of(slab: Volume, whole: Volume) -> None:
+    """The slab's voxels are the whole scan's voxels, at the same world positions."""
+    first = slab.metadata["region"]["first_slice"]
+    count = slab.metadata["region"]["slices"]
+    assert slab.metadata["scan_shape"] == list(whole.shape)
+    np.testing.assert_array_equal(slab.array, whole.array[:, :, first : first + count])
+    np.testing.assert_allclose(
+        slab.index_to_world(np.zeros((1, 3)))[0],
+        whole.index_to_world(np.array([[0.0, 0.0, first]]))[0],
+        atol=1e-9,
+    )
+    np.testing.assert_allclose(slab.affine[:3, :3], whole.affine[:3, :3])
+
+
+def assert_same_analysis(analyzer: Analyzer, image: Path, point: np.ndarray, tmp: Path) -> dict:
+    """``analyze_file`` (which reads around the point) against the whole scan read first."""
+    fast = analyzer.analyze_file(image, point, tmp / "fast")
+    whole = analyzer.analyze_volume(read_scan(image), np.asarray(point, dtype=float))
+    for key in ("probability", "member_probabilities", "diameter_mm", "volume_ml", "warnings"):
+        assert fast[key] == whole.result[key], key
+    assert fast["input"]["shape"] == whole.result["input"]["shape"]
+    heatmap, segmentation = (
+        nib.load(tmp / "fast" / "heatmap.nii.gz"),
+        nib.load(tmp / "fast" / "segmentation.nii.gz"),
+    )
+    np.testing.assert_allclose(heatmap.affine, whole.heatmap.affine, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(heatmap.dataobj), whole.heatmap.array)
+    np.testing.assert_array_equal(np.asarray(segmentation.dataobj), whole.segmentation.array)
+    return fast
+
+
+@pytest.fixture(scope="module")
+def random_analyzer(tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
+    """A trusted bundle with random weights: reading, not the model, is under test here."""
+    bundle = tmp_path_factory.mktemp("bundle")
+    shutil.copytree(default_bundle_dir() / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    torch.save(randomized_ensemble().state_dict(), bundle / "models" / "model.pt")
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata.setdefault("medcnn", {})["weights_sha256"] = sha256_of(bundle / "models" / "model.pt")
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return Analyzer(bundle, trusted=True)
+
+
+def test_reading_around_a_point_decodes_a_slab_of_the_series(tmp_path: Path) -> None:
+    phantom = make_phantom(tmp_path)
+    whole = read_scan(phantom["dicom_dir"])
+    slab = read_scan(phantom["dicom_dir"], around=ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0))
+    assert slab.shape[2] < whole.shape[2]
+    assert_slab_of(slab, whole)
+    assert set(slab.metadata) == set(whole.metadata) | {"scan_shape", "region"}
+    # A region missing the scan, and NIfTI, read the whole scan as without a region.
+    far = ScanRegion(np.array([0.0, 0.0, 5000.0]), 16.0)
+    assert read_scan(phantom["dicom_dir"], around=far).shape == whole.shape
+    nifti = read_scan(phantom["nifti"], around=ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0))
+    assert nifti.shape == whole.shape and "region" not in nifti.metadata
+
+
+def test_analysis_reading_around_the_point_equals_reading_the_whole_scan(
+    tmp_path: Path, random_analyzer: Analyzer
+) -> None:
+    phantom = make_phantom(tmp_path / "phantom")
+    centre = np.asarray(NODULE_CENTER_RAS)
+    # The nodule, a point beside it, and soft tissue two slices from the end of the series.
+    points = (centre, centre + [3.3, -2.1, 1.7], np.array([0.0, -18.4, -54.0]))
+    for n, point in enumerate(points):
+        assert_same_analysis(random_analyzer, phantom["dicom_dir"], point, tmp_path / f"{n}")
+
+
+@pytest.mark.data
+def test_reading_around_the_point_of_the_real_series(
+    tmp_path: Path, random_analyzer: Analyzer, shared_data: Path
+) -> None:
+    series = shared_data / "ct" / "chest_ct_dicom"
+    whole = read_scan(series)
+    point = np.array([-48.9, -79.7, 35.5])
+    slab = read_scan(series, around=ScanRegion(point, 16.0))
+    assert_slab_of(slab, whole)
+    assert slab.shape[2] <= 16 + 2 + 2 * 2 + 1  # 32 mm of 2 mm slices and the margins
+    top = whole.index_to_world(np.array([[256.0, 256.0, whole.shape[2] - 1.0]]))[0]
+    for n, where in enumerate((point, top + np.array([0.0, 0.0, -4.0]))):  # and near the end
+        assert_same_analysis(random_analyzer, series, where, tmp_path / f"{n}")

@@ -5,9 +5,9 @@ the box is found the same way: segment with a small box, take the nodule's exten
 margin, segment again until the box settles (usually two or three passes), then judge the
 nodule with test-time flips. Everything here is in patch space; ``analysis`` maps it back.
 
-The members run together as one grouped network (``medcnn.grouped``), and the last box pass,
-whose input is the judged input itself, is reused as the unflipped copy of the flipped pass:
-the same numbers as running each member on each copy, at a fraction of the cost.
+The box passes run the members together as one grouped network (``medcnn.grouped``), and the
+last box pass, whose input is the judged input itself, is reused as the unflipped copy of the
+flipped pass: the same numbers as running each member on each copy, at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -60,19 +60,19 @@ def _with_flips(
     """Member features and probabilities, and the mean segmentation, over the flipped copies.
 
     ``unflipped`` is the last context-box pass's answer when it ran on this very input, so only
-    the three flipped copies still need the network. Returns the unflipped copy's outputs too:
-    the heatmap is computed from them.
+    the three flipped copies still need the network (a batch, where the members run faster one
+    by one than grouped). Returns the unflipped copy's outputs too: the heatmap's activations.
     """
     batch = torch.from_numpy(x)[None]
     if unflipped is None:
         unflipped = grouped(batch)
-    flipped = grouped(torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
-    segmentations = torch.cat([unflipped.segmentation, flipped.segmentation])
+    flipped = model.member_outputs(torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
+    segmentations = torch.cat([unflipped.segmentation, flipped["segmentation"]])
     segs = [
         s.flip([d - 1 for d in dims]) if dims else s
         for s, dims in zip(segmentations.mean(1, keepdim=True), FLIPS, strict=True)
     ]
-    features = torch.cat([unflipped.features, flipped.features]).mean(0)
+    features = torch.cat([unflipped.features, flipped["features"]]).mean(0)
     probabilities = model.combine(features)
     segmentation = torch.stack(segs).mean(0)[0]
     return features.numpy(), probabilities.numpy(), segmentation.numpy(), unflipped
