@@ -272,3 +272,20 @@ def test_user_errors_are_one_sentence_an_exit_code_and_no_files(
     assert "Traceback" not in done.stderr
     assert not out.exists()
     assert list(tmp_path.glob(".out*")) == []
+
+
+def test_an_output_path_that_is_a_file_is_exit_code_13(phantom: dict, tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    done = medcnn(
+        "analyze",
+        str(phantom["nifti"]),
+        "--point",
+        *map(str, phantom["nodule_center_ras"]),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 13, done.stderr
+    assert "is a file" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == "not a folder"
+    assert list(tmp_path.glob(".taken*")) == []

@@ -380,6 +380,8 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
+    if not verbose:  # nibabel logs its own repairs of odd headers; our sentence is enough
+        logging.getLogger("nibabel").setLevel(logging.CRITICAL)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",

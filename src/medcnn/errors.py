@@ -79,6 +79,12 @@ class BatchIncompleteError(MedCNNError):
     exit_code = 11
 
 
+class OutputError(MedCNNError):
+    """The output folder cannot be written (no space left, no permission, or it is a file)."""
+
+    exit_code = 13
+
+
 class CancelledError(MedCNNError):
     """The user cancelled the analysis."""
 
@@ -102,6 +108,7 @@ EXIT_CODES: dict[int, str] = {
             ResourceLimitError,
             BatchIncompleteError,
             NoTissueAtPointError,
+            OutputError,
             CancelledError,
         )
     },

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcnn.errors import OutputError
 from medcnn.volume import Volume
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
@@ -42,9 +43,17 @@ def write_outputs(
     ``before_result`` may complete ``result`` (timings) once the volumes are written.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"The output path {out_dir} is a file; give a folder for --out.")
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as error:
+        raise OutputError(
+            f"The output folder {out_dir} cannot be created ({error.strerror}); choose a folder "
+            "you can write to."
+        ) from error
     try:
         nib.save(nifti_image(heatmap, np.float32), staging / HEATMAP)
         nib.save(nifti_image(segmentation, np.uint8), staging / SEGMENTATION)
@@ -54,6 +63,11 @@ def write_outputs(
         out_dir.mkdir(exist_ok=True)
         for name in (HEATMAP, SEGMENTATION, RESULT):
             os.replace(staging / name, out_dir / name)
+    except OSError as error:
+        raise OutputError(
+            f"The results cannot be written to {out_dir} ({error.strerror}); free some space or "
+            "choose another folder for --out."
+        ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
