@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from monai.visualize import GradCAM
 
@@ -251,11 +252,16 @@ def test_reading_around_a_point_decodes_a_slab_of_the_series(tmp_path: Path) -> 
     assert slab.shape[2] < whole.shape[2]
     assert_slab_of(slab, whole)
     assert set(slab.metadata) == set(whole.metadata) | {"scan_shape", "region"}
-    # A region missing the scan, and NIfTI, read the whole scan as without a region.
+    # NIfTI reads the same slab of its last axis.
+    around = ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0)
+    nifti_slab, nifti = read_scan(phantom["nifti"], around=around), read_scan(phantom["nifti"])
+    assert_slab_of(nifti_slab, nifti)
+    # A region missing the scan, and NRRD, read the whole scan as without a region.
     far = ScanRegion(np.array([0.0, 0.0, 5000.0]), 16.0)
     assert read_scan(phantom["dicom_dir"], around=far).shape == whole.shape
-    nifti = read_scan(phantom["nifti"], around=ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0))
-    assert nifti.shape == whole.shape and "region" not in nifti.metadata
+    nrrd = tmp_path / "phantom.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(phantom["nifti"])), str(nrrd))
+    assert "region" not in read_scan(nrrd, around=around).metadata
 
 
 def test_analysis_reading_around_the_point_equals_reading_the_whole_scan(
@@ -266,7 +272,8 @@ def test_analysis_reading_around_the_point_equals_reading_the_whole_scan(
     # The nodule, a point beside it, and soft tissue two slices from the end of the series.
     points = (centre, centre + [3.3, -2.1, 1.7], np.array([0.0, -18.4, -54.0]))
     for n, point in enumerate(points):
-        assert_same_analysis(random_analyzer, phantom["dicom_dir"], point, tmp_path / f"{n}")
+        for image in (phantom["dicom_dir"], phantom["nifti"]):
+            assert_same_analysis(random_analyzer, image, point, tmp_path / f"{n}_{image.name}")
 
 
 @pytest.mark.data

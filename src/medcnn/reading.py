@@ -38,12 +38,15 @@ sentences). Nothing else leaves a DICOM header: no patient identifiers.
 Reading around a point (``around=ScanRegion(...)``, what one click needs). A DICOM series is
 still chosen and checked from the headers of all its files, exactly as above, but only the
 slices that a cube around the point reaches (plus two on each side, for interpolation) are
-decoded: the returned Volume is that slab of whole slices, with its own affine, so every voxel
-sits where it sits in the whole scan. Its ``metadata`` adds ``scan_shape`` (the whole series'
-shape) and ``region`` (``{"first_slice": k0, "slices": n}`` along the slice axis), and the value
-checks above (voxel type, the warning when nothing is below 0 HU) see the slab's voxels. When
-the cube misses the scan, or for the other formats, the whole scan is read, as without
-``around``.
+decoded; a NIfTI file of integers within the int16 range (which cannot hold NaN, infinite or
+out-of-range voxels elsewhere) likewise reads only that slab of its last axis, the slowest in
+the file (a compressed file is still decompressed up to the slab's end). The returned Volume
+is the slab of whole slices, with its own affine, so every voxel sits where it sits in the
+whole scan. Its ``metadata`` adds ``scan_shape`` (the whole scan's shape) and ``region``
+(``{"first_slice": k0, "slices": n}`` along the last axis), and the value checks above (voxel
+type, the warnings on values) see the slab's voxels. When the cube misses the scan, for NIfTI
+of floats or with a scale slope or intercept, and for NRRD and MHA, the whole scan is read, as
+without ``around``.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ _HEADER_TAGS = [
 _HEADER_TAG_LIST = [Tag(name) for name in _HEADER_TAGS]
 _LAST_HEADER_GROUP = max(tag.group for tag in _HEADER_TAG_LIST)
 REGION_MARGIN_SLICES = 2
+_SLAB_DTYPES = {np.dtype(t) for t in ("int8", "uint8", "<i2", ">i2")}
 _MODALITY_NAMES = {
     "MR": "an MR image",
     "PT": "a PET image",
@@ -171,7 +175,7 @@ def read_scan(
             f"{image_format} image; leave the series UID out."
         )
     if image_format == "nifti":
-        return _read_nifti(path)
+        return _read_nifti(path, around)
     if image_format in ("nrrd", "mha"):
         return _read_itk_image(path, image_format)
     return _read_dicom_file(path, series_uid, around)
@@ -392,13 +396,7 @@ def _read_dicom(
     array, low, high = _read_dicom_pixels(slices[first : first + count], as_float)
     warnings += _value_warnings(array, low, high, modality_known=True)
     metadata = _metadata(path, "dicom", "CT", series.first, choice, warnings)
-    if count == len(slices):
-        return Volume(array, affine, metadata)
-    slab_affine = affine.copy()
-    slab_affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, first]) + affine[:3, 3]
-    metadata["scan_shape"] = [columns, rows, len(slices)]
-    metadata["region"] = {"first_slice": first, "slices": count}
-    return Volume(array, slab_affine, metadata)
+    return _volume_or_slab(array, affine, metadata, first, (columns, rows, len(slices)))
 
 
 def _slices_reached(
@@ -713,7 +711,7 @@ def _format_from_suffix(path: Path) -> str | None:
     return None
 
 
-def _read_nifti(path: Path) -> Volume:
+def _read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     try:
         image = nib.load(path)
         shape = tuple(int(n) for n in image.shape)
@@ -726,8 +724,16 @@ def _read_nifti(path: Path) -> Volume:
     shape3 = _three_dimensions(shape, path)
     _check_size(int(np.prod(shape3)) * max(2, header_dtype.itemsize), str(path))
     slope, intercept = image.dataobj.slope, image.dataobj.inter  # type: ignore[attr-defined]
+    affine = np.asarray(image.affine, dtype=float)
+    unscaled = slope == 1 and intercept == 0
+    # A region reads only its slab of the last (slowest) axis, when no voxel elsewhere can be
+    # NaN or beyond the HU range (integer files within int16, unscaled); others are read whole.
+    partial = unscaled and header_dtype in _SLAB_DTYPES
+    first, count = _slices_reached(around if partial else None, affine, shape3[2])
     try:
-        if slope == 1 and intercept == 0:
+        if count < shape3[2]:
+            array = np.asanyarray(image.dataobj[:, :, first : first + count])
+        elif unscaled:
             array = np.asanyarray(image.dataobj)
         else:
             array = image.get_fdata(dtype=np.float32)
@@ -736,7 +742,7 @@ def _read_nifti(path: Path) -> Volume:
             f"The voxels of {path} cannot be read ({_first_line(err)}); the file is probably "
             "truncated: copy or convert it again."
         ) from err
-    array, low, high = _hounsfield_array(array.reshape(shape3), copy=False)
+    array, low, high = _hounsfield_array(array.reshape(*shape3[:2], count), copy=False)
     warnings = []
     if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
         warnings.append(
@@ -745,7 +751,21 @@ def _read_nifti(path: Path) -> Volume:
         )
     warnings += _value_warnings(array, low, high, modality_known=False)
     metadata = _metadata(path, "nifti", None, None, None, warnings)
-    return Volume(array, np.asarray(image.affine, dtype=float), metadata)
+    return _volume_or_slab(array, affine, metadata, first, shape3)
+
+
+def _volume_or_slab(
+    array: np.ndarray, affine: np.ndarray, metadata: dict, first: int, shape: tuple[int, ...]
+) -> Volume:
+    """The Volume read: the whole scan, or the slab from slice ``first`` of a scan of ``shape``,
+    placed by the scan's affine moved to that slice."""
+    if array.shape[2] == shape[2]:
+        return Volume(array, affine, metadata)
+    slab_affine = affine.copy()
+    slab_affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, first]) + affine[:3, 3]
+    metadata["scan_shape"] = [int(n) for n in shape]
+    metadata["region"] = {"first_slice": first, "slices": int(array.shape[2])}
+    return Volume(array, slab_affine, metadata)
 
 
 def _read_itk_image(path: Path, image_format: str) -> Volume:
