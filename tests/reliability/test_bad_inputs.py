@@ -162,8 +162,8 @@ def thin_slab(tmp: Path, src: Sources) -> tuple[Path, tuple[str, str, str]]:
     chest = synthetic_chest()
     k = int(round(chest.world_to_index(np.array([NODULE_CENTER_RAS]))[0, 2]))
     affine = chest.affine.copy()
-    affine[2, 2] = 1.0  # two 1 mm slices through the nodule
-    affine[2, 3] = NODULE_CENTER_RAS[2] - 0.5
+    affine[2, 2] = 0.7  # two 0.7 mm slices through the nodule
+    affine[2, 3] = NODULE_CENTER_RAS[2] - 0.35
     path = write_nifti(Volume(chest.array[:, :, k : k + 2].copy(), affine), tmp / "slab.nii.gz")
     return path, NODULE
 
@@ -292,7 +292,7 @@ BAD_INPUTS = [
     BadInput("secondary capture", 6, ("not CT image data", "CT image series"), secondary_capture),
     BadInput("MR intensities in NIfTI", 6, ("not HU", "Hounsfield units"), mr_like_nifti),
     BadInput("4D volume", 7, ("4D", "extract the volume"), four_d_nifti),
-    BadInput("too thin around the point", 7, ("2.0 mm thick", "whole CT series"), thin_slab),
+    BadInput("too thin around the point", 7, ("1.4 mm thick", "whole CT series"), thin_slab),
     BadInput("point outside", 8, ("outside the scan", "place it on a nodule"), point_outside),
     BadInput("point at a corner", 8, ("very edge", "whole nodule"), point_in_a_corner),
     BadInput("point in air", 12, ("in air or lung", "place it on the nodule"), point_in_air),

@@ -89,10 +89,10 @@ def test_the_thinnest_training_volume_passes_and_thinner_is_refused(chest: Volum
     centre = two_thin.index_to_world(np.array([[0.0, 0.0, 0.5]]))[0]
     centre[:2] = NODULE[:2]
     check_scan_at_point(two_thin, centre)
-    thinner = slab(chest, k, k + 2, spacing=1.0)
+    thinner = slab(chest, k, k + 2, spacing=0.7)
     centre = thinner.index_to_world(np.array([[0.0, 0.0, 0.5]]))[0]
     centre[:2] = NODULE[:2]
-    assert "2.0 mm thick (2 slices of 1.00 mm)" in refused(GeometryError, thinner, centre)
+    assert "1.4 mm thick (2 slices of 0.70 mm)" in refused(GeometryError, thinner, centre)
 
 
 def test_air_is_refused_but_a_cavitating_nodule_is_not(chest: Volume) -> None:
