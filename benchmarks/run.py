@@ -300,9 +300,13 @@ def random_bundle(tmp: Path, members: int) -> Path:
     return bundle
 
 
+def scan_names(result: dict) -> list[str]:
+    return [name for name in result["floor"] if name != "machine_during"]
+
+
 def ratios(result: dict) -> dict:
     out = {}
-    for name in result["floor"]:
+    for name in scan_names(result):
         floor = result["floor"][name]["median_s"]
         warm = result["medcnn_warm"][name]["median_s"]
         naive = result["naive_monai"][name]["median_s"]
@@ -314,8 +318,12 @@ def ratios(result: dict) -> dict:
     return out
 
 
+def _rows(section: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in section.items() if k != "machine_during"]
+
+
 def print_table(result: dict) -> None:
-    names = list(result["floor"])
+    names = scan_names(result)
     print(f"\nMedCNN benchmark ({result['settings']['mode']}), model: {result['model']}")
     print(f"machine: {result['machine']['before']}")
     header = f"{'row':<26}" + "".join(f"{n:>22}" for n in names)
@@ -354,12 +362,12 @@ def print_table(result: dict) -> None:
         f"{net['under_100ms']:.0%} under 100 ms; the chest CT point: "
         f"{net['chest_ct_point']['s'] * 1000:.0f} ms ({net['chest_ct_point']['box_passes']} passes)"
     )
-    for processes, row in result["batch"].items():
+    for processes, row in _rows(result["batch"]):
         print(
             f"batch {processes}: {row['nodules']} nodules in {row['wall_s']:.1f} s = "
             f"{row['nodules_per_s']:.1f} nodules/s ({row['failed']} failed)"
         )
-    for processes, row in result["training"].items():
+    for processes, row in _rows(result["training"]):
         print(
             f"training {processes}: {row['samples_per_s']:.1f} samples/s, one epoch "
             f"(fold 0, {row['fold_cases']} cases) ~{row['epoch_s_extrapolated']:.0f} s "
@@ -379,7 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip", nargs="*", default=[], help="rows to leave out")
     parser.add_argument("--only", nargs="*", default=[], help="measure only these rows")
+    parser.add_argument(
+        "--report", type=Path, help="print the table of an existing results file and exit"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        result = json.loads(args.report.read_text())
+        result.setdefault("ratios", ratios(result))
+        print_table(result)
+        return 0
     repeats = 3 if args.quick else 5
     with tempfile.TemporaryDirectory(prefix="medcnn-bench-") as tmp_name:
         tmp = Path(tmp_name)
