@@ -289,3 +289,12 @@ def test_an_output_path_that_is_a_file_is_exit_code_13(phantom: dict, tmp_path: 
     assert "is a file" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text() == "not a folder"
     assert list(tmp_path.glob(".taken*")) == []
+
+
+def test_heatmap_is_highest_on_the_nodule(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    analyzer.analyze_file(phantom["nifti"], phantom["nodule_center_ras"], tmp_path / "h")
+    heat = nifti(tmp_path / "h" / "heatmap.nii.gz").array
+    seg = nifti(tmp_path / "h" / "segmentation.nii.gz").array > 0
+    assert heat[seg].mean() > heat[~seg].mean()

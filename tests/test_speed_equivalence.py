@@ -76,7 +76,8 @@ def reference_heatmap(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
     for member in model.members:
         cam = GradCAM(nn_module=MalignancyLogit(member).eval(), target_layers="net.dec2")
         with torch.enable_grad():
-            maps.append(cam(batch, class_idx=0)[0, 0].detach().numpy())
+            # MONAI's default normaliser maps (min, max) to (1, 0): flip it back
+            maps.append(1.0 - cam(batch, class_idx=0)[0, 0].detach().numpy())
     heat = np.mean(maps, axis=0)
     span = float(heat.max() - heat.min())
     return ((heat - heat.min()) / span if span > 0 else np.zeros_like(heat)).astype(np.float32)

@@ -73,5 +73,6 @@ def _member_gradcam(
     b, c, *rest = grad.shape
     weights = grad.view(b, c, -1).mean(2).view(b, c, *[1] * len(rest))
     cam = F.relu((weights * acti).sum(1, keepdim=True))
-    cam = default_normalizer(default_upsampler(spatial)(cam))
+    # MONAI's default normaliser maps (min, max) to (1, 0); flip it so 1 is where it looked most.
+    cam = 1.0 - default_normalizer(default_upsampler(spatial)(cam))
     return cam[0, 0].numpy()
