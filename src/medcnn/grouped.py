@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcnn.network import NoduleEnsemble, NoduleNet
+from medcnn.nodule_features import nodule_features
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,7 @@ class GroupedEnsemble(nn.Module):
         n = logits.shape[-1]
         shuffled = logits.reshape(batch * m, 2, 2, 2, n, n, n).permute(0, 4, 1, 5, 2, 6, 3)
         segmentation = torch.sigmoid(shuffled.reshape(batch, m, 2 * n, 2 * n, 2 * n))
-        volume = segmentation.sum((2, 3, 4))
-        features = torch.cat([heads, torch.log1p(volume)[..., None]], 2)
+        features = torch.cat([heads, nodule_features(x[:, 0], segmentation)], 2)
         z = (features - self.feature_mean) / self.feature_std
         probability = torch.sigmoid(z @ self.head_weight + self.head_bias)
         return GroupedOutputs(probability, features, segmentation, s3, d2)

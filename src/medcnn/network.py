@@ -11,6 +11,9 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
+from medcnn.nodule_features import NAMES as NODULE_FEATURES
+from medcnn.nodule_features import nodule_features
+
 DESCRIPTORS = (
     "calcification",
     "internal_structure",
@@ -117,11 +120,12 @@ class NoduleEnsemble(nn.Module):
 
     The combining head is a logistic regression, fitted on out-of-fold predictions, over what
     each member sees in the image: its malignancy logit, its estimates of the readers' rating
-    and eight descriptors, and the log of the segmented volume. With its default weights it is
-    the plain sigmoid of the malignancy logit.
+    and eight descriptors, and the size, density, calcification and shape of its segmentation
+    (``medcnn.nodule_features``). With its default weights it is the plain sigmoid of the
+    malignancy logit.
     """
 
-    n_features: int = 3 + len(DESCRIPTORS)
+    n_features: int = 2 + len(DESCRIPTORS) + len(NODULE_FEATURES)
 
     def __init__(self, n_members: int = 5, channels: tuple[int, int, int, int] = (8, 16, 32, 64)):
         super().__init__()
@@ -134,13 +138,11 @@ class NoduleEnsemble(nn.Module):
         self.register_buffer("head_bias", torch.zeros(1))
 
     @staticmethod
-    def features(out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, F): malignancy logit, rating and descriptor logits, log segmented volume (mm^3
-        at the patch spacing)."""
-        volume = torch.sigmoid(out["segmentation"]).sum((1, 2, 3, 4))
-        return torch.cat(
-            [out["malignancy"], out["rating"], out["descriptors"], torch.log1p(volume)[:, None]], 1
-        )
+    def features(out: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """(B, F): malignancy logit, rating and descriptor estimates, then the segmented
+        nodule's measurements on the input ``x`` (``medcnn.nodule_features``)."""
+        measured = nodule_features(x[:, 0], torch.sigmoid(out["segmentation"]))[:, 0]
+        return torch.cat([out["malignancy"], out["rating"], out["descriptors"], measured], 1)
 
     def combine(self, features: torch.Tensor) -> torch.Tensor:
         z = (features - self.feature_mean) / self.feature_std
@@ -153,7 +155,7 @@ class NoduleEnsemble(nn.Module):
         probabilities, features, segmentations = [], [], []
         for member in self.members:
             out = member(x)
-            f = self.features(out)
+            f = self.features(out, x)
             features.append(f[:, None])
             probabilities.append(self.combine(f)[:, None])
             segmentations.append(torch.sigmoid(out["segmentation"]))
