@@ -30,6 +30,7 @@ SCHEMA_KEYS = {
     "label",
     "diameter_mm",
     "volume_ml",
+    "calcified_share",
     "point",
     "input",
     "outputs",
@@ -179,6 +180,23 @@ def test_dicom_and_nifti_of_the_same_scan_agree(
     assert dice(seg_d.array > 0, moved > 0.5) > 0.99
     # the phantom's nodule is found and measured
     assert abs(from_dicom["diameter_mm"] - phantom["nodule_diameter_mm"]) < 4.0
+
+
+def test_calcified_share_tells_a_calcified_nodule_from_a_solid_one(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    scan = read_scan(phantom["nifti"])
+    centre = np.asarray(phantom["nodule_center_ras"], dtype=float)
+    solid = analyzer.analyze_volume(scan, centre).result["calcified_share"]
+    # calcify the nodule's core: every voxel within 2 mm of its centre at 600 HU
+    index = np.stack(np.meshgrid(*map(np.arange, scan.shape), indexing="ij"), -1)
+    distance = np.linalg.norm(scan.index_to_world(index.reshape(-1, 3)) - centre, axis=1)
+    core = distance.reshape(scan.shape) <= 2.0
+    calcified = Volume(np.where(core, 600, scan.array).astype(scan.array.dtype), scan.affine)
+    result = analyzer.analyze_volume(calcified, centre).result
+    assert solid == 0.0
+    # a core of a few dozen voxels in a nodule of about a thousand: a few percent
+    assert 0.01 < result["calcified_share"] < 0.1
 
 
 def test_same_input_gives_bit_identical_outputs(

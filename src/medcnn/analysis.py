@@ -25,7 +25,12 @@ from medcnn.checks import check_scan_at_point
 from medcnn.errors import UsageError
 from medcnn.explain import malignancy_heatmap
 from medcnn.inference import predict
-from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
+from medcnn.measure import (
+    calcified_share,
+    component_nearest_centre,
+    longest_axial_diameter_mm,
+    volume_ml,
+)
 from medcnn.preprocessing import patch_to_scan, sample_patch
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
@@ -122,6 +127,7 @@ class Analyzer:
             "label": "malignant" if probability >= self.threshold else "benign",
             "diameter_mm": round(longest_axial_diameter_mm(segmentation), 3),
             "volume_ml": round(volume_ml(segmentation), 4),
+            "calcified_share": calcified_share(scan, segmentation),
             "point": {
                 "ras": [round(float(v), 4) for v in point_ras],
                 "lps": [round(float(v), 4) for v in point_ras * np.array([-1, -1, 1])],

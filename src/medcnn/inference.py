@@ -66,13 +66,16 @@ def _with_flips(
     batch = torch.from_numpy(x)[None]
     if unflipped is None:
         unflipped = grouped(batch)
-    flipped = model.member_outputs(torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
-    segmentations = torch.cat([unflipped.segmentation, flipped["segmentation"]])
+    segmentations, features = unflipped.segmentation, unflipped.features
+    if len(FLIPS) > 1:
+        flipped = model.member_outputs(torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
+        segmentations = torch.cat([segmentations, flipped["segmentation"]])
+        features = torch.cat([features, flipped["features"]])
     segs = [
         s.flip([d - 1 for d in dims]) if dims else s
         for s, dims in zip(segmentations.mean(1, keepdim=True), FLIPS, strict=True)
     ]
-    features = torch.cat([unflipped.features, flipped["features"]]).mean(0)
+    features = features.mean(0)
     probabilities = model.combine(features)
     segmentation = torch.stack(segs).mean(0)[0]
     return features.numpy(), probabilities.numpy(), segmentation.numpy(), unflipped

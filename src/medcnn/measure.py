@@ -50,3 +50,24 @@ def longest_axial_diameter_mm(segmentation: Volume) -> float:
             diffs = world[:, None, :] - world[None, :, :]
             best = max(best, float(np.sqrt((diffs**2).sum(-1)).max()))
     return best + pixel
+
+
+CALCIFIED_HU = 200.0
+GROUND_GLASS_HU = -400.0
+
+
+def calcified_share(scan: Volume, segmentation: Volume) -> float | None:
+    """The share of the scan's voxels under the written segmentation (a block of the scan's
+    grid) that are brighter than 200 HU: calcium, and calcified nodules are nearly always
+    benign. None when nothing is segmented.
+
+    Mean density is not reported: LIDC-style outlines take in the nodule's edge, where lung
+    and nodule share voxels, so a solid nodule's mean HU under them reads as part-solid.
+    """
+    mask = np.asarray(segmentation.array) > 0
+    if not mask.any():
+        return None
+    origin = np.round(scan.world_to_index(segmentation.affine[None, :3, 3])[0]).astype(int)
+    block = tuple(slice(o, o + n) for o, n in zip(origin, mask.shape, strict=True))
+    hu = np.asarray(scan.array[block])[mask]
+    return round(float((hu > CALCIFIED_HU).mean()), 4)
