@@ -67,6 +67,7 @@ def analyse(request: dict) -> dict:
         "label": "malignant",
         "diameter_mm": 7.25,
         "volume_ml": round(int((distance <= 3).sum()) * voxel_ml, 4),
+        "calcified_share": 0.0,
         "point": {"ras": ras.tolist(), "lps": lps.tolist(), "given_as": "RAS"},
         "input": {"path": request["image"], "format": "nrrd", "shape": size.tolist()},
         "outputs": {

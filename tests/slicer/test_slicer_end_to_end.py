@@ -141,6 +141,7 @@ def test_lung1_in_the_scene(logic, scene, shared_data):
     assert data.GetColumnByName("Label").GetValue(0) == result["label"]
     assert data.GetColumnByName("Diameter").GetValue(0) == result["diameter_mm"]
     assert data.GetColumnByName("Volume").GetValue(0) == result["volume_ml"]
+    assert data.GetColumnByName("Calcified").GetValue(0) == result["calcified_share"]
     point = [data.GetColumnByName(axis).GetValue(0) for axis in "RAS"]
     assert point == result["point"]["ras"]
     weights = default_bundle_dir() / "models" / "model.pt"

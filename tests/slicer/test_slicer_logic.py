@@ -153,6 +153,7 @@ def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, lung1, s
     assert cell("Label") == result["label"]
     assert cell("Diameter") == result["diameter_mm"]
     assert cell("Volume") == result["volume_ml"]
+    assert cell("Calcified") == result["calcified_share"]
     assert [cell("R"), cell("A"), cell("S")] == result["point"]["ras"]
     assert cell("Point") == "P1"
     assert table.GetColumnUnitLabel("Diameter") == "mm"
