@@ -38,6 +38,8 @@ def test_train_command_makes_a_complete_bundle(shared_data: Path, tmp_path: Path
             "1",
             "--limit",
             "40",
+            "--seeds",
+            "0",
         ],
         capture_output=True,
         text=True,
@@ -46,6 +48,8 @@ def test_train_command_makes_a_complete_bundle(shared_data: Path, tmp_path: Path
     bundle = run_dir / "bundle"
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["medcnn"]["member_folds"] == [0, 1]
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["n_members"] == 2
     assert len(metadata["medcnn"]["weights_sha256"]) == 64
     assert {"auc", "ece", "dice_mean"} <= set(metadata["eval_metrics"])
     for name in ("roc.png", "reliability.png"):

@@ -90,6 +90,10 @@ def build_release(
         "every": CHECK_EVERY,
         **rounded(summarize(shipped[::CHECK_EVERY], THRESHOLD)),
     }
+    inference_path = bundle_dir / "configs" / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    inference["network_def"]["n_members"] = len(member_folds)
+    inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     metadata["eval_metrics"] = summary["shipped"]
     metadata["eval_metrics_nested_head"] = summary["nested"]
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
