@@ -20,12 +20,13 @@ import SimpleITK as sitk
 import torch
 from monai.visualize import GradCAM
 
+from medcnn import inference
 from medcnn.analysis import Analyzer
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
 from medcnn.data.lidc import load_cases
 from medcnn.explain import malignancy_heatmap
 from medcnn.grouped import GroupedEnsemble, grouped_ensemble
-from medcnn.inference import FLIPS, MAX_BOX_PASSES, _central_component, predict
+from medcnn.inference import MAX_BOX_PASSES, _central_component, predict
 from medcnn.metrics import dice
 from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
@@ -59,10 +60,11 @@ def reference_predict(model: NoduleEnsemble, patch, spec: PatchSpec) -> dict:
             box = new_box
         x = network_input(patch, box, spec)
         batch = torch.from_numpy(x)[None]
-        out = model.member_outputs(torch.cat([batch.flip(d) if d else batch for d in FLIPS]))
+        flips = inference.FLIPS
+        out = model.member_outputs(torch.cat([batch.flip(d) if d else batch for d in flips]))
         segs = [
             s.flip([d - 1 for d in dims]) if dims else s
-            for s, dims in zip(out["segmentation"].mean(1, keepdim=True), FLIPS, strict=True)
+            for s, dims in zip(out["segmentation"].mean(1, keepdim=True), flips, strict=True)
         ]
         features = out["features"].mean(0)
         probabilities = model.combine(features).numpy()
@@ -164,7 +166,11 @@ def test_member_subset_views_are_grouped_from_their_own_members() -> None:
         )
 
 
-def test_fast_path_matches_reference_on_the_phantom_with_random_weights() -> None:
+@pytest.mark.parametrize("flips", [((),), ((), (2,), (3,), (2, 3))], ids=["shipped", "flips"])
+def test_fast_path_matches_reference_on_the_phantom_with_random_weights(
+    flips: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inference, "FLIPS", flips)
     spec = PatchSpec()
     patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
     assert_same_answer(randomized_ensemble(), patch, spec)
