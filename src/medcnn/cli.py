@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=int,
         nargs="+",
-        default=[0, 1],
-        help="lidc only: one training of every fold per seed; all are ensembled (shipped: 0 1)",
+        default=[0],
+        help="lidc only: one training of every fold per seed; all are ensembled (shipped: 0)",
     )
     train.add_argument(
         "--limit",

@@ -11,8 +11,8 @@ running each member on its own, at a fraction of the cost.
 
 Test-time flips (``FLIPS``) are off in the shipped model, a measured choice: on the patient
 folds of ``lidc_voi`` the three flipped copies changed the cross-validated AUC by less than
-0.002 and Dice by 0.003-0.006 while doubling the network's time; a second training seed's five
-members, in the same time, gave more. Setting ``FLIPS`` to several axis tuples turns them on.
+0.002 and Dice by 0.003-0.006, and cost as much network time as everything else together.
+Setting ``FLIPS`` to several axis tuples turns them on.
 """
 
 from __future__ import annotations
