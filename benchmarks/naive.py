@@ -2,9 +2,9 @@
 
 Load the whole scan (``LoadImage``), orient it to RAS, resample all of it to the network's 1 mm
 (``Spacing``), crop the 32^3 cube around the point, then the same inference algorithm as MedCNN
-(context-box passes, and test-time flips if `inference.FLIPS` has them) run the straightforward
-way, each member on its own, and
-MONAI's ``GradCAM`` with its own forward and backward per member. It is the baseline of the
+(context-box passes, and test-time flips if ``inference.FLIPS`` has them) run the
+straightforward way, each member on its own, and MONAI's ``GradCAM`` with its own forward and
+backward per member. It is the baseline of the
 "naive / MedCNN" ratio; its numbers are not MedCNN's (resampling the whole scan first blurs the
 patch slightly differently).
 """
