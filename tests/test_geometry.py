@@ -152,3 +152,13 @@ def test_same_scan_in_ras_and_lps_storage_gives_the_same_patch() -> None:
     np.testing.assert_allclose(
         sample_patch(scan, point, SPEC).hu, sample_patch(flipped, point, SPEC).hu, atol=0.01
     )
+
+
+def test_block_slices_find_the_voxels_of_a_block_of_the_grid() -> None:
+    affine = scan_affine((1, -1, 1), (0.3, -0.2, 0.1), (0.7, 0.8, 2.5), (-40.0, 12.0, -300.0))
+    scan = Volume(np.arange(20 * 22 * 24, dtype=np.float32).reshape(20, 22, 24), affine)
+    block_affine = affine.copy()
+    block_affine[:3, 3] = scan.index_to_world(np.array([[3.0, 5.0, 7.0]]))[0]
+    block = Volume(np.zeros((4, 6, 8), dtype=np.float32), block_affine)
+    expected = scan.array[3:7, 5:11, 7:15]
+    np.testing.assert_array_equal(scan.array[scan.block_slices(block)], expected)

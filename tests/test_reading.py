@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from itk_images import to_itk_image
 from pydicom.fileset import FileSet
 
 from medcnn.errors import (
@@ -77,12 +78,7 @@ def oblique_affine(flip: bool = False) -> np.ndarray:
 
 def write_with_itk(volume: Volume, path: Path) -> Path:
     """Write through SimpleITK, which speaks LPS: the reader must convert back to RAS."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
-    lps = LPS_TO_RAS @ volume.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(lps[:3, 3].tolist())
-    image.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    image = to_itk_image(volume)
     sitk.WriteImage(image, str(path))
     return path
 

@@ -45,9 +45,7 @@ def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> d
     centre = seg.world_to_index(case.center_ras[None])[0]
     nodule = component_nearest_centre(seg.array > 0.5, centre)
     full = np.zeros(case.image.shape, dtype=bool)
-    offset = np.round(case.image.world_to_index(seg.affine[None, :3, 3])[0]).astype(int)
-    region = tuple(slice(o, o + n) for o, n in zip(offset, nodule.shape, strict=True))
-    full[region] = nodule
+    full[case.image.block_slices(seg)] = nodule
     p = float(np.clip(prediction.probability, EPS, 1 - EPS))
     return {
         "name": case.name,

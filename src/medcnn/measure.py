@@ -53,7 +53,6 @@ def longest_axial_diameter_mm(segmentation: Volume) -> float:
 
 
 CALCIFIED_HU = 200.0
-GROUND_GLASS_HU = -400.0
 
 
 def calcified_share(scan: Volume, segmentation: Volume) -> float | None:
@@ -67,7 +66,5 @@ def calcified_share(scan: Volume, segmentation: Volume) -> float | None:
     mask = np.asarray(segmentation.array) > 0
     if not mask.any():
         return None
-    origin = np.round(scan.world_to_index(segmentation.affine[None, :3, 3])[0]).astype(int)
-    block = tuple(slice(o, o + n) for o, n in zip(origin, mask.shape, strict=True))
-    hu = np.asarray(scan.array[block])[mask]
+    hu = np.asarray(scan.array[scan.block_slices(segmentation)])[mask]
     return round(float((hu > CALCIFIED_HU).mean()), 4)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from medcnn.measure import CALCIFIED_HU, GROUND_GLASS_HU
+from medcnn.measure import CALCIFIED_HU
 from medcnn.preprocessing import PatchSpec
 
 NAMES = (
@@ -30,6 +30,7 @@ NAMES = (
     "ground_glass_share",
     "compactness",
 )
+GROUND_GLASS_HU = -400.0
 _WINDOW = PatchSpec()  # the network input's HU window, the bundle's preprocessing
 
 

@@ -44,6 +44,12 @@ class Volume:
     def index_to_world(self, indices: np.ndarray) -> np.ndarray:
         return apply_affine(self.affine, indices)
 
+    def block_slices(self, block: Volume) -> tuple[slice, slice, slice]:
+        """The slices of this array that ``block``, a block of the same grid (as
+        ``preprocessing.scan_subgrid`` makes), covers."""
+        origin = np.round(self.world_to_index(block.affine[None, :3, 3])[0]).astype(int)
+        return tuple(slice(o, o + n) for o, n in zip(origin, block.shape, strict=True))  # type: ignore[return-value]
+
     def contains(self, point_ras: np.ndarray, margin_voxels: float = 0.5) -> bool:
         """Whether a RAS point lies within the scan's voxel grid (voxel centres +- half a voxel)."""
         index = self.world_to_index(np.asarray(point_ras, dtype=float)[None])[0]

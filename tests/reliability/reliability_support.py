@@ -73,3 +73,15 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1, p.stat().st_mtime_ns)
         for p in folder.rglob("*")
     }
+
+
+class RecordingAnalyzer:
+    """Stands in for the model: records where each case would be written."""
+
+    def __init__(self) -> None:
+        self.out_dirs: list[Path] = []
+
+    def analyze_file(self, image: Path, point: tuple, out_dir: Path, lps: bool = False) -> dict:
+        self.out_dirs.append(Path(out_dir))
+        keys = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
+        return dict.fromkeys(keys, 0)

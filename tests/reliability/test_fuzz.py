@@ -34,11 +34,13 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from itk_images import to_itk_image
+from reliability_support import RecordingAnalyzer
 
 from medcnn.batch import BatchRunner, case_folder_name, parse_point, read_manifest
 from medcnn.errors import MedCNNError
 from medcnn.phantom import write_dicom_series, write_nifti
-from medcnn.volume import LPS_TO_RAS, Volume
+from medcnn.volume import Volume
 
 EXAMPLES = int(os.environ.get("MEDCNN_FUZZ_EXAMPLES", "40"))
 TIME_LIMIT_S = 30.0
@@ -133,12 +135,7 @@ def ct_volume() -> Volume:
 
 
 def nrrd_bytes(volume: Volume, folder: Path, compress: bool) -> bytes:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
-    lps = LPS_TO_RAS @ volume.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(lps[:3, 3].tolist())
-    image.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    image = to_itk_image(volume)
     path = folder / "seed.nrrd"
     sitk.WriteImage(image, str(path), useCompression=compress)
     return path.read_bytes()
@@ -231,18 +228,6 @@ CSV_TEXT = st.text(
     max_size=300,
 )
 HEADERS = st.sampled_from(["", "image,r,a,s\n", "id,image,r,a,s\n", "ID, Image ,R,A,S\r\n"])
-
-
-class RecordingAnalyzer:
-    """Stands in for the model: records where each case would be written."""
-
-    def __init__(self) -> None:
-        self.out_dirs: list[Path] = []
-
-    def analyze_file(self, image: Path, point: tuple, out_dir: Path, lps: bool = False) -> dict:
-        self.out_dirs.append(Path(out_dir))
-        keys = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
-        return dict.fromkeys(keys, 0)
 
 
 @settings(max_examples=max(100, EXAMPLES * 8), deadline=None)

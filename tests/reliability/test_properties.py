@@ -18,11 +18,12 @@ import numpy as np
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from itk_images import to_itk_image
 
 from medcnn.analysis import Analyzer
 from medcnn.phantom import write_nifti
 from medcnn.reading import read_scan
-from medcnn.volume import LPS_TO_RAS, Volume, apply_affine
+from medcnn.volume import Volume, apply_affine
 
 SHAPE = (36, 40, 24)
 
@@ -68,12 +69,7 @@ def reordered(volume: Volume, axes: tuple[int, int, int], flips: tuple[bool, boo
 
 
 def write_nrrd(volume: Volume, path) -> None:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
-    lps = LPS_TO_RAS @ volume.affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetOrigin(lps[:3, 3].tolist())
-    image.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    image = to_itk_image(volume)
     sitk.WriteImage(image, str(path))
 
 

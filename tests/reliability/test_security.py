@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reliability_support import (
     SHIPPED_WEIGHTS,
+    RecordingAnalyzer,
     assert_one_clear_sentence,
     run_cli,
     snapshot,
@@ -184,16 +185,6 @@ HOSTILE_IDS = [
     "x" * 500,
     "患者 名前",
 ]
-
-
-class RecordingAnalyzer:
-    def __init__(self) -> None:
-        self.out_dirs: list[Path] = []
-
-    def analyze_file(self, image: Path, point: tuple, out_dir: Path, lps: bool = False) -> dict:
-        self.out_dirs.append(Path(out_dir))
-        keys = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
-        return dict.fromkeys(keys, 0)
 
 
 def test_manifest_ids_and_paths_cannot_write_outside_the_output_folder(tmp_path: Path) -> None:
