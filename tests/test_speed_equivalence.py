@@ -21,12 +21,13 @@ import torch
 from monai.visualize import GradCAM
 
 from medcnn import inference
-from medcnn.analysis import Analyzer
+from medcnn.analysis import Analyzer, FileRequest
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
 from medcnn.data.lidc import load_cases
-from medcnn.explain import malignancy_heatmap
+from medcnn.errors import InputNotFoundError, PointOutsideScanError
+from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
 from medcnn.grouped import GroupedEnsemble, grouped_ensemble
-from medcnn.inference import MAX_BOX_PASSES, _central_component, predict
+from medcnn.inference import MAX_BOX_PASSES, _central_component, predict, predict_many
 from medcnn.metrics import dice
 from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
@@ -296,3 +297,83 @@ def test_reading_around_the_point_of_the_real_series(
     top = whole.index_to_world(np.array([[256.0, 256.0, whole.shape[2] - 1.0]]))[0]
     for n, where in enumerate((point, top + np.array([0.0, 0.0, -4.0]))):  # and near the end
         assert_same_analysis(random_analyzer, series, where, tmp_path / f"{n}")
+
+
+# --- nodules judged together, as ``medcnn batch`` does -----------------------------------------
+
+
+def assert_judged_together_as_alone(model: NoduleEnsemble, patches: list, spec: PatchSpec) -> None:
+    """``predict_many`` and ``malignancy_heatmaps`` give every nodule its ``predict`` answer."""
+    together = predict_many(model, patches, spec)
+    heats = malignancy_heatmaps(model, [p.activations for p in together], spec.shape)
+    assert heats.shape == (len(patches), *spec.shape)
+    for patch, joint, heat in zip(patches, together, heats, strict=True):
+        alone = predict(model, patch, spec)
+        assert joint.box_passes == alone.box_passes
+        np.testing.assert_array_equal(joint.network_input, alone.network_input)
+        np.testing.assert_allclose(
+            joint.member_probabilities,
+            alone.member_probabilities,
+            atol=PROBABILITY_TOLERANCE,
+            rtol=0,
+        )
+        np.testing.assert_allclose(joint.segmentation, alone.segmentation, atol=1e-4)
+        expected = malignancy_heatmap(model, alone.network_input, alone.activations)
+        assert np.abs(heat - expected).max() < HEATMAP_TOLERANCE
+
+
+def test_nodules_judged_together_get_the_answers_they_get_alone(shipped) -> None:
+    model, spec = shipped
+    chest = synthetic_chest()
+    centre = np.asarray(NODULE_CENTER_RAS)
+    # The nodule, points beside it and lung far from it: their boxes settle after different
+    # numbers of passes, so the batch shrinks between passes.
+    points = (centre, centre + [3.3, -2.1, 1.7], centre + [-6.0, 4.0, 0.0], centre + [0, 30, 0])
+    patches = [sample_patch(chest, point, spec) for point in points]
+    assert len({p.box_passes for p in predict_many(model, patches, spec)}) > 1
+    assert_judged_together_as_alone(model, patches, spec)
+    # Random weights, whose boxes settle at once: every parameter the batch path uses counts.
+    assert_judged_together_as_alone(randomized_ensemble(), patches, spec)
+
+
+@pytest.mark.data
+def test_real_nodules_judged_together_get_the_answers_they_get_alone(shipped, shared_data) -> None:
+    model, spec = shipped
+    cases = sorted(load_cases(shared_data / "lidc_voi", limit=40), key=lambda c: c.diameter_mm)
+    patches = [sample_patch(c.image, c.center_ras, spec) for c in cases[::5]]
+    assert_judged_together_as_alone(model, patches, spec)
+
+
+def test_analyzing_files_together_writes_what_analyzing_each_writes(
+    tmp_path: Path, random_analyzer: Analyzer
+) -> None:
+    phantom = make_phantom(tmp_path / "phantom")
+    centre = np.asarray(NODULE_CENTER_RAS)
+    lps_centre = centre * [-1, -1, 1]
+    requests = [
+        FileRequest(phantom["nifti"], centre, tmp_path / "together" / "0"),
+        FileRequest(tmp_path / "missing.nii.gz", centre, tmp_path / "together" / "1"),
+        FileRequest(phantom["dicom_dir"], lps_centre, tmp_path / "together" / "2", lps=True),
+        FileRequest(phantom["nifti"], centre + [0, 0, 500], tmp_path / "together" / "3"),
+        FileRequest(phantom["dicom_dir"], centre + [3.3, -2.1, 1.7], tmp_path / "together" / "4"),
+    ]
+    outcomes = random_analyzer.analyze_files(requests)
+    assert isinstance(outcomes[1], InputNotFoundError)
+    assert isinstance(outcomes[3], PointOutsideScanError)
+    for index in (1, 3):
+        assert not requests[index].out_dir.exists()
+    for index in (0, 2, 4):
+        request = requests[index]
+        alone = tmp_path / "alone" / str(index)
+        expected = random_analyzer.analyze_file(request.image, request.point, alone, request.lps)
+        got = outcomes[index]
+        for key in ("diameter_mm", "volume_ml", "label", "point", "warnings", "input"):
+            assert got[key] == expected[key], key
+        assert got["probability"] == pytest.approx(expected["probability"], abs=1e-5)
+        assert json.loads((request.out_dir / "result.json").read_text())["point"] == got["point"]
+        for name in ("heatmap.nii.gz", "segmentation.nii.gz"):
+            written, reference = nib.load(request.out_dir / name), nib.load(alone / name)
+            np.testing.assert_allclose(written.affine, reference.affine, atol=1e-9)
+            np.testing.assert_allclose(
+                np.asarray(written.dataobj), np.asarray(reference.dataobj), atol=HEATMAP_TOLERANCE
+            )

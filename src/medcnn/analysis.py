@@ -23,15 +23,15 @@ import medcnn
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec
 from medcnn.checks import check_scan_at_point
 from medcnn.errors import UsageError
-from medcnn.explain import malignancy_heatmap
-from medcnn.inference import predict
+from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
+from medcnn.inference import Prediction, predict, predict_many
 from medcnn.measure import (
     calcified_share,
     component_nearest_centre,
     longest_axial_diameter_mm,
     volume_ml,
 )
-from medcnn.preprocessing import patch_to_scan, sample_patch
+from medcnn.preprocessing import Patch, patch_to_scan, sample_patch
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
 from medcnn.writing import HEATMAP, RESULT, SEGMENTATION, write_outputs
@@ -48,6 +48,16 @@ class Analysis:
     result: dict
     heatmap: Volume
     segmentation: Volume
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One click of a batch: ``analyze_file``'s arguments."""
+
+    image: Path | str
+    point: Sequence[float]
+    out_dir: Path | str
+    lps: bool = False
 
 
 def software_versions() -> dict[str, str]:
@@ -91,11 +101,8 @@ class Analyzer:
         """Judge the nodule at a RAS point of an already-read scan."""
         report = progress or (lambda stage, fraction: None)
         timings = {} if timings is None else timings
-        check_scan_at_point(scan, point_ras)
         report("preprocessing", 0.2)
-        started = time.perf_counter()
-        patch = sample_patch(scan, point_ras, self.spec)
-        timings["preprocess"] = time.perf_counter() - started
+        patch = self._cut(scan, point_ras, timings)
         report("network", 0.3)
         started = time.perf_counter()
         prediction = predict(self.model, patch, self.spec)
@@ -103,13 +110,123 @@ class Analyzer:
         report("heatmap", 0.6)
         started = time.perf_counter()
         heat = malignancy_heatmap(self.model, prediction.network_input, prediction.activations)
+        analysis = self._finish(scan, point_ras, prediction, heat)
+        timings["heatmap"] = time.perf_counter() - started
+        return analysis
+
+    def analyze_file(
+        self,
+        image: Path | str,
+        point: Sequence[float],
+        out_dir: Path | str,
+        lps: bool = False,
+        progress: Progress | None = None,
+        series_uid: str | None = None,
+    ) -> dict:
+        """Read a scan, analyse the point, write the outputs; returns ``result.json``'s content."""
+        report = progress or (lambda stage, fraction: None)
+        point_ras = checked_point(point, lps)
+        total_start = time.perf_counter()
+        report("reading", 0.0)
+        timings: dict[str, float] = {}
+        scan = self._read(image, point_ras, series_uid, timings)
+        analysis = self.analyze_volume(scan, point_ras, report, timings)
+        report("writing", 0.9)
+        self._write(analysis, Path(out_dir), lps, timings, total_start)
+        report("done", 1.0)
+        return analysis.result
+
+    def analyze_files(self, requests: Sequence[FileRequest]) -> list[dict | Exception]:
+        """Several clicks answered together, for ``medcnn batch``: per request, the same
+        ``result.json`` content and files as ``analyze_file``, or the error that stopped it.
+
+        The context-box passes and the heatmaps of all requests run as batches through the
+        network, which is what makes an archive run faster per nodule than clicks one by one.
+        In each ``result.json``, ``network`` and ``heatmap`` timings are the request's share of
+        the group's. A request that fails fails alone: reading, cutting and writing are per
+        request, and if the shared steps themselves fail, each request is tried on its own.
+        """
+        outcomes: list[dict | Exception | None] = [None] * len(requests)
+        ready: list[tuple[int, Volume, np.ndarray, Patch, dict[str, float], float]] = []
+        for index, request in enumerate(requests):
+            total_start = time.perf_counter()
+            timings: dict[str, float] = {}
+            try:
+                point_ras = checked_point(request.point, request.lps)
+                scan = self._read(request.image, point_ras, None, timings)
+                patch = self._cut(scan, point_ras, timings)
+            except Exception as error:
+                outcomes[index] = error
+                continue
+            ready.append((index, scan, point_ras, patch, timings, total_start))
+        if not ready:
+            return outcomes  # type: ignore[return-value]
+        try:
+            started = time.perf_counter()
+            predictions = predict_many(self.model, [r[3] for r in ready], self.spec)
+            network = time.perf_counter() - started
+            started = time.perf_counter()
+            heats = malignancy_heatmaps(
+                self.model, [p.activations for p in predictions], self.spec.shape
+            )
+            heatmap = time.perf_counter() - started
+        except Exception:
+            return [
+                outcome if outcome is not None else self._analyze_alone(request)
+                for request, outcome in zip(requests, outcomes, strict=True)
+            ]
+        for (index, scan, point_ras, _, timings, total_start), prediction, heat in zip(
+            ready, predictions, heats, strict=True
+        ):
+            request = requests[index]
+            try:
+                started = time.perf_counter()
+                analysis = self._finish(scan, point_ras, prediction, heat)
+                timings["network"] = network / len(ready)
+                timings["heatmap"] = heatmap / len(ready) + time.perf_counter() - started
+                self._write(analysis, Path(request.out_dir), request.lps, timings, total_start)
+                outcomes[index] = analysis.result
+            except Exception as error:
+                outcomes[index] = error
+        return outcomes  # type: ignore[return-value]
+
+    def _analyze_alone(self, request: FileRequest) -> dict | Exception:
+        try:
+            return self.analyze_file(request.image, request.point, request.out_dir, request.lps)
+        except Exception as error:
+            return error
+
+    def _read(
+        self,
+        image: Path | str,
+        point_ras: np.ndarray,
+        series_uid: str | None,
+        timings: dict[str, float],
+    ) -> Volume:
+        started = time.perf_counter()
+        # Only the slices the network's cube reaches are decoded (DICOM series).
+        half_width = self.spec.size * self.spec.spacing_mm / 2.0
+        scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
+        timings["read"] = time.perf_counter() - started
+        return scan
+
+    def _cut(self, scan: Volume, point_ras: np.ndarray, timings: dict[str, float]) -> Patch:
+        check_scan_at_point(scan, point_ras)
+        started = time.perf_counter()
+        patch = sample_patch(scan, point_ras, self.spec)
+        timings["preprocess"] = time.perf_counter() - started
+        return patch
+
+    def _finish(
+        self, scan: Volume, point_ras: np.ndarray, prediction: Prediction, heat: np.ndarray
+    ) -> Analysis:
+        """The heatmap and segmentation on the scan's grid, the measurements, ``result.json``."""
         heatmap = patch_to_scan(heat, prediction.patch, scan, self.spec)
         heatmap = Volume(np.clip(heatmap.array, 0.0, 1.0), heatmap.affine)
         seg_scan = patch_to_scan(prediction.segmentation, prediction.patch, scan, self.spec)
         centre = seg_scan.world_to_index(point_ras[None])[0]
         nodule = component_nearest_centre(seg_scan.array > 0.5, centre)
         segmentation = Volume(nodule.astype(np.uint8), seg_scan.affine)
-        timings["heatmap"] = time.perf_counter() - started
         probability = prediction.probability
         warnings = list(scan.metadata.get("warnings", []))
         if not nodule.any():
@@ -147,27 +264,14 @@ class Analyzer:
         }
         return Analysis(result, heatmap, segmentation)
 
-    def analyze_file(
+    def _write(
         self,
-        image: Path | str,
-        point: Sequence[float],
-        out_dir: Path | str,
-        lps: bool = False,
-        progress: Progress | None = None,
-        series_uid: str | None = None,
-    ) -> dict:
-        """Read a scan, analyse the point, write the outputs; returns ``result.json``'s content."""
-        report = progress or (lambda stage, fraction: None)
-        point_ras = checked_point(point, lps)
-        total_start = time.perf_counter()
-        report("reading", 0.0)
-        started = time.perf_counter()
-        # Only the slices the network's cube reaches are decoded (DICOM series).
-        half_width = self.spec.size * self.spec.spacing_mm / 2.0
-        scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
-        timings = {"read": time.perf_counter() - started}
-        analysis = self.analyze_volume(scan, point_ras, report, timings)
-        report("writing", 0.9)
+        analysis: Analysis,
+        out_dir: Path,
+        lps: bool,
+        timings: dict[str, float],
+        total_start: float,
+    ) -> None:
         result = analysis.result
         result["point"]["given_as"] = "LPS" if lps else "RAS"
         started = time.perf_counter()
@@ -178,11 +282,5 @@ class Analyzer:
             result["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
 
         write_outputs(
-            Path(out_dir),
-            result,
-            analysis.heatmap,
-            analysis.segmentation,
-            before_result=finish_timings,
+            out_dir, result, analysis.heatmap, analysis.segmentation, before_result=finish_timings
         )
-        report("done", 1.0)
-        return result

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcnn import distributed
+from medcnn.analysis import FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
 
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
+RESULT_COLUMNS = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
+# Nodules analysed together: each context-box pass runs them as one batch through the network.
+GROUP_SIZE = 8
 PREDICTION_COLUMNS = (
     "id",
     "image",
@@ -154,36 +158,43 @@ class BatchRunner:
         self.lps = lps
 
     def analyze_row(self, row: ManifestRow) -> dict:
-        record = {
-            "id": row.id,
-            "image": row.image,
-            "r": row.point[0],
-            "a": row.point[1],
-            "s": row.point[2],
-            "error": "",
-        }
-        out = self.output_dir / "cases" / case_folder_name(row)
-        try:
-            if row.problem:
-                raise UsageError(row.problem)
-            if not row.image:
-                raise UsageError(f"Row {row.index + 1} has no image path; add one.")
-            result = self.analyzer.analyze_file(row.image_path, parse_point(row), out, lps=self.lps)
-            record.update(
-                {
-                    "probability": result["probability"],
-                    "uncertainty": result["uncertainty"],
-                    "label": result["label"],
-                    "diameter_mm": result["diameter_mm"],
-                    "volume_ml": result["volume_ml"],
-                    "output_dir": str(out.relative_to(self.output_dir)),
-                }
-            )
-        except MedCNNError as error:
-            record["error"] = str(error)
-        except Exception as error:  # one broken case must not stop an archive run
-            record["error"] = f"unexpected error: {type(error).__name__}: {error}"
-        return record
+        return self.analyze_rows([row])[0]
+
+    def analyze_rows(self, rows: list[ManifestRow]) -> list[dict]:
+        """The prediction records of some rows, their nodules analysed together as a group."""
+        records, requests, asked = [], [], []
+        for row in rows:
+            record = {
+                "id": row.id,
+                "image": row.image,
+                "r": row.point[0],
+                "a": row.point[1],
+                "s": row.point[2],
+                "error": "",
+            }
+            records.append(record)
+            try:
+                if row.problem:
+                    raise UsageError(row.problem)
+                if not row.image:
+                    raise UsageError(f"Row {row.index + 1} has no image path; add one.")
+                point = parse_point(row)
+            except MedCNNError as error:
+                record["error"] = str(error)
+                continue
+            out = self.output_dir / "cases" / case_folder_name(row)
+            requests.append(FileRequest(row.image_path, point, out, lps=self.lps))
+            asked.append(record)
+        outcomes = self.analyzer.analyze_files(requests) if requests else []
+        for record, request, outcome in zip(asked, requests, outcomes, strict=True):
+            if isinstance(outcome, MedCNNError):
+                record["error"] = str(outcome)
+            elif isinstance(outcome, Exception):  # one broken case must not stop an archive run
+                record["error"] = f"unexpected error: {type(outcome).__name__}: {outcome}"
+            else:
+                record.update({key: outcome[key] for key in RESULT_COLUMNS})
+                record["output_dir"] = str(Path(request.out_dir).relative_to(self.output_dir))
+        return records
 
     def run(self) -> Path:
         rows = read_manifest(self.manifest)
@@ -194,13 +205,21 @@ class BatchRunner:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # Under torchrun each rank takes rows i % world_size == rank; rank 0 writes the CSV.
         here = distributed.init_process_group("gloo", timeout=distributed.BATCH_TIMEOUT)
-        iterator = here.shard(rows)
+        share = here.shard(rows)
+        bar = None
         if self.progress:
             from tqdm import tqdm
 
             desc = "medcnn batch" + (f" (rank {here.rank})" if here.size > 1 else "")
-            iterator = tqdm(iterator, desc=desc, unit="case", position=here.local_rank)
-        mine = [self.analyze_row(row) for row in iterator]
+            bar = tqdm(total=len(share), desc=desc, unit="case", position=here.local_rank)
+        mine = []
+        for start in range(0, len(share), GROUP_SIZE):
+            group = share[start : start + GROUP_SIZE]
+            mine.extend(self.analyze_rows(group))
+            if bar is not None:
+                bar.update(len(group))
+        if bar is not None:
+            bar.close()
         predictions = self.output_dir / "predictions.csv"
         records = distributed.gather_in_order(mine, here, len(rows))
         if records is None:

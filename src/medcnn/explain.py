@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from monai.visualize.class_activation_maps import default_normalizer
 from monai.visualize.visualizer import default_upsampler
 
-from medcnn.grouped import grouped_ensemble
+from medcnn.grouped import ensemble_outputs
 from medcnn.network import NoduleEnsemble, NoduleNet
 
 TARGET_LAYER = "net.dec2"
@@ -35,24 +35,40 @@ def malignancy_heatmap(
     ``activations`` are ``Prediction.activations`` of this input (deepest encoder level and
     ``dec2``); without them the network runs once to get them.
     """
-    grouped = grouped_ensemble(model)
     if activations is None:
         with torch.inference_mode():
-            out = grouped(torch.from_numpy(x)[None])
+            out = ensemble_outputs(model, torch.from_numpy(x)[None])
         activations = (out.encoder, out.decoder)
-    encoder, decoder = activations
+    return malignancy_heatmaps(model, [activations], x.shape[1:])[0]
+
+
+def malignancy_heatmaps(
+    model: NoduleEnsemble,
+    activations: list[tuple[torch.Tensor, torch.Tensor]],
+    spatial: tuple[int, ...],
+) -> np.ndarray:
+    """The maps of several inputs at once, (B, *spatial): each exactly ``malignancy_heatmap``'s,
+    since every input's logit depends on its own activations only."""
+    encoder = torch.cat([a[0] for a in activations])
+    decoder = torch.cat([a[1] for a in activations])
+    n = len(model.members)
     maps = [
         _member_gradcam(
-            member,
-            grouped.member_slice(encoder, index),
-            grouped.member_slice(decoder, index),
-            x.shape[1:],
+            member, _member_part(encoder, index, n), _member_part(decoder, index, n), spatial
         )
         for index, member in enumerate(model.members)
     ]
     heat = np.mean(maps, axis=0)
-    span = float(heat.max() - heat.min())
-    return ((heat - heat.min()) / span if span > 0 else np.zeros_like(heat)).astype(np.float32)
+    low = heat.min(axis=tuple(range(1, heat.ndim)), keepdims=True)
+    span = heat.max(axis=tuple(range(1, heat.ndim)), keepdims=True) - low
+    scaled = np.divide(heat - low, span, out=np.zeros_like(heat), where=span > 0)
+    return scaled.astype(np.float32)
+
+
+def _member_part(grouped: torch.Tensor, member: int, n_members: int) -> torch.Tensor:
+    """Member ``member``'s channels of a feature map in the grouped layout."""
+    channels = grouped.shape[1] // n_members
+    return grouped[:, member * channels : (member + 1) * channels]
 
 
 def _member_gradcam(
@@ -71,8 +87,8 @@ def _member_gradcam(
         (grad,) = torch.autograd.grad(logit[:, 0].squeeze().sum(), acti)
     acti = acti.detach()
     b, c, *rest = grad.shape
-    weights = grad.view(b, c, -1).mean(2).view(b, c, *[1] * len(rest))
+    weights = grad.reshape(b, c, -1).mean(2).view(b, c, *[1] * len(rest))
     cam = F.relu((weights * acti).sum(1, keepdim=True))
     # MONAI's default normaliser maps (min, max) to (1, 0); flip it so 1 is where it looked most.
     cam = 1.0 - default_normalizer(default_upsampler(spatial)(cam))
-    return cam[0, 0].numpy()
+    return cam[:, 0].numpy()

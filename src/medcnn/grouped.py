@@ -6,8 +6,9 @@ reference convolution (oneDNN is only chosen for batches, groups or large inputs
 per-operation overhead once per member. Stacking the members' weights along the channel axis,
 with ``groups`` = number of members, computes exactly the same sums in one oneDNN call per
 layer, three times faster here: member ``m`` owns channels ``[m * C, (m + 1) * C)`` of every
-feature map, and nothing mixes them. For a batch (the three flipped copies) oneDNN's plain
-convolutions beat its grouped ones, so ``inference`` runs those member by member.
+feature map, and nothing mixes them. For a batch (several nodules of a ``medcnn batch`` run,
+or the flipped copies) oneDNN's plain convolutions beat its grouped ones, so
+``ensemble_outputs`` runs a batch member by member: both ways give the same numbers.
 
 ``GroupedEnsemble`` is built from a ``NoduleEnsemble`` in eval mode and mirrors
 ``NoduleNet.forward`` and ``NoduleEnsemble.member_outputs`` line by line;
@@ -17,7 +18,7 @@ convolutions beat its grouped ones, so ``inference`` runs those member by member
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,11 @@ class GroupedOutputs:
     segmentation: torch.Tensor
     encoder: torch.Tensor
     decoder: torch.Tensor
+
+    def take(self, index: int) -> GroupedOutputs:
+        """One input's outputs, as a batch of one."""
+        part = slice(index, index + 1)
+        return GroupedOutputs(*(getattr(self, f.name)[part] for f in fields(self)))
 
 
 class _GroupedConvolution(nn.Module):
@@ -195,10 +201,20 @@ class GroupedEnsemble(nn.Module):
         probability = torch.sigmoid(z @ self.head_weight + self.head_bias)
         return GroupedOutputs(probability, features, segmentation, s3, d2)
 
-    def member_slice(self, grouped: torch.Tensor, member: int) -> torch.Tensor:
-        """Member ``member``'s channels of a grouped feature map."""
-        channels = grouped.shape[1] // self.n_members
-        return grouped[:, member * channels : (member + 1) * channels]
+
+def ensemble_outputs(model: NoduleEnsemble, x: torch.Tensor) -> GroupedOutputs:
+    """Every member's outputs for a batch of inputs (B, 2, N, N, N), the fastest exact way.
+
+    One input goes through the grouped twin; a batch goes member by member, in the channels-last
+    layout where oneDNN is another 10-15 % faster: together about 1.8 times faster per input
+    than the twin on two cores. The activations come in the grouped layout either way.
+    """
+    if x.shape[0] == 1:
+        return grouped_ensemble(model)(x)
+    out = model.member_outputs(x.contiguous(memory_format=torch.channels_last_3d))
+    return GroupedOutputs(
+        out["probability"], out["features"], out["segmentation"], out["encoder"], out["decoder"]
+    )
 
 
 _CACHE: weakref.WeakKeyDictionary[NoduleEnsemble, tuple[tuple, GroupedEnsemble]] = (

@@ -30,7 +30,9 @@ class NoduleNet(nn.Module):
     """Input (B, 2, N, N, N): windowed HU and the context box. N divisible by 8.
 
     Returns a dict: ``malignancy`` logit (B, 1), ``rating`` (B, 1) and ``descriptors`` (B, 8)
-    auxiliary regressions on a 0-1 scale, ``segmentation`` logits (B, 1, N, N, N).
+    auxiliary regressions on a 0-1 scale, ``segmentation`` logits (B, 1, N, N, N), and the two
+    feature maps the classifier pools, which the heatmap explains: ``encoder`` (the deepest
+    encoder level, B, 64, N/8, N/8, N/8) and ``decoder`` (``dec2``, B, 32, N/4, N/4, N/4).
     """
 
     def __init__(
@@ -89,6 +91,8 @@ class NoduleNet(nn.Module):
             "rating": self.rating(features),
             "descriptors": self.descriptors(features),
             "segmentation": pixel_shuffle_3d(self.seg_out(d1)),
+            "encoder": s3,
+            "decoder": d2,
         }
 
 
@@ -151,18 +155,24 @@ class NoduleEnsemble(nn.Module):
     @torch.jit.export
     def member_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per member: ``probability`` (B, M), ``features`` (B, M, F),
-        ``segmentation`` probabilities (B, M, N, N, N)."""
+        ``segmentation`` probabilities (B, M, N, N, N); and the members' ``encoder`` and
+        ``decoder`` feature maps side by side along the channels (B, M * C, ...)."""
         probabilities, features, segmentations = [], [], []
+        encoders, decoders = [], []
         for member in self.members:
             out = member(x)
             f = self.features(out, x)
             features.append(f[:, None])
             probabilities.append(self.combine(f)[:, None])
             segmentations.append(torch.sigmoid(out["segmentation"]))
+            encoders.append(out["encoder"])
+            decoders.append(out["decoder"])
         return {
             "probability": torch.cat(probabilities, 1),
             "features": torch.cat(features, 1),
             "segmentation": torch.cat(segmentations, 1),
+            "encoder": torch.cat(encoders, 1),
+            "decoder": torch.cat(decoders, 1),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -85,3 +85,6 @@ class RecordingAnalyzer:
         self.out_dirs.append(Path(out_dir))
         keys = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
         return dict.fromkeys(keys, 0)
+
+    def analyze_files(self, requests: list) -> list[dict]:
+        return [self.analyze_file(r.image, r.point, r.out_dir, r.lps) for r in requests]
