@@ -237,14 +237,17 @@ def network_row(scans: dict[str, Path], bundle: Path, nodules: int, repeats: int
     }
 
 
-def batch_rows(bundle: Path, limit: int | None, tmp: Path) -> dict:
+def batch_rows(bundle: Path, limit: int | None, tmp: Path, group_size: int | None = None) -> dict:
+    """``medcnn batch`` on 1 and 2 processes; ``group_size`` 1 is one nodule at a time."""
     manifest = lidc_manifest(tmp / "manifest.csv", limit)
     n = sum(1 for _ in open(manifest)) - 1
     rows = {}
     for processes in (1, 2):
-        out = tmp / f"batch_{processes}"
+        out = tmp / f"batch_{processes}_{group_size}"
         options = [str(manifest), "--out", str(out), "--bundle", str(bundle), "--trust-bundle"]
         options.append("--no-progress")
+        if group_size is not None:
+            options += ["--group-size", str(group_size)]
         if processes == 1:
             command = [PYTHON, "-m", "medcnn.cli", "batch", *options]
         else:
@@ -362,11 +365,12 @@ def print_table(result: dict) -> None:
         f"{net['under_100ms']:.0%} under 100 ms; the chest CT point: "
         f"{net['chest_ct_point']['s'] * 1000:.0f} ms ({net['chest_ct_point']['box_passes']} passes)"
     )
-    for processes, row in _rows(result["batch"]):
-        print(
-            f"batch {processes}: {row['nodules']} nodules in {row['wall_s']:.1f} s = "
-            f"{row['nodules_per_s']:.1f} nodules/s ({row['failed']} failed)"
-        )
+    for key in ("batch", "batch_one_at_a_time"):
+        for processes, row in _rows(result.get(key, {})):
+            print(
+                f"{key} {processes}: {row['nodules']} nodules in {row['wall_s']:.1f} s = "
+                f"{row['nodules_per_s']:.1f} nodules/s ({row['failed']} failed)"
+            )
     for processes, row in _rows(result["training"]):
         print(
             f"training {processes}: {row['samples_per_s']:.1f} samples/s, one epoch "
@@ -432,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             ("medcnn_cold", lambda: cold_rows(scans, bundle, 2 if args.quick else 3, tmp)),
             ("batch", lambda: batch_rows(bundle, 120 if args.quick else None, tmp)),
+            (
+                "batch_one_at_a_time",
+                lambda: batch_rows(bundle, 120 if args.quick else None, tmp, group_size=1),
+            ),
             ("training", lambda: training_rows(4 if args.quick else 8, 160 if args.quick else 400)),
         ]
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,7 @@ def test_monai_bundle_run_on_a_manifest(phantom: dict, tmp_path: Path) -> None:
         (["analyze", "{nifti}", "--point", "900", "0", "0"], 8, "outside the scan"),
         (["analyze", "{nifti}", "--point", "nan", "0", "0"], 2, "finite"),
         (["analyze", "{nifti}"], 2, "--point"),
+        (["batch", "{nifti}", "--group-size", "0"], 2, "group size must be 1 or more"),
     ],
 )
 def test_user_errors_are_one_sentence_an_exit_code_and_no_files(

@@ -20,7 +20,8 @@ import SimpleITK as sitk
 import torch
 from monai.visualize import GradCAM
 
-from medcnn import inference
+import medcnn.analysis
+from medcnn import inference, reading
 from medcnn.analysis import Analyzer, FileRequest
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
 from medcnn.data.lidc import load_cases
@@ -264,23 +265,116 @@ def test_reading_around_a_point_decodes_a_slab_of_the_series(tmp_path: Path) -> 
     around = ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0)
     nifti_slab, nifti = read_scan(phantom["nifti"], around=around), read_scan(phantom["nifti"])
     assert_slab_of(nifti_slab, nifti)
-    # A region missing the scan, and NRRD, read the whole scan as without a region.
+    # A region missing the scan reads the whole scan, as without a region.
     far = ScanRegion(np.array([0.0, 0.0, 5000.0]), 16.0)
     assert read_scan(phantom["dicom_dir"], around=far).shape == whole.shape
-    nrrd = tmp_path / "phantom.nrrd"
-    sitk.WriteImage(sitk.ReadImage(str(phantom["nifti"])), str(nrrd))
-    assert "region" not in read_scan(nrrd, around=around).metadata
+
+
+def oblique_itk_image(nifti: Path) -> sitk.Image:
+    """The phantom tilted by 0.3 rad about a slanted axis, with its first axis flipped (LPS)."""
+    image = sitk.ReadImage(str(nifti))
+    tilt = sitk.VersorTransform((0.2, 0.5, 0.8), 0.3).GetMatrix()
+    direction = np.asarray(tilt).reshape(3, 3) @ np.diag([-1.0, 1.0, 1.0])
+    image.SetDirection(direction.ravel().tolist())
+    return image
+
+
+@pytest.mark.parametrize(
+    "name, compressed", [("raw.nrrd", False), ("zipped.nrrd", True), ("raw.mha", False)]
+)
+def test_nrrd_and_metaimage_read_only_the_slab_around_the_point(
+    tmp_path: Path, name: str, compressed: bool
+) -> None:
+    """3D Slicer hands MedCNN uncompressed NRRD: a click reads the slab it needs from it."""
+    phantom = make_phantom(tmp_path / "phantom")
+    path = tmp_path / name
+    sitk.WriteImage(oblique_itk_image(phantom["nifti"]), str(path), useCompression=compressed)
+    whole = read_scan(path)
+    point = whole.index_to_world(np.array([[20.0, 30.0, 24.0]]))[0]
+    slab = read_scan(path, around=ScanRegion(point, 16.0))
+    assert slab.shape[2] < whole.shape[2]
+    assert_slab_of(slab, whole)
+    assert set(slab.metadata) == set(whole.metadata) | {"scan_shape", "region"}
+    assert slab_mapped_from_disk(path) == (name == "raw.nrrd")
+
+
+def slab_mapped_from_disk(path: Path) -> bool:
+    """Whether a click's slab of this file comes straight from disk rather than through ITK."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reading._raw_nrrd_slab(path, reader, 2, 5) is not None
+
+
+def handmade_nrrd(path: Path, voxels: np.ndarray, endian: str, data_file: str | None) -> None:
+    """An NRRD written by hand, as other writers than ITK make them: comments, key:=value
+    pairs, big-endian voxels, or a detached header (``.nhdr``) naming its data file."""
+    x, y, z = voxels.shape
+    header = [
+        "NRRD0004",
+        "# written by a test, not by ITK",
+        "type: int16",
+        "dimension: 3",
+        "space: right-anterior-superior",
+        f"sizes: {x} {y} {z}",
+        "space directions: (0,0.8,0) (-0.7,0,0) (0,0,2.5)",
+        "kinds: domain domain domain",
+        f"endian: {endian}",
+        "encoding: raw",
+        "space origin: (-12.5,30,-40)",
+        "scanner:=phantom",
+    ]
+    data = voxels.transpose(2, 1, 0).astype(">i2" if endian == "big" else "<i2").tobytes()
+    if data_file is None:
+        path.write_bytes(("\n".join(header) + "\n\n").encode() + data)
+    else:
+        path.write_text("\n".join([*header, f"data file: {data_file}"]) + "\n")
+        (path.parent / data_file).write_bytes(data)
+
+
+@pytest.mark.parametrize("endian, data_file", [("big", None), ("little", "voxels.raw")])
+def test_nrrd_of_other_writers_reads_the_same_slab(
+    tmp_path: Path, endian: str, data_file: str | None
+) -> None:
+    rng = np.random.default_rng(1)
+    voxels = rng.integers(-1000, 400, size=(40, 36, 30)).astype(np.int16)
+    path = tmp_path / ("scan.nhdr" if data_file else "scan.nrrd")
+    handmade_nrrd(path, voxels, endian, data_file)
+    whole = read_scan(path)
+    # ITK reads it as written: voxel [i, j, k] at the RAS position the header gives
+    np.testing.assert_array_equal(whole.array, voxels)
+    np.testing.assert_allclose(
+        whole.index_to_world(np.array([[1.0, 2.0, 3.0]]))[0],
+        [-12.5 - 0.7 * 2, 30 + 0.8 * 1, -40 + 2.5 * 3],
+        atol=1e-9,
+    )
+    point = whole.index_to_world(np.array([[20.0, 18.0, 15.0]]))[0]
+    slab = read_scan(path, around=ScanRegion(point, 8.0))
+    assert slab.shape[2] < whole.shape[2]
+    assert_slab_of(slab, whole)
+    assert slab_mapped_from_disk(path) == (data_file is None)
+
+
+def test_float_nrrd_is_read_whole_around_a_point(tmp_path: Path) -> None:
+    """Float voxels elsewhere could be NaN, which only the whole scan's check would see."""
+    phantom = make_phantom(tmp_path / "phantom")
+    path = tmp_path / "float.nrrd"
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(phantom["nifti"])), sitk.sitkFloat32), str(path))
+    around = ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0)
+    assert "region" not in read_scan(path, around=around).metadata
 
 
 def test_analysis_reading_around_the_point_equals_reading_the_whole_scan(
     tmp_path: Path, random_analyzer: Analyzer
 ) -> None:
     phantom = make_phantom(tmp_path / "phantom")
+    nrrd = tmp_path / "phantom.nrrd"  # what 3D Slicer hands over: uncompressed NRRD
+    sitk.WriteImage(sitk.ReadImage(str(phantom["nifti"])), str(nrrd), useCompression=False)
     centre = np.asarray(NODULE_CENTER_RAS)
     # The nodule, a point beside it, and soft tissue two slices from the end of the series.
     points = (centre, centre + [3.3, -2.1, 1.7], np.array([0.0, -18.4, -54.0]))
     for n, point in enumerate(points):
-        for image in (phantom["dicom_dir"], phantom["nifti"]):
+        for image in (phantom["dicom_dir"], phantom["nifti"], nrrd):
             assert_same_analysis(random_analyzer, image, point, tmp_path / f"{n}_{image.name}")
 
 
@@ -377,3 +471,25 @@ def test_analyzing_files_together_writes_what_analyzing_each_writes(
             np.testing.assert_allclose(
                 np.asarray(written.dataobj), np.asarray(reference.dataobj), atol=HEATMAP_TOLERANCE
             )
+
+
+def test_when_the_group_fails_each_file_is_analysed_alone(
+    tmp_path: Path, random_analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the steps the group shares (the batched network) costs speed, not cases."""
+    phantom = make_phantom(tmp_path / "phantom")
+    centre = np.asarray(NODULE_CENTER_RAS)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory in the batched network")
+
+    monkeypatch.setattr(medcnn.analysis, "predict_many", broken)
+    requests = [
+        FileRequest(phantom["nifti"], centre, tmp_path / "together" / "0"),
+        FileRequest(tmp_path / "missing.nii.gz", centre, tmp_path / "together" / "1"),
+    ]
+    outcomes = random_analyzer.analyze_files(requests)
+    assert isinstance(outcomes[1], InputNotFoundError)
+    expected = random_analyzer.analyze_file(phantom["nifti"], centre, tmp_path / "alone")
+    assert outcomes[0]["probability"] == expected["probability"]
+    assert (requests[0].out_dir / "result.json").exists()

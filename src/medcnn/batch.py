@@ -28,6 +28,8 @@ from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError,
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
 RESULT_COLUMNS = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
 # Nodules analysed together: each context-box pass runs them as one batch through the network.
+# Eight took about 1.3 times less time per nodule than one at a time on 2 cores; sixteen gained
+# nothing more that could be told from the noise (benchmarks/README.md).
 GROUP_SIZE = 8
 PREDICTION_COLUMNS = (
     "id",
@@ -150,12 +152,16 @@ class BatchRunner:
         output_dir: Path | str,
         progress: bool = True,
         lps: bool = False,
+        group_size: int = GROUP_SIZE,
     ) -> None:
+        if group_size < 1:
+            raise UsageError(f"The group size must be 1 or more, not {group_size}.")
         self.analyzer = analyzer
         self.manifest = Path(manifest)
         self.output_dir = Path(output_dir)
         self.progress = progress
         self.lps = lps
+        self.group_size = group_size
 
     def analyze_row(self, row: ManifestRow) -> dict:
         return self.analyze_rows([row])[0]
@@ -213,8 +219,8 @@ class BatchRunner:
             desc = "medcnn batch" + (f" (rank {here.rank})" if here.size > 1 else "")
             bar = tqdm(total=len(share), desc=desc, unit="case", position=here.local_rank)
         mine = []
-        for start in range(0, len(share), GROUP_SIZE):
-            group = share[start : start + GROUP_SIZE]
+        for start in range(0, len(share), self.group_size):
+            group = share[start : start + self.group_size]
             mine.extend(self.analyze_rows(group))
             if bar is not None:
                 bar.update(len(group))

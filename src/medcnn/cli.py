@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", type=Path, required=True, help="output folder")
     batch.add_argument("--lps", action="store_true", help="the manifest's points are LPS")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument(
+        "--group-size",
+        type=int,
+        metavar="N",
+        help="nodules run through the network together (default 8; 1 for the least memory)",
+    )
     _add_bundle_options(batch)
 
     demo = commands.add_parser(
@@ -262,10 +268,16 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from medcnn.batch import BatchRunner
+    from medcnn.batch import GROUP_SIZE, BatchRunner
 
+    group_size = GROUP_SIZE if args.group_size is None else args.group_size
     runner = BatchRunner(
-        _analyzer(args), args.manifest, args.out, progress=not args.no_progress, lps=args.lps
+        _analyzer(args),
+        args.manifest,
+        args.out,
+        progress=not args.no_progress,
+        lps=args.lps,
+        group_size=group_size,
     )
     predictions = runner.run()
     print(f"predictions in {predictions}")

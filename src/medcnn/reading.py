@@ -40,13 +40,16 @@ still chosen and checked from the headers of all its files, exactly as above, bu
 slices that a cube around the point reaches (plus two on each side, for interpolation) are
 decoded; a NIfTI file of integers within the int16 range (which cannot hold NaN, infinite or
 out-of-range voxels elsewhere) likewise reads only that slab of its last axis, the slowest in
-the file (a compressed file is still decompressed up to the slab's end). The returned Volume
+the file (a compressed file is still decompressed up to the slab's end), and so does NRRD or
+MetaImage of such integers: an uncompressed NRRD with its voxels after its header (what 3D
+Slicer writes) is mapped straight from disk, other NRRD and MetaImage go through ITK's
+streaming extraction (a compressed NRRD is still decompressed whole). The returned Volume
 is the slab of whole slices, with its own affine, so every voxel sits where it sits in the
 whole scan. Its ``metadata`` adds ``scan_shape`` (the whole scan's shape) and ``region``
 (``{"first_slice": k0, "slices": n}`` along the last axis), and the value checks above (voxel
-type, the warnings on values) see the slab's voxels. When the cube misses the scan, for NIfTI
-of floats or with a scale slope or intercept, and for NRRD and MHA, the whole scan is read, as
-without ``around``.
+type, the warnings on values) see the slab's voxels. When the cube misses the scan, for files
+of floats, with a scale slope or intercept (NIfTI) or not 3D (NRRD, MHA), the whole scan is
+read, as without ``around``.
 """
 
 from __future__ import annotations
@@ -122,6 +125,18 @@ _HEADER_TAG_LIST = [Tag(name) for name in _HEADER_TAGS]
 _LAST_HEADER_GROUP = max(tag.group for tag in _HEADER_TAG_LIST)
 REGION_MARGIN_SLICES = 2
 _SLAB_DTYPES = {np.dtype(t) for t in ("int8", "uint8", "<i2", ">i2")}
+_SLAB_PIXEL_IDS = {sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16}
+_NRRD_PIXEL_DTYPES = {sitk.sitkInt8: "i1", sitk.sitkUInt8: "u1", sitk.sitkInt16: "i2"}
+_NRRD_HEADER_LIMIT = 1 << 16
+# Fields that put the voxels elsewhere than right after the header.
+_NRRD_DETACHED_OR_SKIPPED = {
+    "data file",
+    "datafile",
+    "line skip",
+    "lineskip",
+    "byte skip",
+    "byteskip",
+}
 _MODALITY_NAMES = {
     "MR": "an MR image",
     "PT": "a PET image",
@@ -177,7 +192,7 @@ def read_scan(
     if image_format == "nifti":
         return _read_nifti(path, around)
     if image_format in ("nrrd", "mha"):
-        return _read_itk_image(path, image_format)
+        return _read_itk_image(path, image_format, around)
     return _read_dicom_file(path, series_uid, around)
 
 
@@ -768,8 +783,14 @@ def _volume_or_slab(
     return Volume(array, slab_affine, metadata)
 
 
-def _read_itk_image(path: Path, image_format: str) -> Volume:
-    """NRRD or MetaImage through ITK, whose LPS geometry becomes RAS here."""
+def _read_itk_image(path: Path, image_format: str, around: ScanRegion | None = None) -> Volume:
+    """NRRD or MetaImage through ITK, whose LPS geometry becomes RAS here.
+
+    A region is read as the slab of the last axis it reaches, through ITK's streaming
+    extraction, for 3D files of integers within int16 (as for NIfTI). Uncompressed files, such
+    as the ones 3D Slicer hands to MedCNN, are then read only there; compressed ones are still
+    decompressed whole by ITK, but converted and checked only in the slab.
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -788,23 +809,80 @@ def _read_itk_image(path: Path, image_format: str) -> Volume:
     shape3 = _three_dimensions(size, path)
     voxel_bytes = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     _check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
-    try:
-        image = reader.Execute()
-    except Exception as err:
-        raise UnreadableImageError(
-            f"The voxels of {path} cannot be read ({_first_line(err)}); the file is probably "
-            "truncated or corrupt: copy or convert it again."
-        ) from err
-    if image.GetDimension() == 4:
-        image = image[:, :, :, 0]
-    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
-    lps = np.eye(4)
-    lps[:3, :3] = direction * np.array(image.GetSpacing(), dtype=float)
-    lps[:3, 3] = image.GetOrigin()
-    array, low, high = _array_from_sitk(image)
+    first, count = 0, shape3[2]
+    if len(size) == 3 and reader.GetPixelID() in _SLAB_PIXEL_IDS:
+        affine = LPS_TO_RAS @ _lps_affine(reader.GetOrigin(), reader.GetSpacing(), reader)
+        first, count = _slices_reached(around, affine, shape3[2])
+    raw = _raw_nrrd_slab(path, reader, first, count) if image_format == "nrrd" else None
+    if raw is not None:
+        array, low, high = _hounsfield_array(raw, copy=False)
+    else:
+        if count < shape3[2]:
+            reader.SetExtractIndex([0, 0, first])
+            reader.SetExtractSize([shape3[0], shape3[1], count])
+        try:
+            image = reader.Execute()
+        except Exception as err:
+            raise UnreadableImageError(
+                f"The voxels of {path} cannot be read ({_first_line(err)}); the file is "
+                "probably truncated or corrupt: copy or convert it again."
+            ) from err
+        if image.GetDimension() == 4:
+            image = image[:, :, :, 0]
+        array, low, high = _array_from_sitk(image)
     warnings = _value_warnings(array, low, high, modality_known=False)
     metadata = _metadata(path, image_format, None, None, None, warnings)
+    if count < shape3[2]:
+        return _volume_or_slab(array, affine, metadata, first, shape3)
+    lps = _lps_affine(image.GetOrigin(), image.GetSpacing(), image)
     return Volume(array, LPS_TO_RAS @ lps, metadata)
+
+
+def _raw_nrrd_slab(
+    path: Path, reader: sitk.ImageFileReader, first: int, count: int
+) -> np.ndarray | None:
+    """Slices ``first .. first + count`` of an uncompressed NRRD, straight from the file.
+
+    ITK's NRRD reader reads a file whole even to extract a region, and 3D Slicer hands MedCNN
+    exactly such files, one per click. When the header (parsed here only to find the voxels;
+    the geometry is ITK's) says raw voxels follow it in the same file, and the file's size
+    agrees to the byte, the slab is mapped from disk. Anything else returns None, for ITK.
+    """
+    size = tuple(int(n) for n in reader.GetSize())
+    if count >= size[2]:
+        return None
+    with open(path, "rb") as handle:
+        head = handle.read(_NRRD_HEADER_LIMIT)
+    end = head.find(b"\n\n")
+    if not head.startswith(b"NRRD") or end < 0:
+        return None
+    fields = {}
+    for line in head[:end].decode("latin-1").split("\n")[1:]:
+        key, colon, value = line.partition(": ")
+        if colon and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip().lower()
+    if fields.get("encoding") != "raw" or _NRRD_DETACHED_OR_SKIPPED & set(fields):
+        return None
+    dtype = np.dtype(_NRRD_PIXEL_DTYPES[reader.GetPixelID()])
+    dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
+    offset = end + 2
+    if path.stat().st_size != offset + int(np.prod(size)) * dtype.itemsize:
+        return None
+    voxels = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])
+    slab = np.array(voxels[first : first + count], dtype=dtype.newbyteorder("="))
+    del voxels
+    return slab.transpose(2, 1, 0)
+
+
+def _lps_affine(
+    origin: tuple[float, ...], spacing: tuple[float, ...], source: sitk.Image | sitk.ImageFileReader
+) -> np.ndarray:
+    """ITK's geometry (a 3D image or file) as an LPS affine: direction @ diag(spacing), origin."""
+    lps = np.eye(4)
+    direction = np.array(source.GetDirection(), dtype=float).reshape(3, 3)
+    lps[:3, :3] = direction * np.array(spacing, dtype=float)
+    lps[:3, 3] = origin
+    return lps
 
 
 def _three_dimensions(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
