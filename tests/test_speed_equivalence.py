@@ -10,6 +10,7 @@ call per pass and per flip, and MONAI's ``GradCAM`` with its own forward and bac
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -493,3 +494,58 @@ def test_when_the_group_fails_each_file_is_analysed_alone(
     expected = random_analyzer.analyze_file(phantom["nifti"], centre, tmp_path / "alone")
     assert outcomes[0]["probability"] == expected["probability"]
     assert (requests[0].out_dir / "result.json").exists()
+
+
+def count_header_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files whose DICOM header is parsed from now on."""
+    parsed: list[Path] = []
+    parse = reading._read_slice_header
+
+    def counting(path: Path):
+        parsed.append(path)
+        return parse(path)
+
+    monkeypatch.setattr(reading, "_read_slice_header", counting)
+    return parsed
+
+
+def test_a_settled_series_is_parsed_once_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second click on the same series skips its headers, and sees any change."""
+    folder = make_phantom(tmp_path)["dicom_dir"]
+    monkeypatch.setattr(reading, "SETTLED_AFTER_S", -60.0)  # files count as settled at once
+    monkeypatch.setattr(reading, "_FOLDER_SCANS", type(reading._FOLDER_SCANS)())
+    parsed = count_header_reads(monkeypatch)
+    around = ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0)
+    first = read_scan(folder, around=around)
+    n_files = len(parsed)
+    assert n_files > 3
+    again = read_scan(folder, around=around)
+    assert len(parsed) == n_files  # no header parsed again
+    np.testing.assert_array_equal(again.array, first.array)
+    np.testing.assert_array_equal(again.affine, first.affine)
+    assert again.metadata == first.metadata
+    # A file touched, or one more file in the folder: every header is read again.
+    touched = sorted(folder.iterdir())[2]
+    status = touched.stat()
+    os.utime(touched, ns=(status.st_atime_ns, status.st_mtime_ns - 10**9))
+    read_scan(folder, around=around)
+    assert len(parsed) == 2 * n_files
+    (folder / "notes.txt").write_text("not DICOM")
+    read_scan(folder, around=around)
+    assert len(parsed) == 3 * n_files + 1
+
+
+def test_a_series_written_just_now_is_parsed_at_every_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File times are as coarse as the kernel's clock tick: a folder still being written could
+    look unchanged after a rewrite, so it is not kept."""
+    folder = make_phantom(tmp_path)["dicom_dir"]
+    monkeypatch.setattr(reading, "_FOLDER_SCANS", type(reading._FOLDER_SCANS)())
+    parsed = count_header_reads(monkeypatch)
+    read_scan(folder)
+    n_files = len(parsed)
+    read_scan(folder)
+    assert len(parsed) == 2 * n_files

@@ -56,7 +56,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
+import stat
+import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,13 +245,45 @@ class _FolderScan:
     unreadable_files: int
 
 
+# A worker answers many clicks on one series (a radiologist's several nodules, an archive's rows
+# of one patient): the headers of a folder whose files are unchanged (the same paths, inodes,
+# sizes, modification and change times) are parsed once. Any difference reads them all again.
+# A folder with a file changed in the last seconds is not kept: file times are only as fine as
+# the kernel's clock tick, so a file rewritten at once could look unchanged (git's "racy" case).
+_FOLDER_SCANS: OrderedDict[tuple[Path, bool], tuple[tuple, _FolderScan]] = OrderedDict()
+FOLDER_SCANS_KEPT = 4
+SETTLED_AFTER_S = 2.0
+
+
 def _scan_folder(folder: Path, recursive: bool) -> _FolderScan:
-    """Read the headers of every DICOM file in a folder once, grouped by series."""
-    files = sorted(
-        p
-        for p in (folder.rglob("*") if recursive else folder.iterdir())
-        if p.is_file() and p.name.upper() != "DICOMDIR"
-    )
+    """The headers of every DICOM file in a folder, grouped by series (parsed once while the
+    folder's files are unchanged)."""
+    files, fingerprint = [], []
+    for path in sorted(folder.rglob("*") if recursive else folder.iterdir()):
+        try:
+            status = path.stat()
+        except OSError:  # a broken link, or a file removed meanwhile
+            continue
+        if stat.S_ISREG(status.st_mode) and path.name.upper() != "DICOMDIR":
+            files.append(path)
+            times = (status.st_mtime_ns, status.st_ctime_ns)
+            fingerprint.append((path, status.st_ino, status.st_size, *times))
+    key = (folder.resolve(), recursive)
+    known = _FOLDER_SCANS.get(key)
+    if known is not None and known[0] == tuple(fingerprint):
+        _FOLDER_SCANS.move_to_end(key)
+        return known[1]
+    scan = _read_slice_headers(files)
+    newest = max((max(f[3], f[4]) for f in fingerprint), default=0)
+    if newest < time.time_ns() - SETTLED_AFTER_S * 1e9:
+        _FOLDER_SCANS[key] = (tuple(fingerprint), scan)
+        _FOLDER_SCANS.move_to_end(key)
+        while len(_FOLDER_SCANS) > FOLDER_SCANS_KEPT:
+            _FOLDER_SCANS.popitem(last=False)
+    return scan
+
+
+def _read_slice_headers(files: list[Path]) -> _FolderScan:
     groups: dict[str, list[_SliceHeader]] = {}
     unreadable = 0
     for file in files:
