@@ -36,7 +36,8 @@ map). Voxels are int16 when the values fit exactly, else float32.
 sentences). Nothing else leaves a DICOM header: no patient identifiers.
 
 Reading around a point (``around=ScanRegion(...)``, what one click needs). A DICOM series is
-still chosen and checked from the headers of all its files, exactly as above, but only the
+still chosen and checked from the headers of all its files, exactly as above (a process keeps
+the parsed headers of its last four folders while their files are unchanged), but only the
 slices that a cube around the point reaches (plus two on each side, for interpolation) are
 decoded; a NIfTI file of integers within the int16 range (which cannot hold NaN, infinite or
 out-of-range voxels elsewhere) likewise reads only that slab of its last axis, the slowest in
