@@ -821,10 +821,10 @@ def _volume_or_slab(
 def _read_itk_image(path: Path, image_format: str, around: ScanRegion | None = None) -> Volume:
     """NRRD or MetaImage through ITK, whose LPS geometry becomes RAS here.
 
-    A region is read as the slab of the last axis it reaches, through ITK's streaming
-    extraction, for 3D files of integers within int16 (as for NIfTI). Uncompressed files, such
-    as the ones 3D Slicer hands to MedCNN, are then read only there; compressed ones are still
-    decompressed whole by ITK, but converted and checked only in the slab.
+    A region is read as the slab of the last axis it reaches, for 3D files of integers within
+    int16 (as for NIfTI): uncompressed NRRD, what 3D Slicer hands to MedCNN, straight from disk
+    (``_raw_nrrd_slab``); MetaImage and other NRRD through ITK's streaming extraction, which
+    reads an uncompressed MetaImage only there and still decompresses a compressed file whole.
     """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
