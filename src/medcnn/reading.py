@@ -846,7 +846,7 @@ def _read_itk_image(path: Path, image_format: str, around: ScanRegion | None = N
     _check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
     first, count = 0, shape3[2]
     if len(size) == 3 and reader.GetPixelID() in _SLAB_PIXEL_IDS:
-        affine = LPS_TO_RAS @ _lps_affine(reader.GetOrigin(), reader.GetSpacing(), reader)
+        affine = LPS_TO_RAS @ _lps_affine(reader)
         first, count = _slices_reached(around, affine, shape3[2])
     raw = _raw_nrrd_slab(path, reader, first, count) if image_format == "nrrd" else None
     if raw is not None:
@@ -869,8 +869,7 @@ def _read_itk_image(path: Path, image_format: str, around: ScanRegion | None = N
     metadata = _metadata(path, image_format, None, None, None, warnings)
     if count < shape3[2]:
         return _volume_or_slab(array, affine, metadata, first, shape3)
-    lps = _lps_affine(image.GetOrigin(), image.GetSpacing(), image)
-    return Volume(array, LPS_TO_RAS @ lps, metadata)
+    return Volume(array, LPS_TO_RAS @ _lps_affine(image), metadata)
 
 
 def _raw_nrrd_slab(
@@ -909,14 +908,12 @@ def _raw_nrrd_slab(
     return slab.transpose(2, 1, 0)
 
 
-def _lps_affine(
-    origin: tuple[float, ...], spacing: tuple[float, ...], source: sitk.Image | sitk.ImageFileReader
-) -> np.ndarray:
+def _lps_affine(source: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
     """ITK's geometry (a 3D image or file) as an LPS affine: direction @ diag(spacing), origin."""
     lps = np.eye(4)
     direction = np.array(source.GetDirection(), dtype=float).reshape(3, 3)
-    lps[:3, :3] = direction * np.array(spacing, dtype=float)
-    lps[:3, 3] = origin
+    lps[:3, :3] = direction * np.array(source.GetSpacing(), dtype=float)
+    lps[:3, 3] = source.GetOrigin()
     return lps
 
 
