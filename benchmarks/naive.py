@@ -19,8 +19,14 @@ from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, Spatial
 from monai.transforms import Spacing as SpacingTransform
 from monai.visualize import GradCAM
 
-from medcnn.inference import FLIPS, MAX_BOX_PASSES, _central_component
-from medcnn.network import MalignancyLogit, NoduleEnsemble
+from medcnn.inference import (
+    FLIPS,
+    LOCALISER_MEMBER,
+    MAX_BOX_PASSES,
+    _central_component,
+    box_settled,
+)
+from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
 from medcnn.preprocessing import HU_AIR, Patch, PatchSpec, context_box, network_input
 
 
@@ -60,13 +66,15 @@ def naive_analyze(
 def _predict_member_by_member(
     model: NoduleEnsemble, patch: Patch, spec: PatchSpec
 ) -> tuple[np.ndarray, np.ndarray]:
+    first_member = member_subset(model, [LOCALISER_MEMBER])
     with torch.inference_mode():
         box = context_box(None, spec)
-        for _ in range(MAX_BOX_PASSES):
+        for step in range(MAX_BOX_PASSES):
+            net = first_member if step == 0 else model
             x = torch.from_numpy(network_input(patch, box, spec))[None]
-            segmentation = model.member_outputs(x)["segmentation"][0].mean(0).numpy()
+            segmentation = net.member_outputs(x)["segmentation"][0].mean(0).numpy()
             new_box = context_box(_central_component(segmentation), spec)
-            if np.array_equal(new_box, box):
+            if (step > 0 or len(model.members) == 1) and box_settled(new_box, box):
                 break
             box = new_box
         x = network_input(patch, box, spec)

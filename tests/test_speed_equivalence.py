@@ -2,9 +2,10 @@
 
 The model's cross-validated metrics are computed through ``medcnn.inference.predict``; the speed
 work (members as one grouped network, the last box pass reused as the unflipped copy, GradCAM
-from the saved activations) must not move them. The straightforward implementation is kept
-here, as it was written before the speed work: each member on its own, a separate network
-call per pass and per flip, and MONAI's ``GradCAM`` with its own forward and backward.
+from the saved activations) must not move them. The straightforward implementation of the same
+steps (one member finds the box, the ensemble settles it) is kept here, as plain as it can be
+written: each member on its own, a separate network call per pass and per flip, and MONAI's
+``GradCAM`` with its own forward and backward.
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ from medcnn.data.lidc import load_cases
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
 from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
 from medcnn.grouped import GroupedEnsemble, grouped_ensemble
-from medcnn.inference import MAX_BOX_PASSES, _central_component, predict, predict_many
+from medcnn.inference import (
+    LOCALISER_MEMBER,
+    MAX_BOX_PASSES,
+    _central_component,
+    box_settled,
+    predict,
+    predict_many,
+)
 from medcnn.metrics import dice
 from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
-from medcnn.preprocessing import PatchSpec, context_box, network_input, sample_patch
+from medcnn.preprocessing import PatchSpec, box_mask, context_box, network_input, sample_patch
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume
 
@@ -46,19 +54,21 @@ MIN_DICE = 0.999
 
 
 def reference_predict(model: NoduleEnsemble, patch, spec: PatchSpec) -> dict:
-    def segment(x: np.ndarray) -> np.ndarray:
-        out = model.member_outputs(torch.from_numpy(x)[None])
+    def segment(net: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
+        out = net.member_outputs(torch.from_numpy(x)[None])
         return out["segmentation"][0].mean(0).numpy()
 
+    first_member = member_subset(model, [LOCALISER_MEMBER])
     with torch.inference_mode():
         box = context_box(None, spec)
         passes = 0
         while passes < MAX_BOX_PASSES:
+            net = first_member if passes == 0 else model
             passes += 1
             new_box = context_box(
-                _central_component(segment(network_input(patch, box, spec))), spec
+                _central_component(segment(net, network_input(patch, box, spec))), spec
             )
-            if np.array_equal(new_box, box):
+            if (net is model or len(model.members) == 1) and box_settled(new_box, box):
                 break
             box = new_box
         x = network_input(patch, box, spec)
@@ -130,6 +140,34 @@ def randomized_ensemble(n_members: int = 3, seed: int = 0) -> NoduleEnsemble:
         model.feature_std.uniform_(0.5, 2)
         model.head_weight.uniform_(-1, 1)
     return model.eval()
+
+
+def test_a_box_has_settled_when_no_face_moved_more_than_a_voxel() -> None:
+    spec = PatchSpec()
+    box = box_mask(spec.shape, np.array([8, 8, 10]), np.array([24, 24, 20]))
+    nudged = box_mask(spec.shape, np.array([7, 9, 10]), np.array([25, 24, 21]))
+    moved = box_mask(spec.shape, np.array([8, 8, 10]), np.array([24, 24, 22]))
+    assert box_settled(box, box)
+    assert box_settled(nudged, box)
+    assert not box_settled(moved, box)
+    assert not box_settled(box, context_box(None, spec))  # the first pass's whole cube
+
+
+def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> None:
+    model = randomized_ensemble()
+    patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), PatchSpec())
+    widths = []
+    real = inference.ensemble_outputs
+
+    def counting(net, x):
+        widths.append(len(net.members))
+        return real(net, x)
+
+    monkeypatch.setattr(inference, "ensemble_outputs", counting)
+    prediction = predict(model, patch, PatchSpec())
+    assert widths[0] == 1
+    assert set(widths[1:]) == {3}
+    assert prediction.member_probabilities.shape == (3,)
 
 
 def test_grouped_network_is_the_members_run_one_by_one() -> None:
@@ -423,7 +461,7 @@ def test_nodules_judged_together_get_the_answers_they_get_alone(shipped) -> None
     centre = np.asarray(NODULE_CENTER_RAS)
     # The nodule, points beside it and lung far from it: their boxes settle after different
     # numbers of passes, so the batch shrinks between passes.
-    points = (centre, centre + [3.3, -2.1, 1.7], centre + [-6.0, 4.0, 0.0], centre + [0, 30, 0])
+    points = (centre, centre + [9.4, -6.5, 3.0], centre + [-8.4, 11.3, 9.4], centre + [0, 30, 0])
     patches = [sample_patch(chest, point, spec) for point in points]
     assert len({p.box_passes for p in predict_many(model, patches, spec)}) > 1
     assert_judged_together_as_alone(model, patches, spec)
