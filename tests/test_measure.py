@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
+from medcnn.measure import (
+    AERATED_LUNG_HU,
+    component_nearest_centre,
+    longest_axial_diameter_mm,
+    nodule_on_scan,
+    volume_ml,
+)
 from medcnn.volume import Volume, apply_affine
 
 
@@ -47,3 +53,22 @@ def test_component_nearest_centre_ignores_other_blobs() -> None:
     off_centre = np.zeros_like(mask)
     off_centre[15:18, 15:18, 15:18] = True
     assert component_nearest_centre(off_centre).sum() == 27
+
+
+def test_the_nodule_leaves_out_aerated_lung_and_follows_the_block_of_the_scan() -> None:
+    # a scan of lung with a solid nodule whose top slice is only lung; the network's
+    # probability, on a block of the scan's grid, spills over the nodule onto that slice
+    affine = np.diag([-0.7, -0.7, 5.0, 1.0])
+    hu = np.full((40, 40, 12), -870, np.int16)
+    hu[15:25, 15:25, 4:7] = 20  # the nodule, slices 4-6
+    hu[15:25, 15:25, 7] = int(AERATED_LUNG_HU) + 50  # its faint cap: ground glass, kept
+    scan = Volume(hu, affine)
+    block_origin = np.array([10, 10, 2])
+    block_affine = affine.copy()
+    block_affine[:3, 3] = apply_affine(affine, block_origin[None].astype(float))[0]
+    probability = np.zeros((20, 20, 8), np.float32)
+    probability[4:16, 4:16, 2:7] = 0.9  # scan slices 4-8: two beyond the nodule's solid part
+    mask = nodule_on_scan(Volume(probability, block_affine), scan, np.array([10.0, 10.0, 3.0]))
+    slices = [int(mask[..., z].sum()) for z in range(mask.shape[2])]
+    # scan slices 4-6 solid (10 x 10), slice 7 the cap (10 x 10), slice 8 only lung: left out
+    assert slices == [0, 0, 100, 100, 100, 100, 0, 0]

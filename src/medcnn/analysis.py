@@ -27,8 +27,8 @@ from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
 from medcnn.inference import Prediction, predict, predict_many
 from medcnn.measure import (
     calcified_share,
-    component_nearest_centre,
     longest_axial_diameter_mm,
+    nodule_on_scan,
     volume_ml,
 )
 from medcnn.preprocessing import Patch, patch_to_scan, sample_patch
@@ -224,8 +224,7 @@ class Analyzer:
         heatmap = patch_to_scan(heat, prediction.patch, scan, self.spec)
         heatmap = Volume(np.clip(heatmap.array, 0.0, 1.0), heatmap.affine)
         seg_scan = patch_to_scan(prediction.segmentation, prediction.patch, scan, self.spec)
-        centre = seg_scan.world_to_index(point_ras[None])[0]
-        nodule = component_nearest_centre(seg_scan.array > 0.5, centre)
+        nodule = nodule_on_scan(seg_scan, scan, seg_scan.world_to_index(point_ras[None])[0])
         segmentation = Volume(nodule.astype(np.uint8), seg_scan.affine)
         probability = prediction.probability
         warnings = list(scan.metadata.get("warnings", []))

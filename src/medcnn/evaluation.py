@@ -18,7 +18,7 @@ import numpy as np
 from medcnn.data.lidc import NoduleCase
 from medcnn.errors import UsageError
 from medcnn.inference import predict
-from medcnn.measure import component_nearest_centre, longest_axial_diameter_mm, volume_ml
+from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
     dice,
     expected_calibration_error,
@@ -42,8 +42,7 @@ def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> d
     patch = sample_patch(case.image, case.center_ras, spec)
     prediction = predict(model, patch, spec)
     seg = patch_to_scan(prediction.segmentation, patch, case.image, spec)
-    centre = seg.world_to_index(case.center_ras[None])[0]
-    nodule = component_nearest_centre(seg.array > 0.5, centre)
+    nodule = nodule_on_scan(seg, case.image, seg.world_to_index(case.center_ras[None])[0])
     full = np.zeros(case.image.shape, dtype=bool)
     full[case.image.block_slices(seg)] = nodule
     p = float(np.clip(prediction.probability, EPS, 1 - EPS))

@@ -22,6 +22,29 @@ def component_nearest_centre(mask: np.ndarray, centre: np.ndarray | None = None)
     return labels == labels[tuple(nearest)]
 
 
+AERATED_LUNG_HU = -800.0
+"""Scan voxels at or below this are aerated lung, not nodule: ground glass lies above it.
+
+The network segments on a 1 mm grid, and its edge reaches into the lung around a nodule,
+most of all on thick slices, where the next slice's lung is interpolated with the nodule's
+edge. Leaving out the nodule's voxels that are this dark raised the cross-validated Dice on
+every one of ``lidc_voi``'s five folds (0.788 -> 0.792 over the 811 nodules); gates at -850
+and -700 gained less, -600 and brighter ones cut into ground-glass nodules and lost a lot.
+"""
+
+
+def nodule_on_scan(probability: Volume, scan: Volume, centre_index: np.ndarray) -> np.ndarray:
+    """The segmented nodule on the scan's grid, as a mask of ``probability``'s block.
+
+    ``probability`` is the network's segmentation mapped onto a block of ``scan``'s grid. The
+    nodule is its voxels above 0.5 whose own HU is above ``AERATED_LUNG_HU``, in the blob at
+    or nearest ``centre_index`` (the point, in the block's voxels).
+    """
+    hu = np.asarray(scan.array[scan.block_slices(probability)])
+    tissue = (probability.array > 0.5) & (hu > AERATED_LUNG_HU)
+    return component_nearest_centre(tissue, centre_index)
+
+
 def volume_ml(segmentation: Volume) -> float:
     voxel_mm3 = abs(np.linalg.det(segmentation.affine[:3, :3]))
     return float(np.count_nonzero(segmentation.array) * voxel_mm3 / 1000.0)
