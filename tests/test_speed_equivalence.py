@@ -29,7 +29,7 @@ from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sh
 from medcnn.data.lidc import load_cases
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
 from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
-from medcnn.grouped import GroupedEnsemble, grouped_ensemble
+from medcnn.grouped import GroupedEnsemble, folded_ensemble, grouped_ensemble
 from medcnn.inference import (
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
@@ -178,6 +178,17 @@ def test_grouped_network_is_the_members_run_one_by_one() -> None:
         out = grouped_ensemble(model)(x)
     for key in ("probability", "features", "segmentation"):
         torch.testing.assert_close(getattr(out, key), expected[key], atol=1e-5, rtol=1e-5)
+
+
+def test_members_with_folded_batch_norms_are_the_members() -> None:
+    model = randomized_ensemble()
+    x = torch.rand(4, 2, 32, 32, 32)
+    with torch.inference_mode():
+        expected = model.member_outputs(x)
+        out = folded_ensemble(model).member_outputs(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded_ensemble(model).modules())
+    for key in ("probability", "features", "segmentation", "encoder", "decoder"):
+        torch.testing.assert_close(out[key], expected[key], atol=2e-5, rtol=1e-4)
 
 
 def test_grouped_network_follows_changed_weights() -> None:
