@@ -287,7 +287,10 @@ def _fold_batch_norms(model: NoduleEnsemble) -> NoduleEnsemble:
     return folded.eval()
 
 
-def _derived(model: NoduleEnsemble, kind: str, build: Callable[[NoduleEnsemble], nn.Module]):
+def _derived(
+    model: NoduleEnsemble, kind: str, build: Callable[[NoduleEnsemble], nn.Module]
+) -> nn.Module:
+    """``build(model)``, kept until the ensemble's weights change (see ``grouped_ensemble``)."""
     if model.training:
         raise ValueError("the ensemble must be in eval mode (model.eval()) to be grouped")
     state = tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
