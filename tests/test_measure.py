@@ -6,6 +6,7 @@ import numpy as np
 
 from medcnn.measure import (
     AERATED_LUNG_HU,
+    NODULE_PROBABILITY,
     component_nearest_centre,
     longest_axial_diameter_mm,
     nodule_on_scan,
@@ -72,3 +73,15 @@ def test_the_nodule_leaves_out_aerated_lung_and_follows_the_block_of_the_scan() 
     slices = [int(mask[..., z].sum()) for z in range(mask.shape[2])]
     # scan slices 4-6 solid (10 x 10), slice 7 the cap (10 x 10), slice 8 only lung: left out
     assert slices == [0, 0, 100, 100, 100, 100, 0, 0]
+
+
+def test_the_nodule_takes_in_its_rim_down_to_the_probability_threshold() -> None:
+    # a solid nodule whose rim the network is less sure of: the rim above the threshold is
+    # nodule (the consensus masks take it in), a fainter halo beyond it is not
+    scan = Volume(np.full((20, 20, 20), 10, np.int16), np.eye(4))
+    probability = np.zeros((20, 20, 20), np.float32)
+    probability[4:16, 4:16, 4:16] = NODULE_PROBABILITY - 0.05  # the halo
+    probability[6:14, 6:14, 6:14] = NODULE_PROBABILITY + 0.05  # the rim
+    probability[8:12, 8:12, 8:12] = 0.95  # the core
+    mask = nodule_on_scan(Volume(probability, np.eye(4)), scan, np.array([10.0, 10.0, 10.0]))
+    assert mask.sum() == 8**3 and mask[6:14, 6:14, 6:14].all()
