@@ -85,3 +85,32 @@ def test_training_resumes_where_it_stopped(
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
+
+
+def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
+    # ratings and descriptors on their 0-1 scale; the third case has no descriptors, so its
+    # placeholder must not enter the descriptors' variance
+    targets = {
+        "rating": torch.tensor([[0.0], [0.5], [1.0]]),
+        "descriptors": torch.tensor([[0.2] * 8, [0.6] * 8, [0.0] * 8]),
+        "has_rating": torch.tensor([True, True, True]),
+        "has_descriptors": torch.tensor([True, True, False]),
+    }
+    assert training.aux_scales(targets, scaled=False) == {"rating": 1.0, "descriptors": 1.0}
+    scales = training.aux_scales(targets, scaled=True)
+    assert scales["rating"] == pytest.approx(1 / 6)
+    assert scales["descriptors"] == pytest.approx(0.04)
+    # a network that always predicts the mean has an MSE equal to the variance: a term of 1
+    mean = torch.full((2, 8), 0.4)
+    mse = training._probability_mse(torch.logit(mean), targets["descriptors"][:2])
+    assert float(mse) / scales["descriptors"] == pytest.approx(1.0, rel=1e-4)
+    terms = {
+        "malignancy": torch.tensor(0.0),
+        "rating": torch.tensor(1 / 6),
+        "descriptors": mse,
+        "segmentation": torch.tensor(0.0),
+    }
+    settings = TrainSettings(aux_weight=0.5)
+    assert float(training.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
+    unscaled = training.total_loss(terms, settings)
+    assert float(unscaled) == pytest.approx(0.5 * (1 / 6 + 0.04), rel=1e-4)

@@ -40,6 +40,7 @@ class TrainSettings:
     rating3_weight: float = 0.3
     aux_weight: float = 0.5
     seg_weight: float = 1.0
+    scaled_aux: bool = False
     seed: int = 0
     max_steps_per_epoch: int | None = None
     threads: int = 2
@@ -131,6 +132,27 @@ def _probability_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
+def aux_scales(targets: dict[str, torch.Tensor], scaled: bool) -> dict[str, float]:
+    """What each auxiliary loss is divided by: 1, or with ``scaled`` the variance of its
+    targets over the training cases (the descriptors' mean variance for their block).
+
+    The rating and descriptors are on a 0-1 scale, where a network that always predicts the mean
+    already has an MSE of only 0.04-0.09; scaled, that network's term is 1, the scale of the
+    malignancy and segmentation losses.
+    """
+    if not scaled:
+        return {"rating": 1.0, "descriptors": 1.0}
+
+    def variance(values: torch.Tensor, present: torch.Tensor) -> float:
+        chosen = values[present]
+        return max(float(chosen.var(0, unbiased=False).mean()), 1e-3) if len(chosen) else 1.0
+
+    return {
+        "rating": variance(targets["rating"], targets["has_rating"]),
+        "descriptors": variance(targets["descriptors"], targets["has_descriptors"]),
+    }
+
+
 def _segmentation_loss(seg_logits: torch.Tensor, seg_target: torch.Tensor) -> torch.Tensor:
     seg_prob = torch.sigmoid(seg_logits)
     inter = (seg_prob * seg_target).sum((1, 2, 3, 4))
@@ -158,10 +180,16 @@ def loss_terms(
     }
 
 
-def total_loss(terms: dict[str, torch.Tensor], settings: TrainSettings) -> torch.Tensor:
+def total_loss(
+    terms: dict[str, torch.Tensor],
+    settings: TrainSettings,
+    scales: dict[str, float] | None = None,
+) -> torch.Tensor:
+    scales = scales or {"rating": 1.0, "descriptors": 1.0}
     return (
         terms["malignancy"]
-        + settings.aux_weight * (terms["rating"] + terms["descriptors"])
+        + settings.aux_weight
+        * (terms["rating"] / scales["rating"] + terms["descriptors"] / scales["descriptors"])
         + settings.seg_weight * terms["segmentation"]
     )
 
@@ -190,6 +218,7 @@ def train_fold(
         return final
     train = [c for c in cases if fold is None or c.fold != fold]
     targets = _targets(train, settings.rating3_weight)
+    scales = aux_scales(targets, settings.scaled_aux)
     torch.manual_seed(settings.seed + (fold or 0))
     net = NoduleNet()
     if not any(c.has_mask for c in train):
@@ -249,7 +278,7 @@ def train_fold(
             batch["mask"] = torch.from_numpy(np.stack([e[1] for e in examples])).to(device)
             out = model(torch.from_numpy(np.stack([e[0] for e in examples])).to(device))
             terms = loss_terms(out, batch, settings)
-            loss = total_loss(terms, settings)
+            loss = total_loss(terms, settings, scales)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
