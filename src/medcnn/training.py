@@ -40,6 +40,8 @@ class TrainSettings:
     rating3_weight: float = 0.3
     aux_weight: float = 0.5
     seg_weight: float = 1.0
+    # Off: on folds 0 and 1 it gave better descriptor estimates but a weaker malignancy logit
+    # and Dice (monai_bundle/docs/README.md, Training).
     scaled_aux: bool = False
     seed: int = 0
     max_steps_per_epoch: int | None = None
