@@ -134,6 +134,9 @@ def _probability_mse(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
+UNSCALED = {"rating": 1.0, "descriptors": 1.0}
+
+
 def aux_scales(targets: dict[str, torch.Tensor], scaled: bool) -> dict[str, float]:
     """What each auxiliary loss is divided by: 1, or with ``scaled`` the variance of its
     targets over the training cases (the descriptors' mean variance for their block).
@@ -143,7 +146,7 @@ def aux_scales(targets: dict[str, torch.Tensor], scaled: bool) -> dict[str, floa
     malignancy and segmentation losses.
     """
     if not scaled:
-        return {"rating": 1.0, "descriptors": 1.0}
+        return dict(UNSCALED)
 
     def variance(values: torch.Tensor, present: torch.Tensor) -> float:
         chosen = values[present]
@@ -187,7 +190,7 @@ def total_loss(
     settings: TrainSettings,
     scales: dict[str, float] | None = None,
 ) -> torch.Tensor:
-    scales = scales or {"rating": 1.0, "descriptors": 1.0}
+    scales = scales or UNSCALED
     return (
         terms["malignancy"]
         + settings.aux_weight
