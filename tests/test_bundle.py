@@ -45,7 +45,21 @@ def test_metadata_is_complete() -> None:
 
 
 def test_weights_are_small_enough_to_commit() -> None:
-    assert (BUNDLE / "models" / "model.pt").stat().st_size < 25 * 1024 * 1024
+    for name in ("model.pt", "model.ts"):
+        assert (BUNDLE / "models" / name).stat().st_size < 25 * 1024 * 1024, name
+
+
+def test_the_shipped_torchscript_export_is_the_shipped_model() -> None:
+    """``models/model.ts`` must be re-exported with every release of ``model.pt``."""
+    scripted = torch.jit.load(str(BUNDLE / "models" / "model.ts"))
+    model, _ = load_ensemble(BUNDLE)
+    x = torch.rand(2, 2, 32, 32, 32)
+    x[1, 0] *= 1.6  # above the CNN's window: calcium, read by the measurements only
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(
+            scripted.member_outputs(x)["features"], model.member_outputs(x)["features"]
+        )
 
 
 def test_verify_net_in_out_runs_offline() -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet, member_subset, pixel_shuffle_3d
+from medcnn.grouped import ensemble_outputs
+from medcnn.network import (
+    DESCRIPTORS,
+    NODULE_FEATURES,
+    NoduleEnsemble,
+    NoduleNet,
+    member_subset,
+    pixel_shuffle_3d,
+)
 
 
 def test_nodule_net_outputs() -> None:
@@ -33,3 +41,24 @@ def test_ensemble_forward_is_two_class_probabilities_and_views_share_weights() -
     assert torch.allclose(probs.sum(1), torch.ones(1))
     assert torch.allclose(probs[:, 1], per_member.mean(1))
     assert torch.allclose(view[:, 0], per_member[:, 1])
+
+
+def test_the_cnn_sees_the_window_and_only_the_measurements_see_above_it() -> None:
+    """HU above the window's top (input above 1) changes the brightest-HU measurement but
+    nothing the CNN computes, in the plain and the grouped ensemble alike."""
+    torch.manual_seed(0)
+    model = NoduleEnsemble(n_members=2).eval()
+    window = torch.rand(1, 2, 32, 32, 32) * 0.9
+    window[:, 1] = 1.0
+    dense = window.clone()
+    dense[0, 0, 12:20, 12:20, 12:20] = 1.0
+    denser = dense.clone()
+    denser[0, 0, 14:18, 14:18, 14:18] = 1.5  # 1100 HU: calcium
+    cnn = 2 + len(DESCRIPTORS)  # logit, rating, descriptors; then the measurements
+    brightest = cnn + NODULE_FEATURES.index("brightest_hu")
+    with torch.no_grad():
+        for outputs in (model.member_outputs, lambda x: ensemble_outputs(model, x).__dict__):
+            a, b = outputs(dense), outputs(denser)
+            assert torch.equal(a["segmentation"], b["segmentation"])
+            assert torch.equal(a["features"][..., :cnn], b["features"][..., :cnn])
+            assert (b["features"][..., brightest] > a["features"][..., brightest]).all()

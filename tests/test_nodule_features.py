@@ -43,7 +43,7 @@ def test_calcification_and_ground_glass_are_told_apart() -> None:
     ground_glass = np.where(ball > 0, -600.0, -850.0).astype(np.float32)
     hard, soft = _measure(calcified, ball), _measure(ground_glass, ball)
     assert abs(hard["calcified_share"] - core.sum() / ball.sum()) < 1e-6
-    assert hard["brightest_hu"] == PatchSpec().hu_max  # the window's top: calcium saturates it
+    assert abs(hard["brightest_hu"] - 900.0) < 1e-3  # calcium's own density, above the CNN's window
     assert soft["calcified_share"] == 0.0 and soft["ground_glass_share"] == 1.0
     assert soft["mean_hu"] < -550 < hard["mean_hu"]
 
@@ -62,3 +62,9 @@ def test_an_empty_segmentation_gives_finite_numbers() -> None:
     measured = _measure(hu, np.zeros((32, 32, 32), dtype=np.float32))
     assert all(math.isfinite(v) for v in measured.values())
     assert measured["log_volume"] == 0.0
+
+
+def test_densities_are_read_up_to_the_inputs_top_and_no_further() -> None:
+    ball = _ball(5.0)
+    metal = np.where(ball > 0, 3000.0, -850.0).astype(np.float32)
+    assert _measure(metal, ball)["brightest_hu"] == PatchSpec().measured_hu_max

@@ -214,7 +214,7 @@ class GroupedEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> GroupedOutputs:
         """(B, 2, N, N, N) -> each member's outputs, as ``NoduleEnsemble.member_outputs``."""
         m, batch = self.n_members, x.shape[0]
-        s0 = self.stem(x.repeat(1, m, 1, 1, 1))
+        s0 = self.stem(x.clamp(max=1.0).repeat(1, m, 1, 1, 1))
         s1 = self.enc1(s0)
         s2 = self.enc2(s1)
         s3 = self.enc3(s2)

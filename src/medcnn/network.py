@@ -79,7 +79,7 @@ class NoduleNet(nn.Module):
         self.descriptors = nn.Linear(64, len(DESCRIPTORS))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        s0 = self.stem(x)
+        s0 = self.stem(x.clamp(max=1.0))  # the window's top; above it is for the measurements
         s1 = self.enc1(s0)
         s2 = self.enc2(s1)
         s3 = self.enc3(s2)

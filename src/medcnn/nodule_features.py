@@ -42,12 +42,13 @@ def nodule_features(
     calcified_hu: float = CALCIFIED_HU,
     ground_glass_hu: float = GROUND_GLASS_HU,
 ) -> torch.Tensor:
-    """(B, N, N, N) windowed HU and (B, M, N, N, N) probabilities -> (B, M, len(NAMES)).
+    """(B, N, N, N) input channel 0 (scaled HU), (B, M, N, N, N) probabilities -> (B, M, F).
 
     The largest axial cross-section stands for the diameter the readers measured on axial slices.
-    Densities are in HU (the window clips at its top, so a calcification reads as the window's
-    maximum). Compactness is volume^(2/3) over surface area: highest for a sphere, lower for a
-    lobulated or spiculated outline. A member that segments nothing gets finite values.
+    Densities are in HU, up to the input's ``measured_hu_max`` (``medcnn.preprocessing``), so
+    calcium keeps its real density rather than the CNN window's top. Compactness is
+    volume^(2/3) over surface area: highest for a sphere, lower for a lobulated or spiculated
+    outline. A member that segments nothing gets finite values.
     """
     hu_range = hu_max - hu_min
     calcified_window = (calcified_hu - hu_min) / hu_range

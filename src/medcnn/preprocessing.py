@@ -25,12 +25,18 @@ HU_AIR = -1000.0
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """Geometry and intensity window of the network's input."""
+    """Geometry and intensity window of the network's input.
+
+    Channel 0 maps ``hu_min``..``hu_max`` to 0..1, the window the CNN sees (it clamps at 1), but
+    keeps values up to ``measured_hu_max`` above 1: the nodule's measurements read calcium's
+    real density from the same input, where the window alone would saturate it at 400 HU.
+    """
 
     size: int = 32
     spacing_mm: float = 1.0
     hu_min: float = -1000.0
     hu_max: float = 400.0
+    measured_hu_max: float = 1500.0
     box_margin_mm: float = 3.0
     box_min_inplane_mm: float = 26.0
     box_margin_z_mm: float = 1.0
@@ -156,8 +162,9 @@ def _coverage_without_copy(
 
 
 def normalize_hu(hu: np.ndarray, spec: PatchSpec) -> np.ndarray:
-    """HU window -> [0, 1]; air is 0, so padding and masked context read as air."""
-    clipped = np.clip(np.nan_to_num(hu, nan=spec.hu_min), spec.hu_min, spec.hu_max)
+    """HU window -> [0, 1] (above 1 up to ``measured_hu_max``); air is 0, so padding and masked
+    context read as air."""
+    clipped = np.clip(np.nan_to_num(hu, nan=spec.hu_min), spec.hu_min, spec.measured_hu_max)
     return ((clipped - spec.hu_min) / (spec.hu_max - spec.hu_min)).astype(np.float32)
 
 

@@ -49,6 +49,21 @@ def rounded(summary: dict) -> dict:
     }
 
 
+def export_torchscript(bundle_dir: Path) -> Path:
+    """``models/model.ts`` from ``models/model.pt``, MONAI's way, so the two never drift apart."""
+    from monai.bundle import ckpt_export
+
+    target = bundle_dir / "models" / "model.ts"
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(target),
+        ckpt_file=str(bundle_dir / "models" / "model.pt"),
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
+        config_file=str(bundle_dir / "configs" / "inference.json"),
+    )
+    return target
+
+
 def build_release(
     run_dir: Path,
     data_dir: Path,
@@ -97,6 +112,7 @@ def build_release(
     metadata["eval_metrics"] = summary["shipped"]
     metadata["eval_metrics_nested_head"] = summary["nested"]
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+    export_torchscript(bundle_dir)
     plot_roc_and_reliability(nested, bundle_dir / "docs" / "images", THRESHOLD)
     write_rows(nested, run_dir / "oof_nested.csv")
     (run_dir / "release_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
