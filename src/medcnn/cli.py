@@ -230,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--every", type=int, default=None, help="only every N-th nodule (a quick, fixed subset)"
     )
+    evaluate.add_argument(
+        "--held-out",
+        action="store_true",
+        help="judge every nodule with the whole model, as a click does: for a folder of "
+        "nodules of other patients than lidc_voi's (laid out like it; nodules.csv needs image, "
+        "center_r, center_a, center_s and malignancy, and may give mask, diameter_mm, fold)",
+    )
     _add_bundle_options(evaluate)
 
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
@@ -365,6 +372,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         trusted=args.trust_bundle,
         source=args.source,
         verify=not args.no_verify,
+        held_out=args.held_out,
     ).run()
     print(json.dumps(summary, indent=2))
     if args.source == "nodulemnist3d":

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medcnn.data.lidc import NoduleCase
+from medcnn.data.lidc import NO_FOLD, NoduleCase
 from medcnn.errors import UsageError
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
@@ -119,26 +119,27 @@ def summarize(rows: list[dict], threshold: float) -> dict:
     binary = [r for r in rows if r["label"] is not None]
     labels = np.array([r["label"] for r in binary], bool)
     probs = np.array([r["probability"] for r in binary])
-    folds = sorted({r["fold"] for r in binary})
+    folds = sorted({r["fold"] for r in binary} - {NO_FOLD})
     per_fold = {
         str(f): roc_auc(
             labels[[r["fold"] == f for r in binary]], probs[[r["fold"] == f for r in binary]]
         )
         for f in folds
     }
-    diam = np.array([r["reader_diameter_mm"] for r in binary])
+    diam = np.array([r["reader_diameter_mm"] for r in binary], float)
+    dices = [r["dice"] for r in rows if r["dice"] is not None]
     return {
         "n_nodules": len(rows),
         "n_binary": len(binary),
         "auc": roc_auc(labels, probs),
         "auc_per_fold": per_fold,
-        "auc_worst_fold": min(per_fold.values()) if per_fold else float("nan"),
-        "auc_reader_diameter": roc_auc(labels, diam),
+        "auc_worst_fold": min(per_fold.values()) if per_fold else None,
+        "auc_reader_diameter": roc_auc(labels, diam) if np.isfinite(diam).all() else None,
         "threshold": threshold,
         **threshold_metrics(labels, probs, threshold),
         "ece": expected_calibration_error(labels, probs),
-        "dice_mean": float(np.mean([r["dice"] for r in rows])),
-        "dice_median": float(np.median([r["dice"] for r in rows])),
+        "dice_mean": float(np.mean(dices)) if dices else None,
+        "dice_median": float(np.median(dices)) if dices else None,
         "mean_uncertainty": float(np.mean([r["uncertainty"] for r in rows])),
     }
 
@@ -155,8 +156,11 @@ def write_rows(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) -> list[Path]:
-    """``roc.png`` and ``reliability.png`` for the README and the bundle's docs."""
+def plot_roc_and_reliability(
+    rows: list[dict], out_dir: Path, threshold: float, held_out: bool = False
+) -> list[Path]:
+    """``roc.png`` and ``reliability.png`` for the README and the bundle's docs; the readers'
+    diameter's curve beside the model's where every nodule has it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,13 +169,16 @@ def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) 
     binary = [r for r in rows if r["label"] is not None]
     labels = np.array([r["label"] for r in binary], bool)
     probs = np.array([r["probability"] for r in binary])
-    diam = np.array([r["reader_diameter_mm"] for r in binary])
+    diam = np.array([r["reader_diameter_mm"] for r in binary], float)
+    judged = "held-out nodules, whole model" if held_out else "cross-validated"
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
     fpr, tpr = roc_curve(labels, probs)
     ax.plot(fpr, tpr, lw=2, label=f"MedCNN (AUC {roc_auc(labels, probs):.3f})")
-    fpr_d, tpr_d = roc_curve(labels, diam)
-    ax.plot(fpr_d, tpr_d, lw=1, ls="--", label=f"readers' diameter ({roc_auc(labels, diam):.3f})")
+    if np.isfinite(diam).all():
+        fpr_d, tpr_d = roc_curve(labels, diam)
+        diameter_auc = roc_auc(labels, diam)
+        ax.plot(fpr_d, tpr_d, lw=1, ls="--", label=f"readers' diameter ({diameter_auc:.3f})")
     called = probs >= threshold
     ax.plot(
         1 - (~called[~labels]).mean(),
@@ -184,7 +191,7 @@ def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) 
     ax.set(
         xlabel="1 - specificity",
         ylabel="sensitivity",
-        title="5-fold cross-validated ROC (LIDC-IDRI)",
+        title="ROC (held-out nodules, whole model)" if held_out else "5-fold cross-validated ROC",
     )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -211,7 +218,7 @@ def plot_roc_and_reliability(rows: list[dict], out_dir: Path, threshold: float) 
     ax.set(
         xlabel="predicted probability of malignancy",
         ylabel="observed fraction malignant",
-        title="Reliability (cross-validated)",
+        title=f"Reliability ({judged})",
         xlim=(0, 1),
         ylim=(0, 1),
     )
@@ -235,8 +242,11 @@ def every_nth(cases: list[NoduleCase], every: int | None) -> list[NoduleCase]:
 class BundleEvaluator:
     """``evaluate.json``'s runner: the shipped model's cross-validated numbers and plots.
 
-    ``source="nodulemnist3d"`` judges NoduleMNIST3D's test split (``data_dir`` is then the
-    ``nodulemnist3d.npz``) with the whole model instead, and writes its AUC and accuracy.
+    ``held_out=True`` judges every nodule of a lidc_voi-style folder with the whole ensemble,
+    as a click would: the test for nodules of patients that no member saw (another set, or a
+    group's own data). ``source="nodulemnist3d"`` judges NoduleMNIST3D's test split
+    (``data_dir`` is then the ``nodulemnist3d.npz``) with the whole model instead, and writes
+    its AUC and accuracy.
     """
 
     def __init__(
@@ -249,34 +259,50 @@ class BundleEvaluator:
         progress: bool = True,
         source: str = "lidc",
         verify: bool = True,
+        held_out: bool = False,
     ) -> None:
         self.data_dir, self.output_dir = Path(data_dir), Path(output_dir)
         self.bundle_dir, self.every, self.trusted = bundle_dir, every, trusted
         self.progress, self.source, self.verify = progress, source, verify
+        self.held_out = held_out
 
     def run(self) -> dict:
         from medcnn.analysis import Analyzer
-        from medcnn.bundle import read_metadata
         from medcnn.data.lidc import load_cases
 
         analyzer = Analyzer(self.bundle_dir, trusted=self.trusted)
         if self.source == "nodulemnist3d":
             return self._run_nodulemnist3d(analyzer)
+        cases = every_nth(load_cases(self.data_dir), self.every)
+        if self.held_out:
+            rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
+        else:
+            rows = self._out_of_fold(analyzer, cases)
+        summary = {"judged_by": "ensemble" if self.held_out else "out_of_fold_member"}
+        summary.update(summarize(rows, analyzer.threshold))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_rows(rows, self.output_dir / "predictions.csv")
+        write_summary(summary, self.output_dir / "metrics.json")
+        plot_roc_and_reliability(rows, self.output_dir, analyzer.threshold, self.held_out)
+        return summary
+
+    def _out_of_fold(self, analyzer: Analyzer, cases: list[NoduleCase]) -> list[dict]:
+        from medcnn.bundle import read_metadata
+
         folds = read_metadata(analyzer.bundle_dir)["medcnn"]["member_folds"]
         if not folds:
             raise UsageError(
                 f"The bundle {analyzer.bundle_dir} was not trained on lidc_voi's patient folds, "
                 "so it has no cross-validated LIDC numbers; evaluate it on its own source "
-                "(--source nodulemnist3d for a NoduleMNIST3D model)."
+                "(--source nodulemnist3d for a NoduleMNIST3D model) or with --held-out."
             )
-        cases = every_nth(load_cases(self.data_dir), self.every)
-        rows = out_of_fold(analyzer.model, folds, cases, analyzer.spec, progress=self.progress)
-        summary = summarize(rows, analyzer.threshold)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_rows(rows, self.output_dir / "predictions.csv")
-        write_summary(summary, self.output_dir / "metrics.json")
-        plot_roc_and_reliability(rows, self.output_dir, analyzer.threshold)
-        return summary
+        if not any(case.fold in folds for case in cases):
+            raise UsageError(
+                f"No nodule in {self.data_dir} belongs to the patient folds the members were "
+                f"trained on ({', '.join(map(str, sorted(set(folds))))}); for nodules of other "
+                "patients, judge them with the whole model: add --held-out."
+            )
+        return out_of_fold(analyzer.model, folds, cases, analyzer.spec, progress=self.progress)
 
     def _run_nodulemnist3d(self, analyzer: Analyzer) -> dict:
         from medcnn.bundle import read_metadata

@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medcnn.errors import InputNotFoundError, UsageError
 from medcnn.network import DESCRIPTORS
 from medcnn.volume import Volume
 
@@ -67,13 +68,34 @@ class NoduleCase:
         return self.descriptors is not None
 
 
+REQUIRED_COLUMNS = ("image", "center_r", "center_a", "center_s", "malignancy")
+NO_FOLD = -1  # a nodule outside the patient folds: one of another set, for a held-out test
+
+
 def read_table(data_dir: Path) -> list[dict[str, str]]:
-    with open(Path(data_dir) / "nodules.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+    """The rows of ``nodules.csv``; it needs at least ``REQUIRED_COLUMNS``."""
+    table = Path(data_dir) / "nodules.csv"
+    if not table.is_file():
+        raise InputNotFoundError(
+            f"No nodules.csv in {data_dir}: give a folder laid out like lidc_voi "
+            "(nodules.csv with image, center_r, center_a, center_s and malignancy columns)."
+        )
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = set(rows[0]) if rows else set()
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise UsageError(
+            f"{table} lacks the column(s) {', '.join(missing)}: every nodule needs its image, "
+            "its centre in RAS millimetres and the readers' malignancy rating (1-5)."
+        )
+    return rows
 
 
-def normalized_descriptors(row: dict[str, str]) -> np.ndarray:
-    """The eight descriptor codes on a 0-1 scale."""
+def normalized_descriptors(row: dict[str, str]) -> np.ndarray | None:
+    """The eight descriptor codes on a 0-1 scale; None where the table does not give them."""
+    if any(not row.get(name) for name in DESCRIPTORS):
+        return None
     values = []
     for name in DESCRIPTORS:
         top = DESCRIPTOR_RANGE.get(name, 5)
@@ -100,14 +122,14 @@ def load_cases(
         cases.append(
             NoduleCase(
                 name=Path(row["image"]).name.replace(".nii.gz", ""),
-                patient_id=row["patient_id"],
-                fold=int(row["fold"]),
+                patient_id=row.get("patient_id") or Path(row["image"]).name,
+                fold=int(row["fold"]) if row.get("fold") else NO_FOLD,
                 center_ras=np.array([float(row[k]) for k in ("center_r", "center_a", "center_s")]),
                 rating=int(row["malignancy"]),
-                diameter_mm=float(row["diameter_mm"]),
+                diameter_mm=float(row["diameter_mm"]) if row.get("diameter_mm") else float("nan"),
                 descriptors=normalized_descriptors(row),
                 image=_load_nifti(data_dir / row["image"]),
-                mask=_load_nifti(data_dir / row["mask"]),
+                mask=_load_nifti(data_dir / row["mask"]) if row.get("mask") else None,
             )
         )
     if cache is not None and limit is None:

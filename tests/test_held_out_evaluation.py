@@ -1,0 +1,92 @@
+"""Evaluating the shipped model on nodules of other patients: a folder laid out like lidc_voi,
+as another set or a group's own data comes, judged by the whole model as a click would be."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medcnn.analysis import Analyzer
+from medcnn.cli import main
+from medcnn.data.lidc import read_table
+from medcnn.reading import read_scan
+
+pytestmark = pytest.mark.data
+COLUMNS = ("image", "mask", "center_r", "center_a", "center_s", "diameter_mm", "malignancy")
+
+
+@pytest.fixture(scope="module")
+def other_set(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three benign and three malignant nodules in a table without folds or descriptors; two of
+    them without a mask."""
+    source = shared_data / "lidc_voi"
+    rows = read_table(source)
+    picked = [r for r in rows if r["malignancy"] in "12"][:3]
+    picked += [r for r in rows if r["malignancy"] in "45"][:3]
+    folder = tmp_path_factory.mktemp("other_set")
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir()
+    for i, row in enumerate(picked):
+        shutil.copy(source / row["image"], folder / row["image"])
+        if i % 3 == 2:
+            row["mask"] = ""
+        else:
+            shutil.copy(source / row["mask"], folder / row["mask"])
+    with open(folder / "nodules.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(picked)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Analyzer:
+    return Analyzer()
+
+
+def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
+    other_set: Path, tmp_path: Path, analyzer: Analyzer
+) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--held-out", "--data", str(other_set), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["judged_by"] == "ensemble"
+    assert metrics["n_nodules"] == metrics["n_binary"] == 6
+    assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["auc_reader_diameter"] is not None
+    assert metrics["auc_per_fold"] == {} and metrics["auc_worst_fold"] is None  # no folds given
+    with open(out / "predictions.csv", newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert [p["dice"] == "" for p in predictions] == [False, False, True] * 2
+    table = read_table(other_set)
+    first = table[0]
+    point = np.array([float(first[k]) for k in ("center_r", "center_a", "center_s")])
+    click = analyzer.analyze_volume(read_scan(other_set / first["image"]), point)
+    assert float(predictions[0]["probability"]) == pytest.approx(
+        click.result["probability"], abs=1e-4
+    )
+    assert (out / "roc.png").exists() and (out / "reliability.png").exists()
+
+
+def test_other_patients_without_held_out_are_refused_with_what_to_do(
+    other_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(other_set), "--out", str(out)]) == 2
+    assert "--held-out" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_table_without_the_needed_columns_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "nodules.csv").write_text("image,malignancy\nimages/a.nii.gz,4\n")
+    assert (
+        main(["evaluate", "--held-out", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "center_r, center_a, center_s" in err and "Traceback" not in err
