@@ -90,3 +90,12 @@ def test_a_table_without_the_needed_columns_is_refused(
     )
     err = capsys.readouterr().err
     assert "center_r, center_a, center_s" in err and "Traceback" not in err
+
+
+def test_a_table_with_no_nodules_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "nodules.csv").write_text("image,center_r,center_a,center_s,malignancy\n")
+    assert (
+        main(["evaluate", "--held-out", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "lists no nodules" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

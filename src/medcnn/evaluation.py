@@ -191,7 +191,9 @@ def plot_roc_and_reliability(
     ax.set(
         xlabel="1 - specificity",
         ylabel="sensitivity",
-        title="ROC (held-out nodules, whole model)" if held_out else "5-fold cross-validated ROC",
+        title="ROC (held-out nodules, whole model)"
+        if held_out
+        else "5-fold cross-validated ROC (LIDC-IDRI)",
     )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -81,14 +81,16 @@ def read_table(data_dir: Path) -> list[dict[str, str]]:
             "(nodules.csv with image, center_r, center_a, center_s and malignancy columns)."
         )
     with open(table, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = set(rows[0]) if rows else set()
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise UsageError(
             f"{table} lacks the column(s) {', '.join(missing)}: every nodule needs its image, "
             "its centre in RAS millimetres and the readers' malignancy rating (1-5)."
         )
+    if not rows:
+        raise UsageError(f"{table} lists no nodules: add one row per nodule under its header.")
     return rows
 
 
