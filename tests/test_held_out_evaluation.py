@@ -99,3 +99,31 @@ def test_a_table_with_no_nodules_is_refused(tmp_path: Path, capsys: pytest.Captu
     )
     assert "lists no nodules" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_scans_and_masks_in_the_clicks_other_formats_are_read(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """lung1 as NRRD with its NRRD label: judged as the click judges that scan."""
+    lung1 = shared_data / "ct" / "lung1"
+    (tmp_path / "nodules.csv").write_text(
+        "image,mask,center_r,center_a,center_s,malignancy\n"
+        f"{lung1 / 'lung1_image.nrrd'},{lung1 / 'lung1_label.nrrd'},21.86,120.54,-611.5,4\n"
+    )
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--held-out", "--data", str(tmp_path), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_nodules"] == 1 and 0.3 < metrics["dice_mean"] <= 1.0
+
+
+def test_a_listed_file_that_is_missing_is_named(
+    other_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(other_set, broken)
+    (broken / read_table(other_set)[1]["image"]).unlink()
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--held-out", "--data", str(broken), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert read_table(other_set)[1]["image"] in err and "does not exist" in err
+    assert not out.exists()

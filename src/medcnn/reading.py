@@ -199,6 +199,28 @@ def read_scan(
     return _read_dicom_file(path, series_uid, around)
 
 
+def read_label(path: str | Path) -> Volume:
+    """A mask or label map on a scan's grid (NRRD or MetaImage) in RAS mm, its values as
+    stored: no HU checks, since it is not a CT."""
+    path = Path(path).expanduser()
+    if _format_from_suffix(path) not in ("nrrd", "mha"):
+        raise UsageError(
+            f"{path.name} is not a mask format MedCNN reads; give masks as NIfTI, NRRD or "
+            "MetaImage files on the scan's grid."
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as err:
+        raise UnreadableImageError(
+            f"{path} cannot be read as a mask ({_first_line(err)}); the file is probably "
+            "truncated or corrupt: copy or convert it again."
+        ) from err
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise GeometryError(f"{path.name} is not a single 3D mask; MedCNN needs one value a voxel.")
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return Volume(array, LPS_TO_RAS @ _lps_affine(image))
+
+
 # --- DICOM: headers, series choice, geometry -------------------------------------------------
 
 

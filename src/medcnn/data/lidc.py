@@ -110,6 +110,42 @@ def _load_nifti(path: Path) -> Volume:
     return Volume(np.asarray(image.dataobj), image.affine.astype(float))
 
 
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _listed_file(data_dir: Path, relative: str, column: str) -> Path:
+    path = data_dir / relative
+    if not path.exists():
+        raise InputNotFoundError(
+            f"{path}, the {column} nodules.csv lists, does not exist; paths in nodules.csv are "
+            "relative to its folder."
+        )
+    return path
+
+
+def load_scan(data_dir: Path, relative: str) -> Volume:
+    """A nodule's scan: lidc_voi's NIfTI as stored (the training path), any other format the
+    click reads (NRRD, MetaImage, DICOM) through ``medcnn.reading``, with its checks."""
+    path = _listed_file(data_dir, relative, "image")
+    if _is_nifti(path):
+        return _load_nifti(path)
+    from medcnn.reading import read_scan
+
+    return read_scan(path)
+
+
+def load_mask(data_dir: Path, relative: str) -> Volume:
+    """A nodule's mask (non-zero inside): lidc_voi's NIfTI as stored, NRRD or MetaImage
+    through ``medcnn.reading``."""
+    path = _listed_file(data_dir, relative, "mask")
+    if _is_nifti(path):
+        return _load_nifti(path)
+    from medcnn.reading import read_label
+
+    return read_label(path)
+
+
 def load_cases(
     data_dir: Path, cache_dir: Path | None = None, limit: int | None = None
 ) -> list[NoduleCase]:
@@ -130,8 +166,8 @@ def load_cases(
                 rating=int(row["malignancy"]),
                 diameter_mm=float(row["diameter_mm"]) if row.get("diameter_mm") else float("nan"),
                 descriptors=normalized_descriptors(row),
-                image=_load_nifti(data_dir / row["image"]),
-                mask=_load_nifti(data_dir / row["mask"]) if row.get("mask") else None,
+                image=load_scan(data_dir, row["image"]),
+                mask=load_mask(data_dir, row["mask"]) if row.get("mask") else None,
             )
         )
     if cache is not None and limit is None:
