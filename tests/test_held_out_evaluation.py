@@ -114,6 +114,7 @@ def test_scans_and_masks_in_the_clicks_other_formats_are_read(
     assert main(["evaluate", "--held-out", "--data", str(tmp_path), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_nodules"] == 1 and 0.3 < metrics["dice_mean"] <= 1.0
+    assert metrics["auc"] is None and metrics["specificity"] is None  # one malignant nodule only
 
 
 def test_a_listed_file_that_is_missing_is_named(

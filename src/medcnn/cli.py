@@ -362,7 +362,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medcnn.evaluation import BundleEvaluator
+    from medcnn.evaluation import BundleEvaluator, json_safe
 
     summary = BundleEvaluator(
         _data_path(args),
@@ -374,7 +374,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         held_out=args.held_out,
     ).run()
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(json_safe(summary), indent=2))
     if args.source == "nodulemnist3d":
         print(f"metrics.json and predictions.csv in {args.out}")
     else:

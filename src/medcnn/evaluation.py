@@ -232,8 +232,17 @@ def plot_roc_and_reliability(
     return [roc_path, rel_path]
 
 
+def json_safe(value: object) -> object:
+    """NaN (a metric the nodules cannot give, as an AUC of one class) as null: strict JSON."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
 def write_summary(summary: dict, path: Path) -> None:
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
 def every_nth(cases: list[NoduleCase], every: int | None) -> list[NoduleCase]:
