@@ -74,17 +74,9 @@ def test_verify_net_in_out_runs_offline() -> None:
 
 
 def test_ckpt_export_gives_the_same_answers(tmp_path: Path) -> None:
-    from monai.bundle import ckpt_export
+    from medcnn.release import export_torchscript  # MONAI's ckpt_export, offline
 
-    target = tmp_path / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(target),
-        ckpt_file=str(BUNDLE / "models" / "model.pt"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        config_file=str(BUNDLE / "configs" / "inference.json"),
-    )
-    scripted = torch.jit.load(str(target))
+    scripted = torch.jit.load(str(export_torchscript(BUNDLE, tmp_path / "model.ts")))
     model, _ = load_ensemble(BUNDLE)
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():

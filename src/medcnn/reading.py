@@ -186,7 +186,7 @@ def read_scan(
         return _read_dicom(
             path.parent, _scan_folder(path.parent, recursive=True), series_uid, path, around=around
         )
-    image_format = _format_from_suffix(path)
+    image_format = format_of(path)
     if image_format is not None and series_uid is not None:
         raise UsageError(
             f"A series UID only selects among DICOM series, and {path.name} is a single "
@@ -200,10 +200,14 @@ def read_scan(
 
 
 def read_label(path: str | Path) -> Volume:
-    """A mask or label map on a scan's grid (NRRD or MetaImage) in RAS mm, its values as
-    stored: no HU checks, since it is not a CT."""
+    """A mask or label map on a scan's grid (NIfTI, NRRD or MetaImage) in RAS mm, its values
+    as stored: no HU checks, since it is not a CT."""
     path = Path(path).expanduser()
-    if _format_from_suffix(path) not in ("nrrd", "mha"):
+    kind = format_of(path)
+    if kind == "nifti":
+        image = nib.load(str(path))
+        return Volume(np.asarray(image.dataobj), image.affine.astype(float))
+    if kind not in ("nrrd", "mha"):
         raise UsageError(
             f"{path.name} is not a mask format MedCNN reads; give masks as NIfTI, NRRD or "
             "MetaImage files on the scan's grid."
@@ -775,7 +779,8 @@ def _first_line(err: BaseException) -> str:
 # --- NIfTI, NRRD, MHA -------------------------------------------------------------------------
 
 
-def _format_from_suffix(path: Path) -> str | None:
+def format_of(path: Path) -> str | None:
+    """ "nifti", "nrrd" or "mha" from a file's name; None for DICOM or anything else."""
     name = path.name.lower()
     for suffix, image_format in _SUFFIX_FORMATS.items():
         if name.endswith(suffix):

@@ -49,11 +49,12 @@ def rounded(summary: dict) -> dict:
     }
 
 
-def export_torchscript(bundle_dir: Path) -> Path:
-    """``models/model.ts`` from ``models/model.pt``, MONAI's way, so the two never drift apart."""
+def export_torchscript(bundle_dir: Path, target: Path | None = None) -> Path:
+    """``models/model.ts`` (or ``target``) from ``models/model.pt``, MONAI's way, so the two
+    never drift apart."""
     from monai.bundle import ckpt_export
 
-    target = bundle_dir / "models" / "model.ts"
+    target = target or bundle_dir / "models" / "model.ts"
     ckpt_export(
         net_id="network_def",
         filepath=str(target),

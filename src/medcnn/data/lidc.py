@@ -110,10 +110,6 @@ def _load_nifti(path: Path) -> Volume:
     return Volume(np.asarray(image.dataobj), image.affine.astype(float))
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith((".nii", ".nii.gz"))
-
-
 def _listed_file(data_dir: Path, relative: str, column: str) -> Path:
     path = data_dir / relative
     if not path.exists():
@@ -127,23 +123,17 @@ def _listed_file(data_dir: Path, relative: str, column: str) -> Path:
 def load_scan(data_dir: Path, relative: str) -> Volume:
     """A nodule's scan: lidc_voi's NIfTI as stored (the training path), any other format the
     click reads (NRRD, MetaImage, DICOM) through ``medcnn.reading``, with its checks."""
-    path = _listed_file(data_dir, relative, "image")
-    if _is_nifti(path):
-        return _load_nifti(path)
-    from medcnn.reading import read_scan
+    from medcnn.reading import format_of, read_scan
 
-    return read_scan(path)
+    path = _listed_file(data_dir, relative, "image")
+    return _load_nifti(path) if format_of(path) == "nifti" else read_scan(path)
 
 
 def load_mask(data_dir: Path, relative: str) -> Volume:
-    """A nodule's mask (non-zero inside): lidc_voi's NIfTI as stored, NRRD or MetaImage
-    through ``medcnn.reading``."""
-    path = _listed_file(data_dir, relative, "mask")
-    if _is_nifti(path):
-        return _load_nifti(path)
+    """A nodule's mask (non-zero inside): NIfTI, NRRD or MetaImage (``medcnn.reading``)."""
     from medcnn.reading import read_label
 
-    return read_label(path)
+    return read_label(_listed_file(data_dir, relative, "mask"))
 
 
 def load_cases(
