@@ -13,6 +13,8 @@ import torch
 
 from medcnn import training
 from medcnn.data.lidc import load_cases
+from medcnn.errors import UsageError
+from medcnn.network import NoduleNet
 from medcnn.training import TrainSettings, train_fold
 
 
@@ -85,6 +87,24 @@ def test_training_resumes_where_it_stopped(
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     for key, value in straight.items():
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0)
+    # the measurements' offset trains beside the network and is not shipped
+    assert set(resumed) == set(NoduleNet().state_dict())
+    assert "offset" in torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+
+
+@pytest.mark.data
+def test_a_run_begun_without_the_offset_is_not_resumed_with_it(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    cases = load_cases(shared_data / "lidc_voi", limit=8)
+    plain = TrainSettings(
+        epochs=1, max_steps_per_epoch=1, batch_size=4, threads=1, measured_offset=False
+    )
+    (tmp_path / "fold0").mkdir()
+    train_fold(cases, 0, tmp_path / "fold0", plain).unlink()  # as if stopped after epoch 0
+    longer = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    with pytest.raises(UsageError, match="measured_offset=False"):
+        train_fold(cases, 0, tmp_path / "fold0", longer)
 
 
 def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:

@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from medcnn import distributed
 from medcnn.augmentation import Augmentation, random_rotation
 from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase, load_cases
+from medcnn.errors import UsageError
 from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet
 from medcnn.preprocessing import PatchSpec, context_box, network_input, resample, sample_patch
+from medcnn.residual_logit import MeasurementOffset, ResidualTraining
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class TrainSettings:
     # Off: on folds 0 and 1 it gave better descriptor estimates but a weaker malignancy logit
     # and Dice (monai_bundle/docs/README.md, Training).
     scaled_aux: bool = False
+    # The malignancy loss sees the logit plus what the consensus mask's measurements say
+    # (medcnn.residual_logit), so the logit learns what they miss. Release 0.3.0 on.
+    measured_offset: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None
     threads: int = 2
@@ -228,8 +233,14 @@ def train_fold(
     net = NoduleNet()
     if not any(c.has_mask for c in train):
         _segment_nothing(net)
+    residual = (
+        ResidualTraining(net, MeasurementOffset())
+        if settings.measured_offset and any(c.has_mask for c in train)
+        else None
+    )
+    trainee: torch.nn.Module = net if residual is None else residual
     optimizer = torch.optim.AdamW(
-        net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        trainee.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     steps_per_epoch = -(-len(train) // settings.batch_size)
     if settings.max_steps_per_epoch:
@@ -245,17 +256,25 @@ def train_fold(
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
         net.load_state_dict(state["model"])
+        if (residual is None) != ("offset" not in state):
+            raise UsageError(
+                f"The checkpoint {checkpoint} was written "
+                f"{'without' if residual is not None else 'with'} the measurements' offset; "
+                f"resume it with measured_offset={residual is None}, or train in a new run folder."
+            )
+        if residual is not None:
+            residual.offset.load_state_dict(state["offset"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
         if "torch_rng" in state:  # dropout continues as if never interrupted
             torch.set_rng_state(state["torch_rng"].cpu())
         log.info("fold %s: resuming at epoch %d", fold, start_epoch)
-    model = net
+    model = trainee
     if parallel:
-        net.to(device)
+        model.to(device)
         model = torch.nn.parallel.DistributedDataParallel(
-            net,
+            model,
             device_ids=[device] if device.type == "cuda" else None,
             # Sources without masks or ratings leave those heads out of the loss.
             find_unused_parameters=not all(
@@ -270,7 +289,7 @@ def train_fold(
             rng = np.random.default_rng(
                 [settings.seed, fold if fold is not None else 99, epoch, here.rank]
             )
-        net.train()
+        trainee.train()
         started, sums, seen = time.time(), {}, 0
         for step in range(steps_per_epoch):
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
@@ -281,7 +300,8 @@ def train_fold(
             ]
             batch = {key: value[index].to(device) for key, value in targets.items()}
             batch["mask"] = torch.from_numpy(np.stack([e[1] for e in examples])).to(device)
-            out = model(torch.from_numpy(np.stack([e[0] for e in examples])).to(device))
+            x = torch.from_numpy(np.stack([e[0] for e in examples])).to(device)
+            out = model(x) if residual is None else model(x, batch["mask"])
             terms = loss_terms(out, batch, settings)
             loss = total_loss(terms, settings, scales)
             optimizer.zero_grad()
@@ -311,6 +331,7 @@ def train_fold(
             _portable(
                 {
                     "model": net.state_dict(),
+                    **({} if residual is None else {"offset": residual.offset.state_dict()}),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
@@ -468,7 +489,6 @@ class NoduleMNISTTrainer:
 
     def run(self) -> dict:
         from medcnn.data.nodulemnist import load_nodulemnist3d
-        from medcnn.errors import UsageError
         from medcnn.evaluation import evaluate_cases, summarize_benchmark, write_rows
         from medcnn.release import THRESHOLD, rounded
 
