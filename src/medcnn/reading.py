@@ -199,14 +199,20 @@ def read_scan(
     return _read_dicom_file(path, series_uid, around)
 
 
+def read_nifti_as_stored(path: str | Path) -> Volume:
+    """A NIfTI file's array and affine exactly as stored, without the scan checks: for masks,
+    and for the training set's own volumes, whose HU the dataset vouches for."""
+    image = nib.load(str(path))
+    return Volume(np.asarray(image.dataobj), image.affine.astype(float))
+
+
 def read_label(path: str | Path) -> Volume:
     """A mask or label map on a scan's grid (NIfTI, NRRD or MetaImage) in RAS mm, its values
     as stored: no HU checks, since it is not a CT."""
     path = Path(path).expanduser()
     kind = format_of(path)
     if kind == "nifti":
-        image = nib.load(str(path))
-        return Volume(np.asarray(image.dataobj), image.affine.astype(float))
+        return read_nifti_as_stored(path)
     if kind not in ("nrrd", "mha"):
         raise UsageError(
             f"{path.name} is not a mask format MedCNN reads; give masks as NIfTI, NRRD or "

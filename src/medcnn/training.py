@@ -256,7 +256,7 @@ def train_fold(
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=False, map_location=device)
         net.load_state_dict(state["model"])
-        if (residual is None) != ("offset" not in state):
+        if ("offset" in state) != (residual is not None):
             raise UsageError(
                 f"The checkpoint {checkpoint} was written "
                 f"{'without' if residual is not None else 'with'} the measurements' offset; "

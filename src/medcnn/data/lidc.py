@@ -11,7 +11,6 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medcnn.errors import InputNotFoundError, UsageError
@@ -105,11 +104,6 @@ def normalized_descriptors(row: dict[str, str]) -> np.ndarray | None:
     return np.clip(np.array(values, dtype=np.float32), 0.0, 1.0)
 
 
-def _load_nifti(path: Path) -> Volume:
-    image = nib.load(str(path))
-    return Volume(np.asarray(image.dataobj), image.affine.astype(float))
-
-
 def _listed_file(data_dir: Path, relative: str, column: str) -> Path:
     path = data_dir / relative
     if not path.exists():
@@ -123,10 +117,10 @@ def _listed_file(data_dir: Path, relative: str, column: str) -> Path:
 def load_scan(data_dir: Path, relative: str) -> Volume:
     """A nodule's scan: lidc_voi's NIfTI as stored (the training path), any other format the
     click reads (NRRD, MetaImage, DICOM) through ``medcnn.reading``, with its checks."""
-    from medcnn.reading import format_of, read_scan
+    from medcnn.reading import format_of, read_nifti_as_stored, read_scan
 
     path = _listed_file(data_dir, relative, "image")
-    return _load_nifti(path) if format_of(path) == "nifti" else read_scan(path)
+    return read_nifti_as_stored(path) if format_of(path) == "nifti" else read_scan(path)
 
 
 def load_mask(data_dir: Path, relative: str) -> Volume:
