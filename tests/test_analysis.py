@@ -183,7 +183,7 @@ def test_cutout_as_the_dataset_describes_it_gives_the_full_scans_segmentation(
 @pytest.mark.data
 @pytest.mark.xfail(
     strict=True,
-    reason="known limitation of releases 0.1.0 to 0.3.0: a cut-out that ends at the nodule's "
+    reason="known limitation of releases 0.1.0 to 0.3.1: a cut-out that ends at the nodule's "
     "last 5 mm slice lacks the partial-volume slices above and below that the full-scan "
     "segmentation takes in, as LIDC's masks do (Dice 0.84 between the two, 0.9 required)",
 )

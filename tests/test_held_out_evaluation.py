@@ -128,3 +128,48 @@ def test_a_listed_file_that_is_missing_is_named(
     err = capsys.readouterr().err
     assert read_table(other_set)[1]["image"] in err and "does not exist" in err
     assert not out.exists()
+
+
+def _table_with(folder: Path, source: Path, rows: list[dict]) -> None:
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        shutil.copy(source / row["image"], folder / row["image"])
+        shutil.copy(source / row["mask"], folder / row["mask"])
+    with open(folder / "nodules.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_nodule_whose_point_a_click_refuses_is_listed_not_scored(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """lidc_voi's one nodule whose table centre lies outside its own volume of interest: a
+    click there is refused, so the evaluation lists it with the reason instead of scoring it."""
+    source = shared_data / "lidc_voi"
+    rows = read_table(source)
+    outside = next(r for r in rows if r["image"].endswith("LIDC-IDRI-0332_R_1.nii.gz"))
+    others = [r for r in rows if r["malignancy"] in "12"][:2]
+    _table_with(tmp_path / "set", source, [*others, outside])
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--held-out", "--data", str(tmp_path / "set"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_nodules"] == 2 and metrics["n_refused"] == 1
+    assert metrics["refused"][0]["name"] == "LIDC-IDRI-0332_R_1"
+    assert "outside the scan" in metrics["refused"][0]["reason"]
+    with open(out / "predictions.csv", newline="") as handle:
+        assert "LIDC-IDRI-0332_R_1" not in {p["name"] for p in csv.DictReader(handle)}
+
+
+def test_a_table_whose_every_point_is_refused_stops_with_the_first_reason(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = shared_data / "lidc_voi"
+    outside = next(r for r in read_table(source) if "LIDC-IDRI-0332_R_1" in r["image"])
+    _table_with(tmp_path / "set", source, [outside])
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--held-out", "--data", str(tmp_path / "set"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Every one of the 1 nodules was refused" in err and "outside the scan" in err
+    assert "Traceback" not in err and not out.exists()

@@ -1,7 +1,9 @@
 """Cross-validated evaluation: each nodule judged by the fold model that never saw its patient.
 
-The numbers come from the same inference path a user's click takes (the patch, the context-box
-passes, the flips), on the volumes of interest, so what is reported is what is shipped.
+The numbers come from the same inference path a user's click takes (the checks, the patch, the
+context-box passes), on the volumes of interest, so what is reported is what is shipped. A
+nodule whose point a click would refuse (``medcnn.checks``: outside its scan, say) is not
+judged but listed with the reason: scoring it would count a prediction no user can get.
 NoduleMNIST3D's test split goes through the same path, for the MedMNIST table's AUC and accuracy.
 """
 
@@ -9,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medcnn.checks import check_scan_at_point
 from medcnn.data.lidc import NO_FOLD, NoduleCase
-from medcnn.errors import UsageError
+from medcnn.errors import MedCNNError, UsageError
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from medcnn.analysis import Analyzer
 
 EPS = 1e-6
+log = logging.getLogger(__name__)
 
 
 def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> dict:
@@ -61,6 +66,31 @@ def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> d
         "reader_diameter_mm": case.diameter_mm,
         "volume_ml": volume_ml(Volume(full.astype(np.uint8), case.image.affine)),
     }
+
+
+def split_refused(cases: list[NoduleCase]) -> tuple[list[NoduleCase], list[dict]]:
+    """The cases a click would judge, and those it would refuse, each with the reason."""
+    judged, refused = [], []
+    for case in cases:
+        try:
+            check_scan_at_point(case.image, case.center_ras)
+        except MedCNNError as error:
+            refused.append(
+                {
+                    "name": case.name,
+                    "fold": case.fold,
+                    "label": case.binary_label,
+                    "reason": str(error),
+                }
+            )
+            continue
+        judged.append(case)
+    if cases and not judged:
+        raise UsageError(
+            f"Every one of the {len(cases)} nodules was refused, first {refused[0]['name']}: "
+            f"{refused[0]['reason']} Check the table's centre columns (RAS mm)."
+        )
+    return judged, refused
 
 
 def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCase]:
@@ -284,13 +314,16 @@ class BundleEvaluator:
         analyzer = Analyzer(self.bundle_dir, trusted=self.trusted)
         if self.source == "nodulemnist3d":
             return self._run_nodulemnist3d(analyzer)
-        cases = every_nth(load_cases(self.data_dir), self.every)
+        cases, refused = split_refused(every_nth(load_cases(self.data_dir), self.every))
+        for case in refused:
+            log.warning("not judged: %s: %s", case["name"], case["reason"])
         if self.held_out:
             rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
         else:
             rows = self._out_of_fold(analyzer, cases)
         summary = {"judged_by": "ensemble" if self.held_out else "out_of_fold_member"}
         summary.update(summarize(rows, analyzer.threshold))
+        summary["n_refused"], summary["refused"] = len(refused), refused
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_rows(rows, self.output_dir / "predictions.csv")
         write_summary(summary, self.output_dir / "metrics.json")

@@ -19,7 +19,14 @@ from medcnn.calibration import (
     nested_head_probabilities,
 )
 from medcnn.data.lidc import load_cases
-from medcnn.evaluation import out_of_fold, plot_roc_and_reliability, summarize, write_rows
+from medcnn.evaluation import (
+    every_nth,
+    out_of_fold,
+    plot_roc_and_reliability,
+    split_refused,
+    summarize,
+    write_rows,
+)
 from medcnn.network import NoduleEnsemble
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,8 @@ def build_release(
     spec = load_patch_spec(bundle_dir)
     model, member_folds = assemble([run_dir, *(extra_run_dirs or [])], folds)
     cases = load_cases(Path(data_dir), cache_dir=None if limit else run_dir / "cache", limit=limit)
+    checked = {c.name for c in every_nth(cases, CHECK_EVERY)}
+    cases, refused = split_refused(cases)  # what a click refuses is neither judged nor fitted
     rows = out_of_fold(model, member_folds, cases, spec, progress=True)
     write_rows(rows, run_dir / "oof_raw.csv")
     nested = nested_head_probabilities(rows)
@@ -96,6 +105,7 @@ def build_release(
         "shipped": rounded(summarize(shipped, THRESHOLD)),
         "nested": rounded(summarize(nested, THRESHOLD)),
         "head": {k: np.round(v, 4).tolist() for k, v in head.items()},
+        "refused": refused,
     }
     metadata_path = bundle_dir / "configs" / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
@@ -104,7 +114,7 @@ def build_release(
     )
     metadata["medcnn"]["check_subset"] = {
         "every": CHECK_EVERY,
-        **rounded(summarize(shipped[::CHECK_EVERY], THRESHOLD)),
+        **rounded(summarize([r for r in shipped if r["name"] in checked], THRESHOLD)),
     }
     inference_path = bundle_dir / "configs" / "inference.json"
     inference = json.loads(inference_path.read_text())
@@ -112,6 +122,7 @@ def build_release(
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     metadata["eval_metrics"] = summary["shipped"]
     metadata["eval_metrics_nested_head"] = summary["nested"]
+    metadata["medcnn"]["not_judged"] = [{k: r[k] for k in ("name", "reason")} for r in refused]
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     export_torchscript(bundle_dir)
     plot_roc_and_reliability(nested, bundle_dir / "docs" / "images", THRESHOLD)
