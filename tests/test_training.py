@@ -134,3 +134,34 @@ def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
     assert float(training.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
     unscaled = training.total_loss(terms, settings)
     assert float(unscaled) == pytest.approx(0.5 * (1 / 6 + 0.04), rel=1e-4)
+
+
+@pytest.mark.data
+def test_a_nodule_whose_point_a_click_refuses_is_left_out_of_training(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lidc_voi's LIDC-IDRI-0332_R_1 has its centre outside its own volume: its patch would
+    show the network lung labelled malignant, so every fold trains without it."""
+    import csv
+    import shutil
+
+    source = shared_data / "lidc_voi"
+    with open(source / "nodules.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    picked = [r for r in rows if "LIDC-IDRI-0332_R_1" in r["image"]] + rows[:2]
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for row in picked:
+        shutil.copy(source / row["image"], data / row["image"])
+        shutil.copy(source / row["mask"], data / row["mask"])
+    with open(data / "nodules.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(picked)
+    seen = []
+    monkeypatch.setattr(
+        training, "train_fold", lambda cases, fold, out, settings: seen.append(cases) or out
+    )
+    training.train_cross_validation(data, tmp_path / "run", folds=[0])
+    assert [c.name for c in seen[0]] == [Path(r["image"]).name[: -len(".nii.gz")] for r in rows[:2]]

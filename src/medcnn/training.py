@@ -390,10 +390,19 @@ def train_cross_validation(
     settings: TrainSettings | None = None,
     limit: int | None = None,
 ) -> list[Path]:
-    """Train one model per patient fold; each is resumable and skipped once finished."""
+    """Train one model per patient fold; each is resumable and skipped once finished.
+
+    A nodule whose point a click would refuse (its centre outside its scan, say) is left out:
+    the patch there would teach the network its label on the wrong tissue.
+    """
+    from medcnn.evaluation import split_refused
+
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
     cases = load_cases(Path(data_dir), cache_dir=out_dir / "cache", limit=limit)
+    cases, refused = split_refused(cases)
+    for case in refused:
+        log.warning("left out of training: %s: %s", case["name"], case["reason"])
     folds = sorted({c.fold for c in cases}) if folds is None else folds
     return [train_fold(cases, f, out_dir / f"fold{f}", settings) for f in folds]
 
