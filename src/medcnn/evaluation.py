@@ -209,10 +209,10 @@ def plot_roc_and_reliability(
         fpr_d, tpr_d = roc_curve(labels, diam)
         diameter_auc = roc_auc(labels, diam)
         ax.plot(fpr_d, tpr_d, lw=1, ls="--", label=f"readers' diameter ({diameter_auc:.3f})")
-    called = probs >= threshold
+    at_threshold = threshold_metrics(labels, probs, threshold)
     ax.plot(
-        1 - (~called[~labels]).mean(),
-        called[labels].mean(),
+        1 - at_threshold["specificity"],
+        at_threshold["sensitivity"],
         "o",
         color="black",
         label=f"threshold {threshold:.2f}",

@@ -16,12 +16,17 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates at every threshold, from (0, 0) to (1, 1)."""
+    """False- and true-positive rates at every threshold, from (0, 0) to (1, 1); NaN for a
+    class the labels do not have."""
     labels, scores = np.asarray(labels, bool), np.asarray(scores, float)
     thresholds = np.concatenate([[np.inf], np.sort(np.unique(scores))[::-1]])
-    tpr = np.array([(scores[labels] >= t).mean() for t in thresholds])
-    fpr = np.array([(scores[~labels] >= t).mean() for t in thresholds])
-    return fpr, tpr
+
+    def rates(chosen: np.ndarray) -> np.ndarray:
+        if not len(chosen):
+            return np.full(len(thresholds), np.nan)
+        return np.array([(chosen >= t).mean() for t in thresholds])
+
+    return rates(scores[~labels]), rates(scores[labels])
 
 
 def expected_calibration_error(
