@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nodule_tables import copy_nodules
 
 from medcnn.analysis import Analyzer
 from medcnn.cli import main
@@ -131,18 +132,6 @@ def test_a_listed_file_that_is_missing_is_named(
     assert not out.exists()
 
 
-def _table_with(folder: Path, source: Path, rows: list[dict]) -> None:
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        shutil.copy(source / row["image"], folder / row["image"])
-        shutil.copy(source / row["mask"], folder / row["mask"])
-    with open(folder / "nodules.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def test_a_nodule_whose_point_a_click_refuses_is_listed_not_scored(
     shared_data: Path, tmp_path: Path
 ) -> None:
@@ -152,7 +141,7 @@ def test_a_nodule_whose_point_a_click_refuses_is_listed_not_scored(
     rows = read_table(source)
     outside = next(r for r in rows if r["image"].endswith("LIDC-IDRI-0332_R_1.nii.gz"))
     others = [r for r in rows if r["malignancy"] in "12"][:2]
-    _table_with(tmp_path / "set", source, [*others, outside])
+    copy_nodules(source, tmp_path / "set", [*others, outside], list(COLUMNS))
     out = tmp_path / "eval"
     with warnings.catch_warnings():  # two benign nodules: no ROC, and no numpy noise about it
         warnings.simplefilter("error", RuntimeWarning)
@@ -173,7 +162,7 @@ def test_a_table_whose_every_point_is_refused_stops_with_the_first_reason(
 ) -> None:
     source = shared_data / "lidc_voi"
     outside = next(r for r in read_table(source) if "LIDC-IDRI-0332_R_1" in r["image"])
-    _table_with(tmp_path / "set", source, [outside])
+    copy_nodules(source, tmp_path / "set", [outside], list(COLUMNS))
     out = tmp_path / "eval"
     assert main(["evaluate", "--held-out", "--data", str(tmp_path / "set"), "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@ interrupted and resumed, ending in a complete bundle (never the real training in
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nodule_tables import copy_nodules
 
 from medcnn import training
 from medcnn.data.lidc import load_cases
@@ -142,23 +144,11 @@ def test_a_nodule_whose_point_a_click_refuses_is_left_out_of_training(
 ) -> None:
     """lidc_voi's LIDC-IDRI-0332_R_1 has its centre outside its own volume: its patch would
     show the network lung labelled malignant, so every fold trains without it."""
-    import csv
-    import shutil
-
     source = shared_data / "lidc_voi"
     with open(source / "nodules.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     picked = [r for r in rows if "LIDC-IDRI-0332_R_1" in r["image"]] + rows[:2]
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-    for row in picked:
-        shutil.copy(source / row["image"], data / row["image"])
-        shutil.copy(source / row["mask"], data / row["mask"])
-    with open(data / "nodules.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(picked)
+    data = copy_nodules(source, tmp_path / "data", picked, list(rows[0]))
     seen = []
     monkeypatch.setattr(
         training, "train_fold", lambda cases, fold, out, settings: seen.append(cases) or out
