@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medcnn.checks import check_scan_at_point
-from medcnn.data.lidc import NO_FOLD, NoduleCase
-from medcnn.errors import MedCNNError, UsageError
+from medcnn.data.lidc import NO_FOLD, NoduleCase, split_refused
+from medcnn.errors import UsageError
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
@@ -66,31 +65,6 @@ def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> d
         "reader_diameter_mm": case.diameter_mm,
         "volume_ml": volume_ml(Volume(full.astype(np.uint8), case.image.affine)),
     }
-
-
-def split_refused(cases: list[NoduleCase]) -> tuple[list[NoduleCase], list[dict]]:
-    """The cases a click would judge, and those it would refuse, each with the reason."""
-    judged, refused = [], []
-    for case in cases:
-        try:
-            check_scan_at_point(case.image, case.center_ras)
-        except MedCNNError as error:
-            refused.append(
-                {
-                    "name": case.name,
-                    "fold": case.fold,
-                    "label": case.binary_label,
-                    "reason": str(error),
-                }
-            )
-            continue
-        judged.append(case)
-    if cases and not judged:
-        raise UsageError(
-            f"Every one of the {len(cases)} nodules was refused, first {refused[0]['name']}: "
-            f"{refused[0]['reason']} Check the table's centre columns (RAS mm)."
-        )
-    return judged, refused
 
 
 def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCase]:

@@ -18,12 +18,11 @@ from medcnn.calibration import (
     member_rows,
     nested_head_probabilities,
 )
-from medcnn.data.lidc import load_cases
+from medcnn.data.lidc import load_cases, split_refused
 from medcnn.evaluation import (
     every_nth,
     out_of_fold,
     plot_roc_and_reliability,
-    split_refused,
     summarize,
     write_rows,
 )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from medcnn import distributed
 from medcnn.augmentation import Augmentation, random_rotation
-from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase, load_cases
+from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase, load_cases, split_refused
 from medcnn.errors import UsageError
 from medcnn.network import DESCRIPTORS, NoduleEnsemble, NoduleNet
 from medcnn.preprocessing import PatchSpec, context_box, network_input, resample, sample_patch
@@ -395,8 +395,6 @@ def train_cross_validation(
     A nodule whose point a click would refuse (its centre outside its scan, say) is left out:
     the patch there would teach the network its label on the wrong tissue.
     """
-    from medcnn.evaluation import split_refused
-
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
     cases = load_cases(Path(data_dir), cache_dir=out_dir / "cache", limit=limit)

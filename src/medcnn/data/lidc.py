@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnn.errors import InputNotFoundError, UsageError
+from medcnn.checks import check_scan_at_point
+from medcnn.errors import InputNotFoundError, MedCNNError, UsageError
 from medcnn.network import DESCRIPTORS
 from medcnn.volume import Volume
 
@@ -161,3 +162,28 @@ def load_cases(
             pickle.dump(cases, handle)
         tmp.replace(cache)
     return cases
+
+
+def split_refused(cases: list[NoduleCase]) -> tuple[list[NoduleCase], list[dict]]:
+    """The cases a click would judge, and those it would refuse, each with the reason."""
+    judged, refused = [], []
+    for case in cases:
+        try:
+            check_scan_at_point(case.image, case.center_ras)
+        except MedCNNError as error:
+            refused.append(
+                {
+                    "name": case.name,
+                    "fold": case.fold,
+                    "label": case.binary_label,
+                    "reason": str(error),
+                }
+            )
+            continue
+        judged.append(case)
+    if cases and not judged:
+        raise UsageError(
+            f"Every one of the {len(cases)} nodules was refused, first {refused[0]['name']}: "
+            f"{refused[0]['reason']} Check the table's centre columns (RAS mm)."
+        )
+    return judged, refused
