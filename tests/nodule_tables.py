@@ -8,12 +8,14 @@ from pathlib import Path
 
 
 def copy_nodules(source: Path, folder: Path, rows: list[dict], columns: list[str]) -> Path:
-    """``folder`` with the rows' images and masks and a ``nodules.csv`` of ``columns``."""
+    """``folder`` with the rows' images and masks (a row whose ``mask`` is empty has none) and a
+    ``nodules.csv`` of ``columns``."""
     for sub in ("images", "masks"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for row in rows:
         shutil.copy(source / row["image"], folder / row["image"])
-        shutil.copy(source / row["mask"], folder / row["mask"])
+        if row.get("mask"):
+            shutil.copy(source / row["mask"], folder / row["mask"])
     with open(folder / "nodules.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

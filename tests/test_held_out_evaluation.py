@@ -30,19 +30,9 @@ def other_set(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     rows = read_table(source)
     picked = [r for r in rows if r["malignancy"] in "12"][:3]
     picked += [r for r in rows if r["malignancy"] in "45"][:3]
-    folder = tmp_path_factory.mktemp("other_set")
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir()
-    for i, row in enumerate(picked):
-        shutil.copy(source / row["image"], folder / row["image"])
-        if i % 3 == 2:
-            row["mask"] = ""
-        else:
-            shutil.copy(source / row["mask"], folder / row["mask"])
-    with open(folder / "nodules.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(picked)
+    for row in picked[2::3]:
+        row["mask"] = ""
+    folder = copy_nodules(source, tmp_path_factory.mktemp("other_set"), picked, list(COLUMNS))
     return folder
 
 
