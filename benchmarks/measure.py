@@ -112,13 +112,13 @@ def network(args: dict) -> dict:
 
     import torch
 
-    from medcnn.bundle import load_ensemble, load_patch_spec
+    from medcnn.bundle import load_engine, load_patch_spec
     from medcnn.explain import malignancy_heatmap
     from medcnn.inference import predict
     from medcnn.preprocessing import sample_patch
     from medcnn.reading import read_scan
 
-    model, _ = load_ensemble(Path(args["bundle"]), trusted=True)
+    model, _ = load_engine(Path(args["bundle"]), trusted=True)
     spec = load_patch_spec(Path(args["bundle"]))
     patches = [sample_patch(read_scan(i), np.asarray(p), spec) for i, p in args["cases"]]
     predict(model, patches[0], spec)  # oneDNN's first-call set-up, paid once by a worker

@@ -408,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             bundle = (args.bundle or REPO / "monai_bundle").resolve()
             model = str(bundle)
-        from medcnn.bundle import load_ensemble
+        from medcnn.bundle import load_engine
 
-        members = len(load_ensemble(bundle, trusted=True)[0].members)
+        members = load_engine(bundle, trusted=True)[0].n_members
         print("building the scans ...", flush=True)
         scans = build_scans(tmp / "scans")
         result: dict = {

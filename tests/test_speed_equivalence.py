@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -29,7 +31,7 @@ from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sh
 from medcnn.data.lidc import load_cases
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
 from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
-from medcnn.grouped import GroupedEnsemble, folded_ensemble, grouped_ensemble
+from medcnn.grouped import GroupedEnsemble, as_engine
 from medcnn.inference import (
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
@@ -160,7 +162,7 @@ def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> No
     real = inference.ensemble_outputs
 
     def counting(net, x):
-        widths.append(len(net.members))
+        widths.append(net.n_members)
         return real(net, x)
 
     monkeypatch.setattr(inference, "ensemble_outputs", counting)
@@ -170,33 +172,44 @@ def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> No
     assert prediction.member_probabilities.shape == (3,)
 
 
-def test_grouped_network_is_the_members_run_one_by_one() -> None:
+@pytest.mark.parametrize("batch", [1, 4], ids=["grouped", "member_by_member"])
+def test_engine_network_is_the_monai_members_run_one_by_one(batch: int) -> None:
+    """One input runs grouped, a batch member by member: both are the MONAI-built members."""
     model = randomized_ensemble()
-    x = torch.rand(3, 2, 32, 32, 32)
+    x = torch.rand(batch, 2, 32, 32, 32)
     with torch.inference_mode():
         expected = model.member_outputs(x)
-        out = grouped_ensemble(model)(x)
-    for key in ("probability", "features", "segmentation"):
-        torch.testing.assert_close(getattr(out, key), expected[key], atol=1e-5, rtol=1e-5)
-
-
-def test_members_with_folded_batch_norms_are_the_members() -> None:
-    model = randomized_ensemble()
-    x = torch.rand(4, 2, 32, 32, 32)
-    with torch.inference_mode():
-        expected = model.member_outputs(x)
-        out = folded_ensemble(model).member_outputs(x)
-    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded_ensemble(model).modules())
+        out = as_engine(model)(x)
     for key in ("probability", "features", "segmentation", "encoder", "decoder"):
-        torch.testing.assert_close(out[key], expected[key], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(getattr(out, key), expected[key], atol=2e-5, rtol=1e-4)
 
 
-def test_grouped_network_follows_changed_weights() -> None:
+def test_engine_network_has_no_batch_norm_and_needs_no_monai() -> None:
+    """The click's network is built from the weights alone, batch norms folded in; a fresh
+    process that analyses a point never imports MONAI (a third of a cold click)."""
+    engine = as_engine(randomized_ensemble())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in engine.modules())
+    code = (
+        "import sys, numpy as np\n"
+        "from medcnn.analysis import Analyzer\n"
+        "from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest\n"
+        "Analyzer().analyze_volume(synthetic_chest(), np.asarray(NODULE_CENTER_RAS))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('monai', 'itk')))\n"
+    )
+    if not (default_bundle_dir() / "models" / "model.pt").exists():
+        pytest.skip("no trained weights in the bundle yet (the release puts them there)")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_engine_network_follows_changed_weights() -> None:
     model = randomized_ensemble(n_members=2)
-    first = grouped_ensemble(model)
-    assert grouped_ensemble(model) is first
+    first = as_engine(model)
+    assert as_engine(model) is first
     model.load_state_dict(randomized_ensemble(n_members=2, seed=1).state_dict())
-    second = grouped_ensemble(model)
+    second = as_engine(model)
     assert second is not first
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.inference_mode():
@@ -204,18 +217,35 @@ def test_grouped_network_follows_changed_weights() -> None:
             second(x).features, model.member_outputs(x)["features"], atol=1e-5, rtol=1e-5
         )
     with pytest.raises(ValueError, match="eval mode"):
-        grouped_ensemble(model.train())
+        as_engine(model.train())
 
 
-def test_member_subset_views_are_grouped_from_their_own_members() -> None:
+def test_engine_subsets_are_the_member_subset_views() -> None:
     model = randomized_ensemble(n_members=3)
-    view = member_subset(model, [0, 2])
-    grouped = GroupedEnsemble(view)
+    engine = as_engine(model)
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.inference_mode():
+        for indices in ([0, 2], [2], [1, 0]):
+            view = member_subset(model, indices).member_outputs(x)["features"]
+            torch.testing.assert_close(
+                engine.subset(indices)(x).features, view, atol=1e-5, rtol=1e-5
+            )
         torch.testing.assert_close(
-            grouped(x).features, view.member_outputs(x)["features"], atol=1e-5, rtol=1e-5
+            engine.subset([1, 2]).subset([1])(x).features,
+            member_subset(model, [2]).member_outputs(x)["features"],
         )
+    assert engine.subset([2]) is engine.subset([2])
+    with pytest.raises(IndexError):
+        engine.subset([3])
+
+
+def test_engine_refuses_weights_that_are_not_a_nodule_net() -> None:
+    state = dict(randomized_ensemble(n_members=2).state_dict())
+    del state["members.1.dec2.adn.N.running_var"]
+    with pytest.raises(ValueError, match="member 1"):
+        GroupedEnsemble(state)
+    with pytest.raises(ValueError, match="without members"):
+        GroupedEnsemble({k: v for k, v in state.items() if not k.startswith("members.")})
 
 
 @pytest.mark.parametrize("flips", [((),), ((), (2,), (3,), (2, 3))], ids=["shipped", "flips"])

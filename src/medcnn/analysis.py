@@ -10,9 +10,9 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-import monai
 import nibabel
 import numpy as np
 import pydicom
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 import medcnn
-from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec
+from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
 from medcnn.checks import check_scan_at_point
 from medcnn.errors import UsageError
 from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
@@ -63,7 +63,8 @@ class FileRequest:
 def software_versions() -> dict[str, str]:
     return {
         "medcnn": medcnn.__version__,
-        "monai": monai.__version__,
+        # The installed MONAI, read without importing it: a click never does (``medcnn.grouped``).
+        "monai": metadata.version("monai"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "SimpleITK": sitk.Version_VersionString(),
@@ -87,7 +88,7 @@ class Analyzer:
 
     def __init__(self, bundle_dir: Path | str | None = None, trusted: bool = False) -> None:
         self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
-        self.model, self.model_info = load_ensemble(self.bundle_dir, trusted=trusted)
+        self.model, self.model_info = load_engine(self.bundle_dir, trusted=trusted)
         self.spec = load_patch_spec(self.bundle_dir)
         self.threshold = self.model_info["threshold"]
 

@@ -3,6 +3,9 @@
 A bundle's configs can run Python (``$`` expressions) and its weights are a pickle-based file,
 so MedCNN loads only the bundle it ships, or one the user explicitly marks as trusted, and only
 weights whose SHA-256 matches the bundle's ``metadata.json``, with ``weights_only=True``.
+
+A click reads the bundle without MONAI (``load_engine``, ``load_patch_spec``): importing it is a
+third of a cold click. Training, export and the tests build the MONAI network (``load_ensemble``).
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from monai.bundle import ConfigParser
 
 from medcnn.errors import ModelIntegrityError
-from medcnn.network import NoduleEnsemble
+from medcnn.grouped import GroupedEnsemble, member_states
 from medcnn.preprocessing import PatchSpec
+
+if TYPE_CHECKING:
+    from medcnn.network import NoduleEnsemble
 
 WEIGHTS = Path("models") / "model.pt"
 
@@ -89,42 +96,86 @@ def verified_weights_path(bundle_dir: Path) -> tuple[Path, str]:
     return path, actual
 
 
-def inference_config(bundle_dir: Path) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
-    parser["bundle_root"] = str(bundle_dir)
-    return parser
-
-
 def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
-    """The preprocessing definition of the bundle's ``inference.json`` (``preprocessing``)."""
+    """The preprocessing definition of the bundle's ``inference.json`` (``preprocessing``).
+
+    Read as plain JSON, as MONAI's ``ConfigParser`` reads a section of literal numbers; a value
+    that is not a number (a ``@`` reference or ``$`` expression) is refused, not evaluated.
+    """
     bundle_dir = Path(bundle_dir) if bundle_dir else default_bundle_dir()
-    parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
-    values = parser.get("preprocessing", {})
-    allowed = {f.name for f in fields(PatchSpec)}
-    return PatchSpec(**{k: v for k, v in values.items() if k in allowed})
+    path = bundle_dir / "configs" / "inference.json"
+    try:
+        values = json.loads(path.read_text()).get("preprocessing", {})
+    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        raise ModelIntegrityError(
+            f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
+        ) from error
+    spec = {}
+    for field in fields(PatchSpec):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelIntegrityError(
+                f"The bundle's {path} gives preprocessing.{field.name} as {value!r}, not a "
+                "number; write the number there."
+            )
+        spec[field.name] = value
+    return PatchSpec(**spec)
+
+
+def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsemble, dict]:
+    """The verified model as the engine runs it (``medcnn.grouped``, no MONAI), and its
+    metadata."""
+    state, info, path = _verified_state(bundle_dir, trusted)
+    try:
+        engine = GroupedEnsemble(state)
+        with torch.inference_mode():  # a shape that does not chain fails here, not on a click
+            engine(torch.zeros(1, engine.layers["stem"].in_per_member, 8, 8, 8))
+    except Exception as error:
+        raise _not_our_model(path, error) from error
+    return engine, info
 
 
 def load_ensemble(bundle_dir: Path, trusted: bool = False) -> tuple[NoduleEnsemble, dict]:
-    """The verified model in eval mode, and the metadata describing it."""
+    """The verified model as MONAI-built ``NoduleEnsemble`` in eval mode (for training, export
+    and tests), and its metadata."""
+    from medcnn.network import NoduleEnsemble
+
+    state, info, path = _verified_state(bundle_dir, trusted)
+    try:
+        model = NoduleEnsemble(n_members=len(member_states(state)))
+        model.load_state_dict(state)
+    except Exception as error:
+        raise _not_our_model(path, error) from error
+    return model.eval(), info
+
+
+def _verified_state(
+    bundle_dir: Path, trusted: bool
+) -> tuple[Mapping[str, torch.Tensor], dict, Path]:
+    """The weights' state dict after the trust and SHA-256 checks, the model's description,
+    and the weights' path."""
     check_trusted(bundle_dir, trusted)
     metadata = read_metadata(bundle_dir)
     path, sha = verified_weights_path(bundle_dir)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        members = len({key.split(".")[1] for key in state if key.startswith("members.")})
-        model = NoduleEnsemble(n_members=members)
-        model.load_state_dict(state)
-    except Exception as error:  # a pickle or shape error: the file is not our model
-        raise ModelIntegrityError(
-            f"The model weights {path} cannot be loaded ({type(error).__name__}); reinstall MedCNN."
-        ) from error
-    model.eval()
+        if not isinstance(state, Mapping):
+            raise TypeError("not a state dict")
+    except Exception as error:
+        raise _not_our_model(path, error) from error
     info = {
         "name": metadata.get("name", "medcnn"),
         "version": metadata.get("version", "unknown"),
         "weights_sha256": sha,
         "threshold": float(metadata.get("medcnn", {}).get("threshold", 0.5)),
     }
-    return model, info
+    return state, info, path
+
+
+def _not_our_model(path: Path, error: Exception) -> ModelIntegrityError:
+    """A pickle, key or shape error: the file is not our model."""
+    return ModelIntegrityError(
+        f"The model weights {path} cannot be loaded ({type(error).__name__}); reinstall MedCNN."
+    )

@@ -20,6 +20,7 @@ import numpy as np
 
 from medcnn.data.lidc import NO_FOLD, NoduleCase, split_refused
 from medcnn.errors import UsageError
+from medcnn.grouped import GroupedEnsemble, as_engine
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
@@ -30,18 +31,20 @@ from medcnn.metrics import (
     roc_curve,
     threshold_metrics,
 )
-from medcnn.network import NoduleEnsemble, member_subset
 from medcnn.preprocessing import PatchSpec, patch_to_scan, sample_patch
 from medcnn.volume import Volume
 
 if TYPE_CHECKING:
     from medcnn.analysis import Analyzer
+    from medcnn.network import NoduleEnsemble
 
 EPS = 1e-6
 log = logging.getLogger(__name__)
 
 
-def evaluate_case(model: NoduleEnsemble, case: NoduleCase, spec: PatchSpec) -> dict:
+def evaluate_case(
+    model: GroupedEnsemble | NoduleEnsemble, case: NoduleCase, spec: PatchSpec
+) -> dict:
     """Probability, logit and segmentation quality for one nodule."""
     patch = sample_patch(case.image, case.center_ras, spec)
     prediction = predict(model, patch, spec)
@@ -76,7 +79,7 @@ def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCa
 
 
 def out_of_fold(
-    model: NoduleEnsemble,
+    model: GroupedEnsemble | NoduleEnsemble,
     member_folds: list[int],
     cases: list[NoduleCase],
     spec: PatchSpec,
@@ -85,8 +88,9 @@ def out_of_fold(
     """Every case judged by the members whose training left out the case's fold."""
     rows = []
     iterator = _with_progress(cases, progress)
+    engine = as_engine(model)
     views = {
-        fold: member_subset(model, [i for i, f in enumerate(member_folds) if f == fold])
+        fold: engine.subset([i for i, f in enumerate(member_folds) if f == fold])
         for fold in set(member_folds)
     }
     for case in iterator:
@@ -97,7 +101,10 @@ def out_of_fold(
 
 
 def evaluate_cases(
-    model: NoduleEnsemble, cases: list[NoduleCase], spec: PatchSpec, progress: bool = False
+    model: GroupedEnsemble | NoduleEnsemble,
+    cases: list[NoduleCase],
+    spec: PatchSpec,
+    progress: bool = False,
 ) -> list[dict]:
     """Every case judged by the whole model: for a held-out split that no member has seen."""
     return [evaluate_case(model, case, spec) for case in _with_progress(cases, progress)]

@@ -1,45 +1,95 @@
-"""The ensemble's members run as one network: each layer a grouped convolution over all members.
+"""The ensemble as the engine runs it: plain PyTorch, built from the weights alone.
 
-A click runs the members on one 32^3 patch several times: the context-box passes, one input at a
-time, then the flipped copies. Run member by member, a batch of one gets PyTorch's slow
-reference convolution (oneDNN is only chosen for batches, groups or large inputs) and pays the
-per-operation overhead once per member. Stacking the members' weights along the channel axis,
-with ``groups`` = number of members, computes exactly the same sums in one oneDNN call per
-layer, three times faster here: member ``m`` owns channels ``[m * C, (m + 1) * C)`` of every
-feature map, and nothing mixes them. For a batch (several nodules of a ``medcnn batch`` run,
-or the flipped copies) oneDNN's plain convolutions beat its grouped ones, so
-``ensemble_outputs`` runs a batch member by member: both ways give the same numbers.
+The members are trained as ``medcnn.network.NoduleNet``s, built from MONAI's blocks. A click
+needs none of MONAI's machinery to run them, and importing MONAI (its ``__init__`` imports
+every submodule, scipy.signal, matplotlib and itk with them) is a third of a cold click. So the
+engine builds the network it runs straight from the bundle's state dict, in eval mode, and never
+imports MONAI; ``tests/test_speed_equivalence.py`` checks it against the MONAI-built members.
 
-Both ways fold each batch norm into the convolution before it (``_folded``): in eval mode a
-batch norm is a per-channel ``x * scale + shift``, which the convolution's weight and bias can
-carry, so each feature map is passed over once fewer (batch norm was 4-5 % of a batch's time).
-
-``GroupedEnsemble`` is built from a ``NoduleEnsemble`` in eval mode and mirrors
-``NoduleNet.forward`` and ``NoduleEnsemble.member_outputs`` line by line;
-``tests/test_speed_equivalence.py`` checks it against the members run one by one.
+It also runs faster than the members one by one:
+- **Grouped** (a batch of one: each context-box pass of a click). Each layer is one grouped
+  convolution over all members: their weights stacked along the output channels, ``groups`` =
+  number of members, member ``m`` owning channels ``[m * C, (m + 1) * C)`` of every feature map.
+  A batch of one run member by member gets PyTorch's slow reference convolution (oneDNN is only
+  chosen for batches, groups or large inputs) and pays the per-operation overhead once per
+  member; grouped, it is one oneDNN call per layer, three times faster here.
+- **Member by member** (batches: several nodules of a ``medcnn batch`` run, flipped copies),
+  with each member's slice of the same weights and the input channels-last, where oneDNN's plain
+  convolutions beat its grouped ones (about 1.8 times faster per input than grouped).
+Both ways compute the same sums, and both fold each batch norm into the convolution before it:
+in eval mode a batch norm is a per-channel ``x * scale + shift``, which the convolution's weight
+and bias can carry, so each feature map is passed over once fewer.
 """
 
 from __future__ import annotations
 
-import copy
+import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from torch import nn
 
-from medcnn.network import NoduleEnsemble, NoduleNet
 from medcnn.nodule_features import nodule_features
+
+if TYPE_CHECKING:
+    from medcnn.network import NoduleEnsemble
+
+_LAST = torch.channels_last_3d
+BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm3d's default, which MONAI's "batch" norm uses
+
+# NoduleNet's layers in the order they run: (state-dict prefix, stride, transposed, kind).
+# "block": a MONAI Convolution (conv, batch norm, PReLU); "conv": a bare convolution.
+_LAYERS = (
+    ("stem", 1, False, "block"),
+    ("enc1.conv.unit0", 2, False, "block"),
+    ("enc1.conv.unit1", 1, False, "block"),
+    ("enc1.residual", 2, False, "conv"),
+    ("enc2.conv.unit0", 2, False, "block"),
+    ("enc2.conv.unit1", 1, False, "block"),
+    ("enc2.residual", 2, False, "conv"),
+    ("enc3.conv.unit0", 2, False, "block"),
+    ("enc3.conv.unit1", 1, False, "block"),
+    ("enc3.residual", 2, False, "conv"),
+    ("up3", 2, True, "block"),
+    ("dec2", 1, False, "block"),
+    ("up2", 2, True, "block"),
+    ("dec1", 1, False, "block"),
+    ("seg_out", 1, False, "conv"),
+)
+_BLOCK_KEYS = (
+    "conv.weight",
+    "conv.bias",
+    "adn.N.weight",
+    "adn.N.bias",
+    "adn.N.running_mean",
+    "adn.N.running_var",
+    "adn.N.num_batches_tracked",
+    "adn.A.weight",
+)
+_HEAD_KEYS = (
+    "head.2.weight",
+    "head.2.bias",
+    "head.3.weight",
+    "malignancy.weight",
+    "malignancy.bias",
+    "rating.weight",
+    "rating.bias",
+    "descriptors.weight",
+    "descriptors.bias",
+)
+_ENSEMBLE_BUFFERS = ("feature_mean", "feature_std", "head_weight", "head_bias")
+_MEMBER_KEY = re.compile(r"members\.(\d+)\.(.+)")
 
 
 @dataclass(frozen=True)
 class GroupedOutputs:
-    """``member_outputs``' three tensors, and the activations the heatmap is computed from:
-    ``encoder`` (the deepest encoder level, B, M*C3, ...) and ``decoder`` (``dec2``'s output,
-    B, M*C2, ...), both in the grouped channel layout."""
+    """``NoduleEnsemble.member_outputs``' three tensors, and the activations the heatmap is
+    computed from: ``encoder`` (the deepest encoder level, B, M*C3, ...) and ``decoder``
+    (``dec2``'s output, B, M*C2, ...), both in the grouped channel layout."""
 
     probability: torch.Tensor
     features: torch.Tensor
@@ -53,35 +103,81 @@ class GroupedOutputs:
         return GroupedOutputs(*(getattr(self, f.name)[part] for f in fields(self)))
 
 
-class _GroupedConvolution(nn.Module):
-    """A MONAI ``Convolution`` block (conv, batch norm, PReLU) of every member, as one."""
+def member_states(state: Mapping[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """A ``NoduleEnsemble`` state dict's members, each as its own ``NoduleNet`` state dict."""
+    members: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        match = _MEMBER_KEY.fullmatch(key)
+        if match:
+            members.setdefault(int(match[1]), {})[match[2]] = value
+    return {index: members[index] for index in sorted(members)}
 
-    def __init__(self, blocks: list[nn.Module], channels_last: bool = False) -> None:
+
+def expected_member_keys() -> set[str]:
+    """The keys of one ``NoduleNet``'s state dict, as the engine reads them."""
+    keys = set(_HEAD_KEYS)
+    for prefix, _, _, kind in _LAYERS:
+        suffixes = _BLOCK_KEYS if kind == "block" else ("weight", "bias")
+        keys.update(f"{prefix}.{suffix}" for suffix in suffixes)
+    return keys
+
+
+class _Layer(nn.Module):
+    """One convolution of every member, stacked along the output channels, with the batch norm
+    after it folded in and its PReLU, if the layer has them."""
+
+    def __init__(
+        self, members: list[dict[str, torch.Tensor]], prefix: str, stride: int, transposed: bool
+    ) -> None:
         super().__init__()
-        convs = [b.conv for b in blocks]
-        self.conv = _GroupedConv(convs, channels_last)
-        norms = [b.adn.N for b in blocks]
-        acts = [b.adn.A for b in blocks]
-        if any(set(b.adn._modules) != {"N", "A"} for b in blocks) or any(
-            a.weight.numel() != 1 for a in acts
-        ):
-            raise TypeError("only conv -> batch norm -> PReLU blocks can be grouped")
-        affines = [_batch_norm_affine(n) for n in norms]
-        scale, shift = torch.cat([a[0] for a in affines]), torch.cat([a[1] for a in affines])
-        self.conv.weight, self.conv.bias = _folded(
-            self.conv.weight, self.conv.bias, scale, shift, self.conv.transposed, len(blocks)
-        )
-        per_channel = [a.weight.expand(n.num_features) for a, n in zip(acts, norms, strict=True)]
-        self.register_buffer("slope", torch.cat(per_channel).contiguous())
+        block = f"{prefix}.conv.weight" in members[0]
+        conv = f"{prefix}.conv." if block else f"{prefix}."
+        weights = [m[conv + "weight"] for m in members]
+        biases = [m[conv + "bias"] for m in members]
+        if block:
+            for index, member in enumerate(members):
+                scale, shift = _batch_norm_affine(member, f"{prefix}.adn.N.")
+                weights[index], biases[index] = _folded(
+                    weights[index], biases[index], scale, shift, transposed
+                )
+        self.register_buffer("weight", torch.cat(weights).contiguous())
+        self.register_buffer("bias", torch.cat(biases).contiguous())
+        slope = None
+        if block:
+            slopes = [m[f"{prefix}.adn.A.weight"] for m in members]
+            channels = biases[0].shape[0]
+            slope = torch.cat([s.expand(channels) for s in slopes]).contiguous()
+        self.register_buffer("slope", slope)
+        self.transposed, self.stride = transposed, stride
+        self.padding = weights[0].shape[-1] // 2
+        self.n_members = len(members)
+        # A transposed convolution keeps its output channels on the weight's second axis.
+        self.out_per_member = biases[0].shape[0]
+        self.in_per_member = weights[0].shape[0] if transposed else weights[0].shape[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.prelu(self.conv(x), self.slope)
+    def forward(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """All members grouped (``member`` None; input B, M*C_in, ...) or one member alone."""
+        weight, bias, slope, groups = self.weight, self.bias, self.slope, self.n_members
+        if member is not None:
+            out = slice(member * self.out_per_member, (member + 1) * self.out_per_member)
+            inp = slice(member * self.in_per_member, (member + 1) * self.in_per_member)
+            weight = weight[inp] if self.transposed else weight[out]
+            bias, slope, groups = bias[out], None if slope is None else slope[out], 1
+        if self.transposed:
+            y = F.conv_transpose3d(
+                x, weight, bias, self.stride, self.padding, self.stride - 1, groups
+            )
+        else:
+            y = F.conv3d(x, weight, bias, self.stride, self.padding, 1, groups)
+        return y if slope is None else F.prelu(y, slope)
 
 
-def _batch_norm_affine(norm: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_norm_affine(
+    state: Mapping[str, torch.Tensor], prefix: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch norm in eval mode as ``x * scale + shift`` per channel."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    return scale, norm.bias - norm.running_mean * scale
+    scale = state[prefix + "weight"] / torch.sqrt(state[prefix + "running_var"] + BATCH_NORM_EPS)
+    return scale, state[prefix + "bias"] - state[prefix + "running_mean"] * scale
 
 
 def _folded(
@@ -90,85 +186,19 @@ def _folded(
     scale: torch.Tensor,
     shift: torch.Tensor,
     transposed: bool,
-    groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A convolution's weight and bias with the per-output-channel ``x * scale + shift`` after
-    it folded in: one pass over the feature map fewer, the same sums up to rounding.
-
-    A ``ConvTranspose3d`` keeps its output channels on the weight's second axis, per group.
-    """
-    kernel = weight.shape[2:]
-    if transposed:
-        per_group = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], *kernel)
-        scaled = per_group * scale.reshape(groups, 1, -1, *[1] * len(kernel))
-        folded = scaled.reshape(weight.shape)
-    else:
-        folded = weight * scale.reshape(-1, *[1] * (weight.ndim - 1))
-    return folded.contiguous(), bias * scale + shift
-
-
-class _GroupedConv(nn.Module):
-    """Conv3d or ConvTranspose3d of every member, as one grouped layer.
-
-    ``channels_last``: run it on a channels-last copy of the input, where oneDNN has a fast
-    kernel for groups of very few input channels (the stem's two, four times faster here).
-    """
-
-    def __init__(self, convs: list[nn.Module], channels_last: bool = False) -> None:
-        super().__init__()
-        self.channels_last = channels_last
-        first = convs[0]
-        self.transposed = isinstance(first, nn.ConvTranspose3d)
-        if first.groups != 1 or not isinstance(first, (nn.Conv3d, nn.ConvTranspose3d)):
-            raise TypeError("only plain Conv3d / ConvTranspose3d layers can be grouped")
-        self.groups = len(convs)
-        self.register_buffer("weight", torch.cat([c.weight for c in convs]).contiguous())
-        self.register_buffer("bias", torch.cat([c.bias for c in convs]))
-        self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
-        self.output_padding = getattr(first, "output_padding", (0, 0, 0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            return self._convolve(x.contiguous(memory_format=torch.channels_last_3d)).contiguous()
-        return self._convolve(x)
-
-    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
-        if self.transposed:
-            return F.conv_transpose3d(
-                x,
-                self.weight,
-                self.bias,
-                self.stride,
-                self.padding,
-                self.output_padding,
-                self.groups,
-                self.dilation,
-            )
-        return F.conv3d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
-
-
-class _GroupedResidualUnit(nn.Module):
-    """A MONAI ``ResidualUnit`` (subunits plus a strided residual convolution), grouped."""
-
-    def __init__(self, units: list[nn.Module]) -> None:
-        super().__init__()
-        names = list(units[0].conv._modules)
-        self.subunits = nn.ModuleList(
-            _GroupedConvolution([u.conv._modules[n] for u in units]) for n in names
-        )
-        self.residual = _GroupedConv([u.residual for u in units])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = self.residual(x)
-        for unit in self.subunits:
-            x = unit(x)
-        return x + residual
+    """One member's convolution weight and bias with the per-output-channel
+    ``x * scale + shift`` after it folded in: the same sums up to rounding. A transposed
+    convolution keeps its output channels on the weight's second axis (``C_in, C_out, ...``)."""
+    shape = [1] * weight.ndim
+    shape[1 if transposed else 0] = -1
+    return weight * scale.reshape(shape), bias * scale + shift
 
 
 def _cat_members(a: torch.Tensor, b: torch.Tensor, members: int) -> torch.Tensor:
     """``torch.cat([a, b], 1)`` done per member, so each member's channels stay together."""
+    if members == 1:
+        return torch.cat([a, b], 1)
     batch, spatial = a.shape[0], a.shape[2:]
     joined = torch.cat(
         [a.reshape(batch, members, -1, *spatial), b.reshape(batch, members, -1, *spatial)], 2
@@ -177,127 +207,170 @@ def _cat_members(a: torch.Tensor, b: torch.Tensor, members: int) -> torch.Tensor
 
 
 class GroupedEnsemble(nn.Module):
-    """All members of a ``NoduleEnsemble`` in one grouped network; weights copied at build."""
+    """The shipped model as the engine runs it, built from a ``NoduleEnsemble``'s state dict.
 
-    def __init__(self, model: NoduleEnsemble) -> None:
+    ``members`` picks some of the state's members (in that order), for the one-member localiser
+    and for judging a fold's patients with only the members that never saw them.
+    """
+
+    def __init__(
+        self, state: Mapping[str, torch.Tensor], members: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
-        members: list[NoduleNet] = list(model.members)
-        if not members:
-            raise ValueError("an ensemble without members cannot be grouped")
-        self.n_members = len(members)
-        self.in_channels = members[0].stem.conv.in_channels
-        self.stem = _GroupedConvolution([m.stem for m in members], channels_last=True)
-        self.enc1 = _GroupedResidualUnit([m.enc1 for m in members])
-        self.enc2 = _GroupedResidualUnit([m.enc2 for m in members])
-        self.enc3 = _GroupedResidualUnit([m.enc3 for m in members])
-        self.up3 = _GroupedConvolution([m.up3 for m in members])
-        self.dec2 = _GroupedConvolution([m.dec2 for m in members])
-        self.up2 = _GroupedConvolution([m.up2 for m in members])
-        self.dec1 = _GroupedConvolution([m.dec1 for m in members])
-        self.seg_out = _GroupedConv([m.seg_out for m in members])
-        hidden = [m.head[2] for m in members]
-        self.register_buffer("hidden_weight", torch.stack([h.weight for h in hidden]))
-        self.register_buffer("hidden_bias", torch.stack([h.bias for h in hidden]))
-        self.register_buffer("hidden_slope", torch.stack([m.head[3].weight for m in members]))
-        outputs = [
-            torch.cat([m.malignancy.weight, m.rating.weight, m.descriptors.weight]) for m in members
-        ]
-        output_bias = [
-            torch.cat([m.malignancy.bias, m.rating.bias, m.descriptors.bias]) for m in members
-        ]
-        self.register_buffer("output_weight", torch.stack(outputs))
-        self.register_buffer("output_bias", torch.stack(output_bias))
-        for name in ("feature_mean", "feature_std", "head_weight", "head_bias"):
-            self.register_buffer(name, getattr(model, name).detach().clone())
+        every = member_states(state)
+        chosen = list(every) if members is None else list(members)
+        if not chosen:
+            raise ValueError("an ensemble without members cannot be run")
+        parts = [every[index] for index in chosen]
+        expected = expected_member_keys()
+        for index, part in zip(chosen, parts, strict=True):
+            if set(part) != expected:
+                raise ValueError(f"member {index}'s weights are not a NoduleNet's")
+        # Ordinary tensors even when built inside ``torch.inference_mode`` (a subset on a click):
+        # the heatmap differentiates through the head's weights.
+        with torch.inference_mode(False), torch.no_grad():
+            self._build(state, chosen, parts)
         self.eval()
 
-    def forward(self, x: torch.Tensor) -> GroupedOutputs:
-        """(B, 2, N, N, N) -> each member's outputs, as ``NoduleEnsemble.member_outputs``."""
-        m, batch = self.n_members, x.shape[0]
-        s0 = self.stem(x.clamp(max=1.0).repeat(1, m, 1, 1, 1))
-        s1 = self.enc1(s0)
-        s2 = self.enc2(s1)
-        s3 = self.enc3(s2)
-        d2 = self.dec2(_cat_members(self.up3(s3), s2, m))
-        d1 = self.dec1(_cat_members(self.up2(d2), s1, m))
-        pooled = torch.cat(
-            [s3.mean((2, 3, 4)).reshape(batch, m, -1), d2.mean((2, 3, 4)).reshape(batch, m, -1)], 2
+    def _build(
+        self,
+        state: Mapping[str, torch.Tensor],
+        chosen: list[int],
+        parts: list[dict[str, torch.Tensor]],
+    ) -> None:
+        self._state, self._members = state, chosen
+        self._subsets: dict[tuple[int, ...], GroupedEnsemble] = {}
+        self.n_members = len(parts)
+        self.layers = nn.ModuleDict(
+            {
+                prefix.replace(".", "_"): _Layer(parts, prefix, stride, transposed)
+                for prefix, stride, transposed, _ in _LAYERS
+            }
         )
+        self.register_buffer("hidden_weight", torch.stack([p["head.2.weight"] for p in parts]))
+        self.register_buffer("hidden_bias", torch.stack([p["head.2.bias"] for p in parts]))
+        self.register_buffer("hidden_slope", torch.stack([p["head.3.weight"] for p in parts]))
+        outputs = [
+            torch.cat([p["malignancy.weight"], p["rating.weight"], p["descriptors.weight"]])
+            for p in parts
+        ]
+        biases = [
+            torch.cat([p["malignancy.bias"], p["rating.bias"], p["descriptors.bias"]])
+            for p in parts
+        ]
+        self.register_buffer("output_weight", torch.stack(outputs))
+        self.register_buffer("output_bias", torch.stack(biases))
+        for name in _ENSEMBLE_BUFFERS:
+            self.register_buffer(name, state[name].detach().clone())
+
+    def subset(self, members: Sequence[int]) -> GroupedEnsemble:
+        """Some of this ensemble's members (indices into it), built once while in use."""
+        key = tuple(members)
+        if not all(0 <= i < self.n_members for i in key):
+            raise IndexError(f"the ensemble has {self.n_members} members; asked for {key}")
+        if key not in self._subsets:
+            self._subsets[key] = GroupedEnsemble(self._state, [self._members[i] for i in key])
+        return self._subsets[key]
+
+    def combine(self, features: torch.Tensor) -> torch.Tensor:
+        """The combining head: member features (..., F) -> calibrated probabilities (...)."""
+        z = (features - self.feature_mean) / self.feature_std
+        return torch.sigmoid(z @ self.head_weight + self.head_bias)
+
+    def forward(self, x: torch.Tensor) -> GroupedOutputs:
+        """(B, 2, N, N, N) -> each member's outputs, as ``NoduleEnsemble.member_outputs``:
+        grouped for one input, member by member (channels-last) for a batch."""
+        window = x.clamp(max=1.0)  # the window's top; above it is for the measurements
+        if x.shape[0] == 1:
+            stem = self.layers["stem"]
+            s0 = stem(window.repeat(1, self.n_members, 1, 1, 1).to(memory_format=_LAST))
+            encoder, decoder, logits = self._trunk(s0.contiguous(), self.n_members, None)
+        else:
+            window = window.contiguous(memory_format=_LAST)
+            runs = [
+                self._trunk(self.layers["stem"](window, m), 1, m) for m in range(self.n_members)
+            ]
+            encoder, decoder, logits = (torch.cat(part, 1) for part in zip(*runs, strict=True))
+        return self._outputs(x, encoder, decoder, logits)
+
+    def member_logits(self, encoder: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """Each member's malignancy logit (B, M) from its pooled feature maps (grouped layout):
+        the classifier's part of the network, which the heatmap differentiates."""
+        return self._heads(self._pooled(encoder, decoder))[..., 0]
+
+    def _trunk(
+        self, s0: torch.Tensor, m: int, member: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From the stem's output to the deepest encoder level, ``dec2`` and the segmentation
+        logits, for ``m`` members grouped (``member`` None) or one member."""
+        layer = self.layers
+        s1 = self._residual(s0, 1, member)
+        s2 = self._residual(s1, 2, member)
+        s3 = self._residual(s2, 3, member)
+        d2 = layer["dec2"](_cat_members(layer["up3"](s3, member), s2, m), member)
+        d1 = layer["dec1"](_cat_members(layer["up2"](d2, member), s1, m), member)
+        return s3, d2, layer["seg_out"](d1, member)
+
+    def _residual(self, x: torch.Tensor, level: int, member: int | None) -> torch.Tensor:
+        """A MONAI ``ResidualUnit``: two subunits plus a strided residual convolution."""
+        layer = self.layers
+        residual = layer[f"enc{level}_residual"](x, member)
+        y = layer[f"enc{level}_conv_unit0"](x, member)
+        return layer[f"enc{level}_conv_unit1"](y, member) + residual
+
+    def _pooled(self, encoder: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
+        """Each member's spatial means of both maps, side by side: (B, M, C3 + C2)."""
+        batch, m = encoder.shape[0], self.n_members
+        means = [maps.mean((2, 3, 4)).reshape(batch, m, -1) for maps in (encoder, decoder)]
+        return torch.cat(means, 2)
+
+    def _heads(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, M, C3 + C2) -> malignancy, rating and descriptors (B, M, 10)."""
         hidden = torch.einsum("bmi,moi->bmo", pooled, self.hidden_weight) + self.hidden_bias
         hidden = torch.where(hidden >= 0, hidden, hidden * self.hidden_slope)
-        heads = torch.einsum("bmi,moi->bmo", hidden, self.output_weight) + self.output_bias
-        logits = self.seg_out(d1)
+        return torch.einsum("bmi,moi->bmo", hidden, self.output_weight) + self.output_bias
+
+    def _outputs(
+        self, x: torch.Tensor, encoder: torch.Tensor, decoder: torch.Tensor, logits: torch.Tensor
+    ) -> GroupedOutputs:
+        batch, m = x.shape[0], self.n_members
+        heads = self._heads(self._pooled(encoder, decoder))
         n = logits.shape[-1]
+        # Each half-resolution voxel's 8 channels are its 2x2x2 children (a 3D pixel shuffle).
         shuffled = logits.reshape(batch * m, 2, 2, 2, n, n, n).permute(0, 4, 1, 5, 2, 6, 3)
         segmentation = torch.sigmoid(shuffled.reshape(batch, m, 2 * n, 2 * n, 2 * n))
         features = torch.cat([heads, nodule_features(x[:, 0], segmentation)], 2)
-        z = (features - self.feature_mean) / self.feature_std
-        probability = torch.sigmoid(z @ self.head_weight + self.head_bias)
-        return GroupedOutputs(probability, features, segmentation, s3, d2)
+        probability = self.combine(features)
+        return GroupedOutputs(
+            probability, features, segmentation, encoder.contiguous(), decoder.contiguous()
+        )
 
 
-def ensemble_outputs(model: NoduleEnsemble, x: torch.Tensor) -> GroupedOutputs:
-    """Every member's outputs for a batch of inputs (B, 2, N, N, N), the fastest exact way.
+def as_engine(model: GroupedEnsemble | NoduleEnsemble) -> GroupedEnsemble:
+    """The engine's network of a model: itself, or a ``NoduleEnsemble``'s (training's, the
+    tests') grouped twin, built once and rebuilt if its weights change.
 
-    One input goes through the grouped twin; a batch goes member by member, in the channels-last
-    layout where oneDNN is another 10-15 % faster: together about 1.8 times faster per input
-    than the twin on two cores. The activations come in the grouped layout either way.
-    """
-    if x.shape[0] == 1:
-        return grouped_ensemble(model)(x)
-    out = folded_ensemble(model).member_outputs(x.contiguous(memory_format=torch.channels_last_3d))
-    return GroupedOutputs(
-        out["probability"], out["features"], out["segmentation"], out["encoder"], out["decoder"]
-    )
-
-
-_CACHES: dict[str, weakref.WeakKeyDictionary[NoduleEnsemble, tuple[tuple, nn.Module]]] = {
-    "grouped": weakref.WeakKeyDictionary(),
-    "folded": weakref.WeakKeyDictionary(),
-}
-
-
-def grouped_ensemble(model: NoduleEnsemble) -> GroupedEnsemble:
-    """The grouped twin of an ensemble in eval mode, built once and rebuilt if its weights change.
-
-    The weights are copied, so the twin is checked against the ensemble's tensors and their
+    The twin's weights are copies, so it is checked against the ensemble's tensors and their
     version counters (bumped by every in-place change, ``load_state_dict`` included) on each use.
     """
-    return _derived(model, "grouped", GroupedEnsemble)  # type: ignore[return-value]
-
-
-def folded_ensemble(model: NoduleEnsemble) -> NoduleEnsemble:
-    """A copy of an ensemble in eval mode whose batch norms are folded into the convolutions
-    before them, for batches: the members' own layers, a pass over each feature map fewer.
-    Built once and rebuilt if the ensemble's weights change, as ``grouped_ensemble``."""
-    return _derived(model, "folded", _fold_batch_norms)  # type: ignore[return-value]
-
-
-def _fold_batch_norms(model: NoduleEnsemble) -> NoduleEnsemble:
-    folded = copy.deepcopy(model)
-    for block in folded.modules():
-        norm = getattr(getattr(block, "adn", None), "N", None)
-        if isinstance(block, Convolution) and isinstance(norm, nn.BatchNorm3d):
-            conv = block.conv
-            weight, bias = _folded(
-                conv.weight, conv.bias, *_batch_norm_affine(norm), conv.transposed, conv.groups
-            )
-            conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
-            block.adn.N = nn.Identity()
-    return folded.eval()
-
-
-def _derived(
-    model: NoduleEnsemble, kind: str, build: Callable[[NoduleEnsemble], nn.Module]
-) -> nn.Module:
-    """``build(model)``, kept until the ensemble's weights change (see ``grouped_ensemble``)."""
+    if isinstance(model, GroupedEnsemble):
+        return model
     if model.training:
-        raise ValueError("the ensemble must be in eval mode (model.eval()) to be grouped")
+        raise ValueError("the ensemble must be in eval mode (model.eval()) to be run")
     state = tuple((id(t), t._version) for t in (*model.parameters(), *model.buffers()))
-    cached = _CACHES[kind].get(model)
+    cached = _TWINS.get(model)
     if cached is not None and cached[0] == state:
         return cached[1]
-    with torch.no_grad():
-        derived = build(model)
-    _CACHES[kind][model] = (state, derived)
-    return derived
+    twin = GroupedEnsemble(model.state_dict())
+    _TWINS[model] = (state, twin)
+    return twin
+
+
+_TWINS: weakref.WeakKeyDictionary[NoduleEnsemble, tuple[tuple, GroupedEnsemble]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ensemble_outputs(model: GroupedEnsemble | NoduleEnsemble, x: torch.Tensor) -> GroupedOutputs:
+    """Every member's outputs for a batch of inputs (B, 2, N, N, N), the fastest exact way."""
+    return as_engine(model)(x)

@@ -27,16 +27,18 @@ Setting ``FLIPS`` to several axis tuples turns them on.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from medcnn.grouped import GroupedOutputs, ensemble_outputs
+from medcnn.grouped import GroupedEnsemble, GroupedOutputs, as_engine, ensemble_outputs
 from medcnn.measure import component_nearest_centre
-from medcnn.network import NoduleEnsemble, member_subset
 from medcnn.preprocessing import Patch, PatchSpec, context_box, network_input
+
+if TYPE_CHECKING:
+    from medcnn.network import NoduleEnsemble
 
 MAX_BOX_PASSES = 4
 LOCALISER_MEMBER = 0
@@ -70,7 +72,7 @@ class Prediction:
 
 
 def _with_flips(
-    model: NoduleEnsemble, x: np.ndarray, unflipped: GroupedOutputs | None
+    engine: GroupedEnsemble, x: np.ndarray, unflipped: GroupedOutputs | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GroupedOutputs]:
     """Member features and probabilities, and the mean segmentation, over the flipped copies.
 
@@ -80,42 +82,45 @@ def _with_flips(
     """
     batch = torch.from_numpy(x)[None]
     if unflipped is None:
-        unflipped = ensemble_outputs(model, batch)
+        unflipped = ensemble_outputs(engine, batch)
     segmentations, features = unflipped.segmentation, unflipped.features
     if len(FLIPS) > 1:
-        flipped = model.member_outputs(torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
-        segmentations = torch.cat([segmentations, flipped["segmentation"]])
-        features = torch.cat([features, flipped["features"]])
+        flipped = ensemble_outputs(engine, torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
+        segmentations = torch.cat([segmentations, flipped.segmentation])
+        features = torch.cat([features, flipped.features])
     segs = [
         s.flip([d - 1 for d in dims]) if dims else s
         for s, dims in zip(segmentations.mean(1, keepdim=True), FLIPS, strict=True)
     ]
     features = features.mean(0)
-    probabilities = model.combine(features)
+    probabilities = engine.combine(features)
     segmentation = torch.stack(segs).mean(0)[0]
     return features.numpy(), probabilities.numpy(), segmentation.numpy(), unflipped
 
 
 @torch.inference_mode()
-def predict(model: NoduleEnsemble, patch: Patch, spec: PatchSpec) -> Prediction:
+def predict(model: GroupedEnsemble | NoduleEnsemble, patch: Patch, spec: PatchSpec) -> Prediction:
     """The ensemble's answer for a patch cut with ``sample_patch``."""
     return predict_many(model, [patch], spec)[0]
 
 
 @torch.inference_mode()
-def predict_many(model: NoduleEnsemble, patches: list[Patch], spec: PatchSpec) -> list[Prediction]:
+def predict_many(
+    model: GroupedEnsemble | NoduleEnsemble, patches: list[Patch], spec: PatchSpec
+) -> list[Prediction]:
     """The answers for several patches, the same as ``predict`` on each, computed together.
 
     Each context-box pass runs the nodules whose box has not settled yet as one batch, which
     is what makes ``medcnn batch`` faster per nodule than one click at a time.
     """
+    engine = as_engine(model)
     boxes = [context_box(None, spec) for _ in patches]
     settled: list[GroupedOutputs | None] = [None] * len(patches)
     passes = [0] * len(patches)
     pending = list(range(len(patches)))
     while pending:
         # Every pending nodule is at the same pass: all at the first, or all past it.
-        net = localiser(model) if passes[pending[0]] == 0 else model
+        net = localiser(engine) if passes[pending[0]] == 0 else engine
         inputs = np.stack([network_input(patches[i], boxes[i], spec) for i in pending])
         out = ensemble_outputs(net, torch.from_numpy(inputs))
         still = []
@@ -123,7 +128,7 @@ def predict_many(model: NoduleEnsemble, patches: list[Patch], spec: PatchSpec) -
             passes[i] += 1
             segmentation = out.segmentation[row].mean(0).numpy()
             new_box = context_box(_central_component(segmentation), spec)
-            if net is model and box_settled(new_box, boxes[i]):
+            if net is engine and box_settled(new_box, boxes[i]):
                 settled[i] = out.take(row)  # the judged input below is exactly this pass's input
             elif passes[i] < MAX_BOX_PASSES:
                 boxes[i] = new_box
@@ -134,7 +139,7 @@ def predict_many(model: NoduleEnsemble, patches: list[Patch], spec: PatchSpec) -
     predictions = []
     for i, patch in enumerate(patches):
         x = network_input(patch, boxes[i], spec)
-        features, probabilities, segmentation, unflipped = _with_flips(model, x, settled[i])
+        features, probabilities, segmentation, unflipped = _with_flips(engine, x, settled[i])
         activations = (unflipped.encoder, unflipped.decoder)
         predictions.append(
             Prediction(probabilities, features, segmentation, x, patch, passes[i], activations)
@@ -142,18 +147,9 @@ def predict_many(model: NoduleEnsemble, patches: list[Patch], spec: PatchSpec) -
     return predictions
 
 
-def localiser(model: NoduleEnsemble) -> NoduleEnsemble:
-    """The ensemble's ``LOCALISER_MEMBER`` alone (the model itself if it has one member)."""
-    if len(model.members) == 1:
-        return model
-    cached = _LOCALISERS.get(model)
-    if cached is None or cached.members[0] is not model.members[LOCALISER_MEMBER]:
-        cached = member_subset(model, [LOCALISER_MEMBER])
-        _LOCALISERS[model] = cached
-    return cached
-
-
-_LOCALISERS: weakref.WeakKeyDictionary[NoduleEnsemble, NoduleEnsemble] = weakref.WeakKeyDictionary()
+def localiser(engine: GroupedEnsemble) -> GroupedEnsemble:
+    """The ensemble's ``LOCALISER_MEMBER`` alone (the ensemble itself if it has one member)."""
+    return engine if engine.n_members == 1 else engine.subset([LOCALISER_MEMBER])
 
 
 def box_settled(new_box: np.ndarray, box: np.ndarray) -> bool:
