@@ -142,7 +142,7 @@ def network(args: dict) -> dict:
         "rss_after_import_mb": rss,
         "box_passes": passes,
         "box_passes_median": statistics.median(passes),
-        "members": len(model.members),
+        "members": model.n_members,
         "threads": torch.get_num_threads(),
     }
 

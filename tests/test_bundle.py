@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcnn.bundle import default_bundle_dir, load_ensemble, sha256_of
+from medcnn.bundle import (
+    default_bundle_dir,
+    load_engine,
+    load_ensemble,
+    load_patch_spec,
+    sha256_of,
+)
 from medcnn.errors import ModelIntegrityError
+from medcnn.preprocessing import PatchSpec
 
 BUNDLE = default_bundle_dir()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -97,6 +104,58 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     copy = tampered_copy(tmp_path)
     with pytest.raises(ModelIntegrityError, match="SHA-256"):
         load_ensemble(copy, trusted=True)
+
+
+def resigned_copy(tmp_path: Path, state: dict) -> Path:
+    """A bundle copy whose weights are ``state``, with its SHA-256 written into the metadata."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    weights = copy / "models" / "model.pt"
+    torch.save(state, weights)
+    metadata = json.loads((copy / "configs" / "metadata.json").read_text())
+    metadata["medcnn"]["weights_sha256"] = sha256_of(weights)
+    (copy / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return copy
+
+
+@pytest.mark.parametrize("loader", [load_engine, load_ensemble], ids=["engine", "monai"])
+def test_weights_that_are_not_the_network_are_refused_with_a_sentence(
+    tmp_path: Path, loader
+) -> None:
+    """Both ways of loading the model refuse a signed file that is not a MedCNN ensemble."""
+    state = dict(torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
+    state["members.2.dec1.conv.weight"] = state["members.2.dec1.conv.weight"][:, :8]
+    with pytest.raises(ModelIntegrityError, match="cannot be loaded.*reinstall"):
+        loader(resigned_copy(tmp_path, state), trusted=True)
+
+
+def test_the_engine_and_the_monai_network_load_the_same_model(tmp_path: Path) -> None:
+    engine, engine_info = load_engine(BUNDLE)
+    model, model_info = load_ensemble(BUNDLE)
+    assert engine_info == model_info
+    assert engine.n_members == len(model.members) == len(METADATA["medcnn"]["member_folds"])
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            engine(x).probability, model.member_outputs(x)["probability"], atol=1e-5, rtol=0
+        )
+
+
+def test_preprocessing_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    """The click reads inference.json's preprocessing as plain numbers, never as code."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    config = json.loads((copy / "configs" / "inference.json").read_text())
+    config["preprocessing"]["spacing_mm"] = "$__import__('os').system('true')"
+    (copy / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelIntegrityError, match="spacing_mm.*not a number"):
+        load_patch_spec(copy)
+    assert load_patch_spec(BUNDLE) == PatchSpec(**_numbers(BUNDLE))
+
+
+def _numbers(bundle: Path) -> dict:
+    section = json.loads((bundle / "configs" / "inference.json").read_text())["preprocessing"]
+    return {k: v for k, v in section.items() if k != "_target_"}
 
 
 def test_another_bundle_needs_an_explicit_trust_flag(tmp_path: Path) -> None:

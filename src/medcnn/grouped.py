@@ -127,10 +127,14 @@ class _Layer(nn.Module):
     after it folded in and its PReLU, if the layer has them."""
 
     def __init__(
-        self, members: list[dict[str, torch.Tensor]], prefix: str, stride: int, transposed: bool
+        self,
+        members: list[dict[str, torch.Tensor]],
+        prefix: str,
+        stride: int,
+        transposed: bool,
+        block: bool,
     ) -> None:
         super().__init__()
-        block = f"{prefix}.conv.weight" in members[0]
         conv = f"{prefix}.conv." if block else f"{prefix}."
         weights = [m[conv + "weight"] for m in members]
         biases = [m[conv + "bias"] for m in members]
@@ -243,8 +247,8 @@ class GroupedEnsemble(nn.Module):
         self.n_members = len(parts)
         self.layers = nn.ModuleDict(
             {
-                prefix.replace(".", "_"): _Layer(parts, prefix, stride, transposed)
-                for prefix, stride, transposed, _ in _LAYERS
+                prefix.replace(".", "_"): _Layer(parts, prefix, stride, transposed, kind == "block")
+                for prefix, stride, transposed, kind in _LAYERS
             }
         )
         self.register_buffer("hidden_weight", torch.stack([p["head.2.weight"] for p in parts]))
@@ -284,12 +288,10 @@ class GroupedEnsemble(nn.Module):
         if x.shape[0] == 1:
             stem = self.layers["stem"]
             s0 = stem(window.repeat(1, self.n_members, 1, 1, 1).to(memory_format=_LAST))
-            encoder, decoder, logits = self._trunk(s0.contiguous(), self.n_members, None)
+            encoder, decoder, logits = self._trunk(s0.contiguous(), None)
         else:
             window = window.contiguous(memory_format=_LAST)
-            runs = [
-                self._trunk(self.layers["stem"](window, m), 1, m) for m in range(self.n_members)
-            ]
+            runs = [self._trunk(self.layers["stem"](window, m), m) for m in range(self.n_members)]
             encoder, decoder, logits = (torch.cat(part, 1) for part in zip(*runs, strict=True))
         return self._outputs(x, encoder, decoder, logits)
 
@@ -299,11 +301,11 @@ class GroupedEnsemble(nn.Module):
         return self._heads(self._pooled(encoder, decoder))[..., 0]
 
     def _trunk(
-        self, s0: torch.Tensor, m: int, member: int | None
+        self, s0: torch.Tensor, member: int | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From the stem's output to the deepest encoder level, ``dec2`` and the segmentation
-        logits, for ``m`` members grouped (``member`` None) or one member."""
-        layer = self.layers
+        logits, for all members grouped (``member`` None) or one member."""
+        layer, m = self.layers, self.n_members if member is None else 1
         s1 = self._residual(s0, 1, member)
         s2 = self._residual(s1, 2, member)
         s3 = self._residual(s2, 3, member)
