@@ -63,6 +63,33 @@ def test_train_command_makes_a_complete_bundle(shared_data: Path, tmp_path: Path
 
 
 @pytest.mark.data
+def test_training_one_fold_is_refused_before_it_starts(shared_data: Path, tmp_path: Path) -> None:
+    """A release's head is fitted on other folds' predictions: one fold could train for
+    minutes and then fail, so it is refused up front, with the fix, and nothing is written."""
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcnn.cli",
+            "train",
+            "--data",
+            str(shared_data / "lidc_voi"),
+            "--run-dir",
+            str(run_dir),
+            "--folds",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "at least two folds" in done.stderr and "--folds" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.data
 def test_training_resumes_where_it_stopped(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -185,7 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the new bundle (default RUN_DIR/bundle)",
     )
     train.add_argument(
-        "--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="lidc only: which folds"
+        "--folds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="lidc only: which folds, two or more (the release's head is fitted on each fold's "
+        "out-of-fold predictions from the others)",
     )
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument(

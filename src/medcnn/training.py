@@ -423,6 +423,13 @@ class CrossValidationTrainer:
         limit: int | None = None,
         seeds: list[int] | None = None,
     ) -> None:
+        if len(set(folds)) < 2:
+            raise UsageError(
+                f"Training assembles a release, whose combining head is fitted on the other "
+                f"folds' out-of-fold predictions, so it needs at least two folds, not "
+                f"{sorted(set(folds))}; give two or more with --folds (the shipped model has "
+                "0 1 2 3 4)."
+            )
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.folds, self.settings, self.limit = list(folds), settings, limit
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
