@@ -106,7 +106,9 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
     path = bundle_dir / "configs" / "inference.json"
     try:
         values = json.loads(path.read_text()).get("preprocessing", {})
-    except (OSError, json.JSONDecodeError, AttributeError) as error:
+        if not isinstance(values, dict):
+            raise TypeError("its preprocessing is not a section of numbers")
+    except (OSError, json.JSONDecodeError, AttributeError, TypeError) as error:
         raise ModelIntegrityError(
             f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
         ) from error

@@ -26,8 +26,6 @@ from medcnn.grouped import GroupedEnsemble, as_engine, ensemble_outputs
 if TYPE_CHECKING:
     from medcnn.network import NoduleEnsemble
 
-TARGET_LAYER = "net.dec2"
-
 
 def malignancy_heatmap(
     model: GroupedEnsemble | NoduleEnsemble,
