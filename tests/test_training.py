@@ -20,33 +20,22 @@ from medcnn.network import NoduleNet
 from medcnn.training import TrainSettings, train_fold
 
 
+def medcnn_train(data: Path, run_dir: Path, *options: str) -> subprocess.CompletedProcess:
+    """``medcnn train --data DATA --run-dir RUN_DIR OPTIONS`` in a new process, as users run it."""
+    command = ["train", "--data", str(data), "--run-dir", str(run_dir), *options]
+    return subprocess.run(
+        [sys.executable, "-m", "medcnn.cli", *command], capture_output=True, text=True
+    )
+
+
 @pytest.mark.data
 def test_train_command_makes_a_complete_bundle(shared_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medcnn.cli",
-            "train",
-            "--data",
-            str(shared_data / "lidc_voi"),
-            "--run-dir",
-            str(run_dir),
-            "--folds",
-            "0",
-            "1",
-            "--epochs",
-            "1",
-            "--max-steps",
-            "1",
-            "--limit",
-            "40",
-            "--seeds",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
+    done = medcnn_train(
+        shared_data / "lidc_voi",
+        run_dir,
+        *("--folds", "0", "1", "--epochs", "1", "--max-steps", "1"),
+        *("--limit", "40", "--seeds", "0"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     bundle = run_dir / "bundle"
@@ -67,22 +56,7 @@ def test_training_one_fold_is_refused_before_it_starts(shared_data: Path, tmp_pa
     """A release's head is fitted on other folds' predictions: one fold could train for
     minutes and then fail, so it is refused up front, with the fix, and nothing is written."""
     run_dir = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medcnn.cli",
-            "train",
-            "--data",
-            str(shared_data / "lidc_voi"),
-            "--run-dir",
-            str(run_dir),
-            "--folds",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = medcnn_train(shared_data / "lidc_voi", run_dir, "--folds", "4")
     assert done.returncode == 2
     assert "at least two folds" in done.stderr and "--folds" in done.stderr
     assert "Traceback" not in done.stderr
