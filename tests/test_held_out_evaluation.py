@@ -51,6 +51,7 @@ def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
     assert metrics["n_nodules"] == metrics["n_binary"] == 6
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["auc_reader_diameter"] is not None
     assert metrics["auc_per_fold"] == {} and metrics["auc_worst_fold"] is None  # no folds given
+    assert metrics["mean_uncertainty"] > 0.0  # five members disagree a little
     with open(out / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))
     assert [p["dice"] == "" for p in predictions] == [False, False, True] * 2

@@ -121,8 +121,19 @@ def summarize_benchmark(rows: list[dict], threshold: float) -> dict:
         "threshold": threshold,
         **threshold_metrics(labels, probs, threshold),
         "ece": expected_calibration_error(labels, probs),
-        "mean_uncertainty": float(np.mean([r["uncertainty"] for r in rows])),
+        **mean_uncertainty(rows),
     }
+
+
+def mean_uncertainty(rows: list[dict]) -> dict:
+    """The members' mean spread, where more than one member judged each nodule.
+
+    Out of fold, one member judges each nodule, so its spread is zero by construction: reporting
+    that would read as a model that is always sure.
+    """
+    if not rows or any(len(r["member_features"]) < 2 for r in rows):
+        return {}
+    return {"mean_uncertainty": float(np.mean([r["uncertainty"] for r in rows]))}
 
 
 def summarize(rows: list[dict], threshold: float) -> dict:
@@ -151,7 +162,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         "ece": expected_calibration_error(labels, probs),
         "dice_mean": float(np.mean(dices)) if dices else None,
         "dice_median": float(np.median(dices)) if dices else None,
-        "mean_uncertainty": float(np.mean([r["uncertainty"] for r in rows])),
+        **mean_uncertainty(rows),
     }
 
 
