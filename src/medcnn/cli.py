@@ -316,7 +316,7 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"  outputs: {out / 'result.json'}, {out / 'heatmap.nii.gz'}, "
-        f"{out / 'segmentation.nii.gz'}, {overlay}"
+        f"{out / 'segmentation.nii.gz'}, {Path(overlay).resolve()}"
     )
     print(
         "To see them in 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz "
