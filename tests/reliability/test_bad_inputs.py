@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -398,3 +399,18 @@ def test_after_every_bad_input_the_next_analysis_works_normally(
         Path(p["output_dir"]).name for p in (first, last)
     )
     assert [p.name for p in out.rglob(".*")] == []
+
+
+def test_the_exit_codes_the_program_lists_are_the_readmes(capsys: pytest.CaptureFixture) -> None:
+    """Scripts branch on these codes: ``medcnn exit-codes`` and the README's table must agree."""
+    run = run_cli(capsys, "exit-codes")
+    assert run.code == 0
+    listed = [tuple(line.split(maxsplit=1)) for line in run.stdout.strip().splitlines()]
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    documented = [
+        tuple(cell.strip() for cell in line.strip("|").split("|"))
+        for line in readme.read_text().splitlines()
+        if re.fullmatch(r"\| \d+ \| [^|]+ \|", line)
+    ]
+    assert listed == documented
+    assert {int(code) for code, _ in listed} >= {0, 1, 2, 3, 8, 9, 11, 130}
