@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medcnn.calibration import apply_logistic, fit_logistic
-from medcnn.metrics import dice, expected_calibration_error, roc_auc, threshold_metrics
+from medcnn.metrics import (
+    brier_score,
+    dice,
+    expected_calibration_error,
+    log_loss,
+    roc_auc,
+    threshold_metrics,
+)
 
 
 def test_auc_matches_pairwise_definition() -> None:
@@ -23,6 +31,21 @@ def test_ece_is_zero_for_calibrated_bins_and_large_for_overconfidence() -> None:
     probs = np.array([0.2] * 10 + [0.8] * 10)
     assert expected_calibration_error(labels, probs) < 1e-12
     assert expected_calibration_error(labels, np.where(probs > 0.5, 0.99, 0.01)) > 0.15
+
+
+def test_brier_score_and_log_loss_reward_confident_right_answers() -> None:
+    labels = np.array([1, 0, 1, 0])
+    assert brier_score(labels, [0.8, 0.2, 0.6, 0.5]) == pytest.approx(
+        (0.04 + 0.04 + 0.16 + 0.25) / 4
+    )
+    assert log_loss(labels, [0.8, 0.2, 0.6, 0.5]) == pytest.approx(
+        -(2 * np.log(0.8) + np.log(0.6) + np.log(0.5)) / 4
+    )
+    assert brier_score(labels, labels) == 0.0 and log_loss(labels, labels) < 1e-5
+    assert log_loss(labels, 1 - labels) > 10  # a sure mistake: large, but finite
+    # a coin toss everywhere scores 0.25 and log 2, whatever the labels
+    assert brier_score(labels, np.full(4, 0.5)) == 0.25
+    assert log_loss(labels, np.full(4, 0.5)) == pytest.approx(np.log(2))
 
 
 def test_threshold_metrics_and_dice() -> None:

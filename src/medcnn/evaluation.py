@@ -24,8 +24,10 @@ from medcnn.grouped import GroupedEnsemble, as_engine
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
+    brier_score,
     dice,
     expected_calibration_error,
+    log_loss,
     reliability_bins,
     roc_auc,
     roc_curve,
@@ -121,6 +123,8 @@ def summarize_benchmark(rows: list[dict], threshold: float) -> dict:
         "threshold": threshold,
         **threshold_metrics(labels, probs, threshold),
         "ece": expected_calibration_error(labels, probs),
+        "brier": brier_score(labels, probs),
+        "log_loss": log_loss(labels, probs),
         **mean_uncertainty(rows),
     }
 
@@ -160,6 +164,8 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         "threshold": threshold,
         **threshold_metrics(labels, probs, threshold),
         "ece": expected_calibration_error(labels, probs),
+        "brier": brier_score(labels, probs),
+        "log_loss": log_loss(labels, probs),
         "dice_mean": float(np.mean(dices)) if dices else None,
         "dice_median": float(np.median(dices)) if dices else None,
         **mean_uncertainty(rows),

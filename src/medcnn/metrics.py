@@ -44,6 +44,20 @@ def expected_calibration_error(
     return float(error)
 
 
+def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean squared distance of the probability from the outcome: calibration and sharpness in
+    one proper score that, unlike a binned ECE, needs no bins and stays steady on small sets."""
+    labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
+    return float(np.mean((probabilities - labels) ** 2))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-6) -> float:
+    """Mean negative log-likelihood of the outcomes (natural log): punishes confident mistakes."""
+    labels = np.asarray(labels, bool)
+    probabilities = np.clip(np.asarray(probabilities, float), eps, 1 - eps)
+    return float(-np.mean(np.where(labels, np.log(probabilities), np.log1p(-probabilities))))
+
+
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:
     labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
     edges = np.linspace(0, 1, bins + 1)
