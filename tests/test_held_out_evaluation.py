@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -41,6 +42,17 @@ def analyzer() -> Analyzer:
     return Analyzer()
 
 
+def readme_metrics_keys() -> set[str]:
+    """The keys the README's ``metrics.json`` table documents (first column, in backticks)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("`metrics.json`, what `evaluate` measured", 1)[1].split("\n\n")[1]
+    return {
+        key
+        for line in table.splitlines()[2:]
+        for key in re.findall(r"`([a-z_]+)`", line.split("|")[1])
+    }
+
+
 def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
     other_set: Path, tmp_path: Path, analyzer: Analyzer
 ) -> None:
@@ -52,6 +64,7 @@ def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
     assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["auc_reader_diameter"] is not None
     assert metrics["auc_per_fold"] == {} and metrics["auc_worst_fold"] is None  # no folds given
     assert metrics["mean_uncertainty"] > 0.0  # five members disagree a little
+    assert set(metrics) == readme_metrics_keys()
     with open(out / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))
     assert [p["dice"] == "" for p in predictions] == [False, False, True] * 2
