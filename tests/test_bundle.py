@@ -23,6 +23,16 @@ from medcnn.preprocessing import PatchSpec
 
 BUNDLE = default_bundle_dir()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+REPORTED = (
+    "auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "ece",
+    "brier",
+    "log_loss",
+    "dice_mean",
+)
 
 
 def test_metadata_is_complete() -> None:
@@ -46,16 +56,7 @@ def test_metadata_is_complete() -> None:
         assert METADATA.get(key), key
     assert "not for clinical use" in METADATA["intended_use"].lower()
     assert "medcnn" in METADATA["required_packages_version"]
-    for key in (
-        "auc",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "ece",
-        "brier",
-        "log_loss",
-        "dice_mean",
-    ):
+    for key in REPORTED:
         assert 0.0 <= METADATA["eval_metrics"][key] <= 1.0, key
     assert METADATA["medcnn"]["weights_sha256"] == sha256_of(BUNDLE / "models" / "model.pt")
 
@@ -217,16 +218,7 @@ def test_shipped_cross_validated_numbers_reproduce_on_a_fixed_subset(
         shared_data / "lidc_voi", tmp_path, every=expected["every"], progress=False
     ).run()
     assert summary["n_nodules"] == expected["n_nodules"]
-    for key in (
-        "auc",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "ece",
-        "brier",
-        "log_loss",
-        "dice_mean",
-    ):
+    for key in REPORTED:
         assert summary[key] == pytest.approx(expected[key], abs=2e-3), key
     # and they are those of a model worth shipping, not of a broken one
     assert summary["auc"] > 0.85 and summary["dice_mean"] > 0.7
