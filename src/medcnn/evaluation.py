@@ -235,7 +235,10 @@ def plot_roc_and_reliability(
         [b["predicted"] for b in bins],
         [b["observed"] for b in bins],
         "o-",
-        label=f"MedCNN (ECE {expected_calibration_error(labels, probs):.3f})",
+        label=(
+            f"MedCNN (ECE {expected_calibration_error(labels, probs):.3f}, "
+            f"Brier {brier_score(labels, probs):.3f})"
+        ),
     )
     for b in bins:
         ax.annotate(
