@@ -25,7 +25,7 @@ import torch
 from monai.visualize import GradCAM
 
 import medcnn.analysis
-from medcnn import inference, reading
+from medcnn import inference
 from medcnn.analysis import Analyzer, FileRequest
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
 from medcnn.data.lidc import load_cases
@@ -44,7 +44,7 @@ from medcnn.metrics import dice
 from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
 from medcnn.preprocessing import PatchSpec, box_mask, context_box, network_input, sample_patch
-from medcnn.reading import ScanRegion, read_scan
+from medcnn.reading import ScanRegion, dicom, image_files, read_scan
 from medcnn.volume import Volume
 
 PROBABILITY_TOLERANCE = 1e-4
@@ -383,7 +383,7 @@ def slab_mapped_from_disk(path: Path) -> bool:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
-    return reading._raw_nrrd_slab(path, reader, 2, 5) is not None
+    return image_files._raw_nrrd_slab(path, reader, 2, 5) is not None
 
 
 def handmade_nrrd(path: Path, voxels: np.ndarray, endian: str, data_file: str | None) -> None:
@@ -578,13 +578,13 @@ def test_when_the_group_fails_each_file_is_analysed_alone(
 def count_header_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files whose DICOM header is parsed from now on."""
     parsed: list[Path] = []
-    parse = reading._read_slice_header
+    parse = dicom._read_slice_header
 
     def counting(path: Path):
         parsed.append(path)
         return parse(path)
 
-    monkeypatch.setattr(reading, "_read_slice_header", counting)
+    monkeypatch.setattr(dicom, "_read_slice_header", counting)
     return parsed
 
 
@@ -593,8 +593,8 @@ def test_a_settled_series_is_parsed_once_until_a_file_changes(
 ) -> None:
     """A second click on the same series skips its headers, and sees any change."""
     folder = make_phantom(tmp_path)["dicom_dir"]
-    monkeypatch.setattr(reading, "SETTLED_AFTER_S", -60.0)  # files count as settled at once
-    monkeypatch.setattr(reading, "_FOLDER_SCANS", type(reading._FOLDER_SCANS)())
+    monkeypatch.setattr(dicom, "SETTLED_AFTER_S", -60.0)  # files count as settled at once
+    monkeypatch.setattr(dicom, "_FOLDER_SCANS", type(dicom._FOLDER_SCANS)())
     parsed = count_header_reads(monkeypatch)
     around = ScanRegion(np.asarray(NODULE_CENTER_RAS), 16.0)
     first = read_scan(folder, around=around)
@@ -622,7 +622,7 @@ def test_a_series_written_just_now_is_parsed_at_every_read(
     """File times are as coarse as the kernel's clock tick: a folder still being written could
     look unchanged after a rewrite, so it is not kept."""
     folder = make_phantom(tmp_path)["dicom_dir"]
-    monkeypatch.setattr(reading, "_FOLDER_SCANS", type(reading._FOLDER_SCANS)())
+    monkeypatch.setattr(dicom, "_FOLDER_SCANS", type(dicom._FOLDER_SCANS)())
     parsed = count_header_reads(monkeypatch)
     read_scan(folder)
     n_files = len(parsed)
