@@ -49,7 +49,7 @@ def readme_metrics_keys() -> set[str]:
     return {
         key
         for line in table.splitlines()[2:]
-        for key in re.findall(r"`([a-z_]+)`", line.split("|")[1])
+        for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
     }
 
 

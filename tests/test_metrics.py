@@ -7,6 +7,7 @@ import pytest
 
 from medcnn.calibration import apply_logistic, fit_logistic
 from medcnn.metrics import (
+    bootstrap_interval,
     brier_score,
     dice,
     expected_calibration_error,
@@ -65,3 +66,21 @@ def test_logistic_head_recovers_a_known_model_and_calibrates() -> None:
     p = apply_logistic(head, x)
     assert expected_calibration_error(y, p) < 0.03
     assert roc_auc(y, p) > 0.8
+
+
+def test_bootstrap_interval_covers_the_estimate_and_resamples_whole_patients() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.random(120) < 0.4
+    probs = np.clip(0.4 + 0.35 * (labels - 0.4) + rng.normal(0, 0.2, 120), 0.01, 0.99)
+    low, high = bootstrap_interval(labels, probs, roc_auc)
+    assert low < roc_auc(labels, probs) < high < 1.0
+    assert bootstrap_interval(labels, probs, roc_auc) == [low, high]  # seeded: reproducible
+    # Five copies of each patient's nodule are no more evidence than one: resampled by patient,
+    # the interval stays as wide as the original's; resampled by nodule, it would shrink.
+    copies = np.repeat(np.arange(120), 5)
+    patients = [f"p{i}" for i in copies]
+    by_patient = bootstrap_interval(labels[copies], probs[copies], roc_auc, patients)
+    by_nodule = bootstrap_interval(labels[copies], probs[copies], roc_auc)
+    assert by_patient[1] - by_patient[0] > 1.8 * (by_nodule[1] - by_nodule[0])
+    assert by_patient[1] - by_patient[0] == pytest.approx(high - low, rel=0.25)
+    assert bootstrap_interval(labels[:3], probs[:3], roc_auc, ["p"] * 3) is None  # one patient

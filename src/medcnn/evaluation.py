@@ -24,6 +24,7 @@ from medcnn.grouped import GroupedEnsemble, as_engine
 from medcnn.inference import predict
 from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.metrics import (
+    bootstrap_interval,
     brier_score,
     dice,
     expected_calibration_error,
@@ -141,7 +142,11 @@ def mean_uncertainty(rows: list[dict]) -> dict:
 
 
 def summarize(rows: list[dict], threshold: float) -> dict:
-    """The bundle's reported metrics for the binary task (ratings 1-2 against 4-5)."""
+    """The bundle's reported metrics for the binary task (ratings 1-2 against 4-5).
+
+    The AUC and the Brier score come with 95 % intervals over patients resampled; the ECE does
+    not, since resampling adds binning noise of its own and its bootstrap sits above the ECE.
+    """
     binary = [r for r in rows if r["label"] is not None]
     labels = np.array([r["label"] for r in binary], bool)
     probs = np.array([r["probability"] for r in binary])
@@ -154,10 +159,12 @@ def summarize(rows: list[dict], threshold: float) -> dict:
     }
     diam = np.array([r["reader_diameter_mm"] for r in binary], float)
     dices = [r["dice"] for r in rows if r["dice"] is not None]
+    patients = [r["patient_id"] for r in binary]
     return {
         "n_nodules": len(rows),
         "n_binary": len(binary),
         "auc": roc_auc(labels, probs),
+        "auc_ci95": bootstrap_interval(labels, probs, roc_auc, patients),
         "auc_per_fold": per_fold,
         "auc_worst_fold": min(per_fold.values()) if per_fold else None,
         "auc_reader_diameter": roc_auc(labels, diam) if np.isfinite(diam).all() else None,
@@ -165,6 +172,7 @@ def summarize(rows: list[dict], threshold: float) -> dict:
         **threshold_metrics(labels, probs, threshold),
         "ece": expected_calibration_error(labels, probs),
         "brier": brier_score(labels, probs),
+        "brier_ci95": bootstrap_interval(labels, probs, brier_score, patients),
         "log_loss": log_loss(labels, probs),
         "dice_mean": float(np.mean(dices)) if dices else None,
         "dice_median": float(np.median(dices)) if dices else None,

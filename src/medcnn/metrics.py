@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 
@@ -56,6 +58,42 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-6) -
     labels = np.asarray(labels, bool)
     probabilities = np.clip(np.asarray(probabilities, float), eps, 1 - eps)
     return float(-np.mean(np.where(labels, np.log(probabilities), np.log1p(-probabilities))))
+
+
+def bootstrap_interval(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    groups: Sequence[str] | None = None,
+    draws: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[float] | None:
+    """A percentile bootstrap interval for ``metric``, resampling whole groups (patients), since
+    nodules of one patient are not independent; None where it cannot be estimated.
+
+    On the few hundred nodules a group has, the spread is what tells a real difference from a
+    lucky draw. Draws that lack a class (no AUC) are skipped; the seed makes it reproducible.
+    """
+    labels, probabilities = np.asarray(labels, bool), np.asarray(probabilities, float)
+    keys = np.asarray(groups if groups is not None else np.arange(len(labels)).astype(str))
+    _, members = np.unique(keys, return_inverse=True)
+    by_group = [np.flatnonzero(members == g) for g in range(members.max(initial=-1) + 1)]
+    if len(by_group) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        chosen = np.concatenate(
+            [by_group[g] for g in rng.integers(len(by_group), size=len(by_group))]
+        )
+        value = metric(labels[chosen], probabilities[chosen])
+        if np.isfinite(value):
+            values.append(value)
+    if len(values) < draws // 2:
+        return None
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
 def reliability_bins(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> list[dict]:

@@ -49,6 +49,8 @@ def rounded(summary: dict) -> dict:
             if isinstance(v, float)
             else {kk: round(vv, 4) for kk, vv in v.items()}
             if isinstance(v, dict)
+            else [round(vv, 4) for vv in v]
+            if isinstance(v, list) and all(isinstance(vv, float) for vv in v)
             else v
         )
         for k, v in summary.items()
