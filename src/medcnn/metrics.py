@@ -78,7 +78,8 @@ def bootstrap_interval(
     labels, probabilities = np.asarray(labels, bool), np.asarray(probabilities, float)
     keys = np.asarray(groups if groups is not None else np.arange(len(labels)).astype(str))
     _, members = np.unique(keys, return_inverse=True)
-    by_group = [np.flatnonzero(members == g) for g in range(members.max(initial=-1) + 1)]
+    order = np.argsort(members, kind="stable")
+    by_group = np.split(order, np.cumsum(np.bincount(members))[:-1]) if len(order) else []
     if len(by_group) < 2:
         return None
     rng = np.random.default_rng(seed)
