@@ -48,7 +48,7 @@ def expected_calibration_error(
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean squared distance of the probability from the outcome: calibration and sharpness in
-    one proper score that, unlike a binned ECE, needs no bins and stays steady on small sets."""
+    one proper score that, unlike a binned ECE, needs no bins: a small set does not inflate it."""
     labels, probabilities = np.asarray(labels, float), np.asarray(probabilities, float)
     return float(np.mean((probabilities - labels) ** 2))
 
