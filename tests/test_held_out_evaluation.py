@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nodule_tables import copy_nodules
+from readme_tables import readme_table
 
 from medcnn.analysis import Analyzer
 from medcnn.cli import main
@@ -44,13 +45,8 @@ def analyzer() -> Analyzer:
 
 def readme_metrics_keys() -> set[str]:
     """The keys the README's ``metrics.json`` table documents (first column, in backticks)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("`metrics.json`, what `evaluate` measured", 1)[1].split("\n\n")[1]
-    return {
-        key
-        for line in table.splitlines()[2:]
-        for key in re.findall(r"`([a-z0-9_]+)`", line.split("|")[1])
-    }
+    table = readme_table("`metrics.json`, what `evaluate` measured")
+    return {key for row in table for key in re.findall(r"`([a-z0-9_]+)`", row[0])}
 
 
 def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
+from readme_tables import readme_table
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
 from medcnn.analysis import Analyzer
@@ -405,12 +405,6 @@ def test_the_exit_codes_the_program_lists_are_the_readmes(capsys: pytest.Capture
     """Scripts branch on these codes: ``medcnn exit-codes`` and the README's table must agree."""
     run = run_cli(capsys, "exit-codes")
     assert run.code == 0
-    listed = [tuple(line.split(maxsplit=1)) for line in run.stdout.strip().splitlines()]
-    readme = Path(__file__).resolve().parents[2] / "README.md"
-    documented = [
-        tuple(cell.strip() for cell in line.strip("|").split("|"))
-        for line in readme.read_text().splitlines()
-        if re.fullmatch(r"\| \d+ \| [^|]+ \|", line)
-    ]
-    assert listed == documented
+    listed = [line.split(maxsplit=1) for line in run.stdout.strip().splitlines()]
+    assert listed == readme_table("`medcnn exit-codes` prints this table.")
     assert {int(code) for code, _ in listed} >= {0, 1, 2, 3, 8, 9, 11, 130}
