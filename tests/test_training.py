@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from nodule_tables import copy_nodules
@@ -17,7 +18,7 @@ from medcnn import training
 from medcnn.data.lidc import load_cases
 from medcnn.errors import UsageError
 from medcnn.network import NoduleNet
-from medcnn.training import TrainSettings, train_fold
+from medcnn.training import TrainSettings, epoch_batches, train_fold
 
 
 def medcnn_train(data: Path, run_dir: Path, *options: str) -> subprocess.CompletedProcess:
@@ -156,3 +157,40 @@ def test_a_nodule_whose_point_a_click_refuses_is_left_out_of_training(
     )
     training.train_cross_validation(data, tmp_path / "run", folds=[0])
     assert [c.name for c in seen[0]] == [Path(r["image"]).name[: -len(".nii.gz")] for r in rows[:2]]
+
+
+def test_no_batch_is_left_with_a_single_nodule() -> None:
+    """Batch norm cannot standardise one example: a lone last nodule joins the batch before."""
+    order = np.random.default_rng(0).permutation(673)  # lidc_voi's fold 2 trains on 21 x 32 + 1
+    batches = epoch_batches(order, 32, smallest=2)
+    assert [len(b) for b in batches] == [32] * 20 + [33]
+    np.testing.assert_array_equal(np.concatenate(batches), order)
+    assert [len(b) for b in epoch_batches(np.arange(658), 32, smallest=2)] == [32] * 20 + [18]
+    # two processes under torchrun: each takes half of a batch, so two a process is four
+    assert [len(b) for b in epoch_batches(np.arange(67), 32, smallest=4)] == [32, 35]
+    assert [len(b) for b in epoch_batches(np.arange(3), 32, smallest=2)] == [3]
+
+
+@pytest.mark.data
+def test_a_fold_whose_last_batch_would_hold_one_nodule_trains(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """Once the refused nodule was left out, fold 2 of the shipped recipe ended every epoch on
+    one nodule and the measurements' offset stopped the training; 9 nodules in batches of 4
+    end the same way."""
+    cases = load_cases(shared_data / "lidc_voi", limit=9)
+    settings = TrainSettings(epochs=1, batch_size=4, threads=1)
+    weights = train_fold(cases, None, tmp_path / "fold", settings)
+    assert set(torch.load(weights, weights_only=True)) == set(NoduleNet().state_dict())
+
+
+@pytest.mark.data
+def test_too_few_nodules_to_train_on_are_refused_before_anything_is_written(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    cases = load_cases(shared_data / "lidc_voi", limit=3)
+    held_out = [c for c in cases if c.fold == cases[0].fold]
+    others = [c for c in cases if c.fold != cases[0].fold][:1]
+    with pytest.raises(UsageError, match="at least 2 nodules outside fold"):
+        train_fold(held_out + others, cases[0].fold, tmp_path / "fold", TrainSettings(threads=1))
+    assert not (tmp_path / "fold").exists()
