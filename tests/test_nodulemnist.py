@@ -20,6 +20,7 @@ from medcnn.data import nodulemnist
 from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase
 from medcnn.data.nodulemnist import OFFICIAL_MD5, SPLIT_FOLDS, file_md5, load_nodulemnist3d, to_hu
 from medcnn.errors import GeometryError, InputNotFoundError, UnreadableImageError
+from medcnn.losses import case_targets, loss_terms, total_loss
 from medcnn.network import DESCRIPTORS, NoduleNet
 from medcnn.preprocessing import (
     PatchSpec,
@@ -29,14 +30,7 @@ from medcnn.preprocessing import (
     resample,
     sample_patch,
 )
-from medcnn.training import (
-    NoduleMNISTTrainer,
-    TrainSettings,
-    _targets,
-    loss_terms,
-    total_loss,
-    training_example,
-)
+from medcnn.training import NoduleMNISTTrainer, TrainSettings, training_example
 from medcnn.volume import Volume
 
 SIZES = {"train": 6, "val": 2, "test": 2}
@@ -240,7 +234,7 @@ def test_lidc_examples_targets_and_loss_are_exactly_as_before() -> None:
         ):
             assert np.array_equal(new, old)
         assert new_rng.random() == old_rng.random()  # the same random draws, no more
-    new_targets, old_targets = _targets(cases, 0.3), original_targets(cases, 0.3)
+    new_targets, old_targets = case_targets(cases, 0.3), original_targets(cases, 0.3)
     for key, value in old_targets.items():
         assert torch.equal(new_targets[key], value), key
     x, batch = batch_of(cases, new_targets, seed=3)
@@ -263,7 +257,7 @@ def test_a_nodulemnist_case_trains_the_malignancy_head_only(npz: Path) -> None:
     lidc = [lidc_style_case(2, 4, 0), lidc_style_case(4, 7, 1)]
     mnist = load_nodulemnist3d(npz, verify=False)["train"][:2]
     cases = [lidc[0], mnist[1], lidc[1], mnist[0]]
-    targets = _targets(cases, 0.3)
+    targets = case_targets(cases, 0.3)
     np.testing.assert_allclose(targets["soft"][:, 0], [0.1, 1.0, 0.9, 0.0])  # MNIST: the file
     x, batch = batch_of(cases, targets, seed=5)
     assert not batch["mask"][[1, 3]].any()

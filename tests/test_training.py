@@ -14,7 +14,7 @@ import pytest
 import torch
 from nodule_tables import copy_nodules
 
-from medcnn import training
+from medcnn import losses, training
 from medcnn.data.lidc import load_cases
 from medcnn.errors import UsageError
 from medcnn.network import NoduleNet
@@ -120,13 +120,13 @@ def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
         "has_rating": torch.tensor([True, True, True]),
         "has_descriptors": torch.tensor([True, True, False]),
     }
-    assert training.aux_scales(targets, scaled=False) == {"rating": 1.0, "descriptors": 1.0}
-    scales = training.aux_scales(targets, scaled=True)
+    assert losses.aux_scales(targets, scaled=False) == {"rating": 1.0, "descriptors": 1.0}
+    scales = losses.aux_scales(targets, scaled=True)
     assert scales["rating"] == pytest.approx(1 / 6)
     assert scales["descriptors"] == pytest.approx(0.04)
     # a network that always predicts the mean has an MSE equal to the variance: a term of 1
     mean = torch.full((2, 8), 0.4)
-    mse = training._probability_mse(torch.logit(mean), targets["descriptors"][:2])
+    mse = losses.probability_mse(torch.logit(mean), targets["descriptors"][:2])
     assert float(mse) / scales["descriptors"] == pytest.approx(1.0, rel=1e-4)
     terms = {
         "malignancy": torch.tensor(0.0),
@@ -135,8 +135,8 @@ def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
         "segmentation": torch.tensor(0.0),
     }
     settings = TrainSettings(aux_weight=0.5)
-    assert float(training.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
-    unscaled = training.total_loss(terms, settings)
+    assert float(losses.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
+    unscaled = losses.total_loss(terms, settings)
     assert float(unscaled) == pytest.approx(0.5 * (1 / 6 + 0.04), rel=1e-4)
 
 
