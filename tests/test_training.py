@@ -65,6 +65,20 @@ def test_training_one_fold_is_refused_before_it_starts(shared_data: Path, tmp_pa
 
 
 @pytest.mark.data
+def test_folds_without_nodules_are_refused_before_training(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """lidc_voi's first two rows are of folds 4 and 3: folds 0 and 1 would train on them and
+    then have nothing to be judged on, so the release could not be built."""
+    run_dir = tmp_path / "run"
+    done = medcnn_train(shared_data / "lidc_voi", run_dir, "--folds", "0", "1", "--limit", "2")
+    assert done.returncode == 2
+    assert "Folds 0, 1 have no nodule" in done.stderr and "--folds" in done.stderr
+    assert "(3 4)" in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.data
 def test_training_resumes_where_it_stopped(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from medcnn import distributed
 from medcnn.augmentation import Augmentation, random_rotation
-from medcnn.data.lidc import NoduleCase, load_cases, split_refused
+from medcnn.data.lidc import NoduleCase, load_cases, read_table, split_refused
 from medcnn.errors import UsageError
 from medcnn.losses import aux_scales, case_targets, loss_terms, total_loss
 from medcnn.network import NoduleEnsemble, NoduleNet
@@ -306,6 +306,29 @@ def train_cross_validation(
     return [train_fold(cases, f, out_dir / f"fold{f}", settings) for f in folds]
 
 
+def check_folds_hold_nodules(data_dir: Path, folds: list[int], limit: int | None) -> None:
+    """Refuse, before any training, a fold with no nodule in the table: its model could not be
+    judged, so the release would have nothing to fit or report for it."""
+    rows = read_table(data_dir)[:limit]
+    present = sorted({int(r["fold"]) for r in rows if (r.get("fold") or "").strip().isdigit()})
+    empty = [f for f in folds if f not in present]
+    if not empty:
+        return
+    where = f"the first {limit} rows of {data_dir}" if limit else str(data_dir)
+    if not present:
+        raise UsageError(
+            f"No nodule in {where} has a fold, so no fold model could be judged; add a fold "
+            "column to nodules.csv (0-4, all nodules of a patient in one fold)."
+        )
+    folds_have = (
+        f"Folds {', '.join(map(str, empty))} have" if len(empty) > 1 else f"Fold {empty[0]} has"
+    )
+    raise UsageError(
+        f"{folds_have} no nodule in {where}, so no model of theirs could be judged; give "
+        f"--folds from those it has ({' '.join(map(str, present))})."
+    )
+
+
 class CrossValidationTrainer:
     """``train.json``'s runner: train the fold models, then assemble a release bundle from them.
 
@@ -345,6 +368,7 @@ class CrossValidationTrainer:
 
         from medcnn.release import build_release
 
+        check_folds_hold_nodules(self.data_dir, self.folds, self.limit)
         for index, seed in enumerate(self.seeds):
             train_cross_validation(
                 self.data_dir,
