@@ -79,6 +79,26 @@ def test_folds_without_nodules_are_refused_before_training(
 
 
 @pytest.mark.data
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (("--epochs", "0"), "epochs (--epochs) must be 1 or more, not 0"),
+        (("--max-steps", "0"), "(--max-steps) must be 1 or more, not 0"),
+        (("--seeds", "0", "-1"), "seed (--seeds) must be 0 or more, not -1"),
+        (("--limit", "0"), "(--limit) must be 1 or more, not 0"),
+    ],
+)
+def test_counts_that_cannot_train_are_refused_before_anything_is_written(
+    shared_data: Path, tmp_path: Path, option: tuple[str, ...], says: str
+) -> None:
+    run_dir = tmp_path / "run"
+    done = medcnn_train(shared_data / "lidc_voi", run_dir, "--folds", "3", "4", *option)
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.data
 def test_training_resumes_where_it_stopped(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

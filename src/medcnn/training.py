@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,22 @@ class TrainSettings:
     threads: int = 2
     spec: PatchSpec = field(default_factory=PatchSpec)
     augmentation: Augmentation = field(default_factory=Augmentation)
+
+    def __post_init__(self) -> None:
+        """Refuse, before anything trains, counts that could not work (`--epochs 0`, say)."""
+        least = {
+            "epochs": (1, " (--epochs)"),
+            "batch_size": (2, ""),
+            "seed": (0, " (--seeds)"),
+            "threads": (1, ""),
+            "max_steps_per_epoch": (1, " (--max-steps)"),
+        }
+        for name, (smallest, option) in least.items():
+            value = getattr(self, name)
+            if value is not None and value < smallest:
+                raise UsageError(
+                    f"Training's {name}{option} must be {smallest} or more, not {value}."
+                )
 
 
 def training_example(
@@ -306,6 +322,11 @@ def train_cross_validation(
     return [train_fold(cases, f, out_dir / f"fold{f}", settings) for f in folds]
 
 
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise UsageError(f"The limit on nodules (--limit) must be 1 or more, not {limit}.")
+
+
 def check_folds_hold_nodules(data_dir: Path, folds: list[int], limit: int | None) -> None:
     """Refuse, before any training, a fold with no nodule in the table: its model could not be
     judged, so the release would have nothing to fit or report for it."""
@@ -320,12 +341,13 @@ def check_folds_hold_nodules(data_dir: Path, folds: list[int], limit: int | None
             f"No nodule in {where} has a fold, so no fold model could be judged; add a fold "
             "column to nodules.csv (0-4, all nodules of a patient in one fold)."
         )
-    folds_have = (
-        f"Folds {', '.join(map(str, empty))} have" if len(empty) > 1 else f"Fold {empty[0]} has"
-    )
+    if len(empty) == 1:
+        lacking = f"Fold {empty[0]} has no nodule in {where}, so its model"
+    else:
+        lacking = f"Folds {', '.join(map(str, empty))} have no nodule in {where}, so their models"
     raise UsageError(
-        f"{folds_have} no nodule in {where}, so no model of theirs could be judged; give "
-        f"--folds from those it has ({' '.join(map(str, present))})."
+        f"{lacking} could not be judged; give --folds from those it has "
+        f"({' '.join(map(str, present))})."
     )
 
 
@@ -354,6 +376,9 @@ class CrossValidationTrainer:
                 f"{sorted(set(folds))}; give two or more with --folds (the shipped model has "
                 "0 1 2 3 4)."
             )
+        check_limit(limit)
+        for seed in seeds or []:
+            replace(settings, seed=seed)  # refuses a seed that could not train, before any does
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.folds, self.settings, self.limit = list(folds), settings, limit
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
@@ -364,8 +389,6 @@ class CrossValidationTrainer:
         return self.run_dir if index == 0 else self.run_dir / f"seed{self.seeds[index]}"
 
     def run(self) -> dict:
-        from dataclasses import replace
-
         from medcnn.release import build_release
 
         check_folds_hold_nodules(self.data_dir, self.folds, self.limit)
@@ -423,6 +446,7 @@ class NoduleMNISTTrainer:
         verify: bool = True,
     ) -> None:
         self.data_path, self.run_dir = Path(data_path), Path(run_dir)
+        check_limit(limit)
         self.settings, self.limit, self.verify = settings, limit, verify
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
 
