@@ -24,6 +24,7 @@ from pathlib import Path
 from medcnn import distributed
 from medcnn.analysis import FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
+from medcnn.writing import output_folder
 
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
 RESULT_COLUMNS = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
@@ -204,11 +205,7 @@ class BatchRunner:
 
     def run(self) -> Path:
         rows = read_manifest(self.manifest)
-        if self.output_dir.exists() and not self.output_dir.is_dir():
-            raise UsageError(
-                f"The output folder {self.output_dir} is a file; give a folder with --out."
-            )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output_folder(self.output_dir)
         # Under torchrun each rank takes rows i % world_size == rank; rank 0 writes the CSV.
         here = distributed.init_process_group("gloo", timeout=distributed.BATCH_TIMEOUT)
         share = here.shard(rows)

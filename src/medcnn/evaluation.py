@@ -36,6 +36,7 @@ from medcnn.metrics import (
 )
 from medcnn.preprocessing import PatchSpec, patch_to_scan, sample_patch
 from medcnn.volume import Volume
+from medcnn.writing import check_output_folder, output_folder
 
 if TYPE_CHECKING:
     from medcnn.analysis import Analyzer
@@ -326,6 +327,7 @@ class BundleEvaluator:
         cases, refused = split_refused(every_nth(load_cases(self.data_dir), self.every))
         for case in refused:
             log.warning("not judged: %s: %s", case["name"], case["reason"])
+        check_output_folder(self.output_dir)
         if self.held_out:
             rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
         else:
@@ -333,7 +335,7 @@ class BundleEvaluator:
         summary = {"judged_by": "ensemble" if self.held_out else "out_of_fold_member"}
         summary.update(summarize(rows, analyzer.threshold))
         summary["n_refused"], summary["refused"] = len(refused), refused
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output_folder(self.output_dir)
         write_rows(rows, self.output_dir / "predictions.csv")
         write_summary(summary, self.output_dir / "metrics.json")
         plot_roc_and_reliability(rows, self.output_dir, analyzer.threshold, self.held_out)
@@ -362,6 +364,7 @@ class BundleEvaluator:
         from medcnn.data.nodulemnist import load_nodulemnist3d
 
         cases = every_nth(load_nodulemnist3d(self.data_dir, verify=self.verify)["test"], self.every)
+        check_output_folder(self.output_dir)
         rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
         summary = {
             "source": "nodulemnist3d",
@@ -375,7 +378,7 @@ class BundleEvaluator:
                 "nodules may be among the model's training nodules, so this is not an independent "
                 "test."
             )
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        output_folder(self.output_dir)
         write_rows(rows, self.output_dir / "predictions.csv")
         write_summary(summary, self.output_dir / "metrics.json")
         return summary

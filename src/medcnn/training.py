@@ -28,6 +28,7 @@ from medcnn.losses import aux_scales, case_targets, loss_terms, total_loss
 from medcnn.network import NoduleEnsemble, NoduleNet
 from medcnn.preprocessing import PatchSpec, context_box, network_input, resample, sample_patch
 from medcnn.residual_logit import MeasurementOffset, ResidualTraining
+from medcnn.writing import check_output_folder, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,8 @@ class CrossValidationTrainer:
         from medcnn.release import build_release
 
         check_folds_hold_nodules(self.data_dir, self.folds, self.limit)
+        check_output_folder(self.release_dir, "--release-dir")
+        output_folder(self.run_dir, "--run-dir")
         for index, seed in enumerate(self.seeds):
             train_cross_validation(
                 self.data_dir,
@@ -461,6 +464,8 @@ class NoduleMNISTTrainer:
                 "choose another --release-dir."
             )
         splits = load_nodulemnist3d(self.data_path, verify=self.verify)
+        check_output_folder(self.release_dir, "--release-dir")
+        output_folder(self.run_dir, "--run-dir")
         train, val = splits["train"][: self.limit], splits["val"][: self.limit]
         weights = train_fold(train, None, self.run_dir / "model", self.settings)
         model = NoduleEnsemble(n_members=1)

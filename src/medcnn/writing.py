@@ -23,6 +23,40 @@ from medcnn.volume import Volume
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
 
 
+def output_folder(path: Path, option: str = "--out") -> Path:
+    """The folder a command writes into, made before its work starts, so that a folder that
+    cannot be made stops the command at once with one sentence (exit code 13), not after
+    minutes of work with a traceback."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"The output path {path} is a file; give a folder for {option}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"The output folder {path} cannot be created ({error.strerror}); choose a folder "
+            f"you can write to for {option}."
+        ) from error
+    return path
+
+
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """``output_folder``'s refusal, before the work, leaving nothing behind: the folders it makes
+    to find out are removed again, so a command that stops later leaves no empty folder."""
+    made, folder = [], Path(path)
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)
+        folder = folder.parent
+    try:
+        output_folder(path, option)
+    finally:
+        for folder in made:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
 def nifti_image(volume: Volume, dtype: type) -> nib.Nifti1Image:
     image = nib.Nifti1Image(np.asarray(volume.array, dtype=dtype), volume.affine)
     image.set_qform(volume.affine, code="scanner")

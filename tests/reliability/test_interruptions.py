@@ -3,9 +3,12 @@ previous complete result in the same folder stays as it was."""
 
 from __future__ import annotations
 
+import csv
 import errno
 from pathlib import Path
 
+import pytest
+from nodule_tables import copy_nodules
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
 import medcnn.analysis
@@ -55,7 +58,7 @@ def test_a_failed_write_keeps_the_previous_result_whole(
     assert snapshot(tmp_path) == before  # the earlier result.json and volumes are untouched
 
 
-def test_batch_into_a_file_is_a_usage_error(tmp_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_batch_into_a_file_is_an_output_error(tmp_bundle: Path, tmp_path: Path, capsys) -> None:
     manifest = tmp_path / "m.csv"
     manifest.write_text("image,r,a,s\nx.nii.gz,1,2,3\n")
     out = tmp_path / "out.txt"
@@ -64,4 +67,36 @@ def test_batch_into_a_file_is_a_usage_error(tmp_bundle: Path, tmp_path: Path, ca
         capsys, "batch", manifest, "--out", out, "--no-progress", "--bundle", tmp_bundle,
         "--trust-bundle",
     )  # fmt: skip
-    assert_one_clear_sentence(run, 2, "is a file", "give a folder")
+    assert_one_clear_sentence(run, 13, "is a file", "give a folder")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("command", ["batch", "evaluate", "train"])
+def test_an_output_folder_that_cannot_be_made_stops_before_the_work(
+    command: str, shared_data: Path, tmp_path: Path, capsys
+) -> None:
+    """Below a file no folder can be made: each command says so at once (exit 13), rather than
+    with a traceback after the evaluation or the training ran."""
+    source = shared_data / "lidc_voi"
+    with open(source / "nodules.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)[:2]  # folds 4 and 3
+    data = copy_nodules(source, tmp_path / "data", rows, list(reader.fieldnames or []))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    out = blocker / "results"
+    if command == "batch":
+        manifest = tmp_path / "m.csv"
+        row = rows[0]
+        manifest.write_text(
+            f"image,r,a,s\n{data / row['image']},{row['center_r']},"
+            f"{row['center_a']},{row['center_s']}\n"
+        )
+        args = ["batch", manifest, "--out", out, "--no-progress"]
+    elif command == "evaluate":
+        args = ["evaluate", "--held-out", "--data", data, "--out", out]
+    else:
+        args = ["train", "--data", data, "--run-dir", out, "--folds", "3", "4"]
+    run = run_cli(capsys, *args)
+    assert_one_clear_sentence(run, 13, str(out), "cannot be created", "choose a folder")
+    assert blocker.read_text() == "not a folder\n"
