@@ -24,8 +24,8 @@ RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.n
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
-    """The folder a command writes into, made before its work starts, so that a folder that
-    cannot be made stops the command at once with one sentence (exit code 13), not after
+    """The folder a command writes into, made now, or one sentence (exit code 13) saying why it
+    cannot be: called before the work, a bad folder stops the command at once, not after
     minutes of work with a traceback."""
     path = Path(path)
     if path.exists() and not path.is_dir():
