@@ -17,7 +17,7 @@ from readme_tables import readme_table
 
 from medcnn.analysis import Analyzer
 from medcnn.cli import main
-from medcnn.data.lidc import read_table
+from medcnn.data.lidc import load_cases, read_table
 from medcnn.reading import read_scan
 
 pytestmark = pytest.mark.data
@@ -168,3 +168,50 @@ def test_a_table_whose_every_point_is_refused_stops_with_the_first_reason(
     err = capsys.readouterr().err
     assert "Every one of the 1 nodules was refused" in err and "outside the scan" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_table_written_by_a_spreadsheet_is_read_as_its_numbers(
+    other_set: Path, tmp_path: Path
+) -> None:
+    """Spreadsheets and pandas write whole numbers as ``4.0``: the ratings and folds of such a
+    table are the same nodules, judged the same."""
+    floats = tmp_path / "floats"
+    shutil.copytree(other_set, floats)
+    rows = read_table(floats)
+    for row in rows:
+        row["malignancy"] = f"{float(row['malignancy']):.1f}"
+        row["center_r"] = f" {row['center_r']} "
+    with open(floats / "nodules.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert [c.rating for c in load_cases(floats)] == [c.rating for c in load_cases(other_set)]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("malignancy", "4.5", "gives malignancy as '4.5'; write a whole number from 1 to 5"),
+        ("malignancy", "7", "gives malignancy as '7'; write a whole number from 1 to 5"),
+        ("malignancy", "", "has no malignancy"),
+        ("center_a", "n/a", "gives center_a as 'n/a', not a number"),
+        ("fold", "x", "gives fold as 'x', not a number"),
+    ],
+)
+def test_a_cell_that_is_not_its_number_is_refused_before_any_scan_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture, column: str, value: str, says: str
+) -> None:
+    """The table's last row names the cell; the images do not exist, so the sentence shows the
+    cells were checked before any scan was read."""
+    good = {"image": "a.nii.gz", "center_r": "1", "center_a": "2", "center_s": "3"}
+    rows = [{**good, "malignancy": "2", "fold": "0"}, {**good, "malignancy": "4", "fold": "1"}]
+    rows[-1][column] = value
+    with open(tmp_path / "nodules.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    code = main(["evaluate", "--held-out", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"Row 3 of {tmp_path / 'nodules.csv'}" in err and says in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

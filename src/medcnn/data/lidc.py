@@ -7,6 +7,7 @@ descriptors and the consensus mask. In use the network gets only the scan and th
 from __future__ import annotations
 
 import csv
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,14 +95,47 @@ def read_table(data_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
-def normalized_descriptors(row: dict[str, str]) -> np.ndarray | None:
+def cell_number(row: dict[str, str], column: str, where: str) -> float:
+    """A table cell as a number; a cell that is not one is refused with its row and column."""
+    text = (row.get(column) or "").strip()
+    if not text:
+        raise UsageError(f"{where} has no {column}; write it there.")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise UsageError(f"{where} gives {column} as {text!r}, not a number; write the number.")
+    return value
+
+
+def cell_whole(row: dict[str, str], column: str, where: str, lowest: int, highest: int) -> int:
+    """A table cell as a whole number in ``lowest..highest``; ``4.0`` (as spreadsheets and
+    pandas write integers) counts as 4."""
+    value = cell_number(row, column, where)
+    if value != round(value) or not lowest <= value <= highest:
+        raise UsageError(
+            f"{where} gives {column} as {row[column].strip()!r}; write a whole number from "
+            f"{lowest} to {highest}."
+        )
+    return int(round(value))
+
+
+def table_fold(row: dict[str, str], where: str) -> int:
+    """The row's patient fold (0-99), or ``NO_FOLD`` where the table gives none."""
+    if not (row.get("fold") or "").strip():
+        return NO_FOLD
+    return cell_whole(row, "fold", where, 0, 99)
+
+
+def normalized_descriptors(row: dict[str, str], where: str = "a row") -> np.ndarray | None:
     """The eight descriptor codes on a 0-1 scale; None where the table does not give them."""
-    if any(not row.get(name) for name in DESCRIPTORS):
+    if any(not (row.get(name) or "").strip() for name in DESCRIPTORS):
         return None
     values = []
     for name in DESCRIPTORS:
         top = DESCRIPTOR_RANGE.get(name, 5)
-        values.append((float(row[name]) - 1.0) / (top - 1.0))
+        values.append((cell_number(row, name, where) - 1.0) / (top - 1.0))
     return np.clip(np.array(values, dtype=np.float32), 0.0, 1.0)
 
 
@@ -131,6 +165,22 @@ def load_mask(data_dir: Path, relative: str) -> Volume:
     return read_label(_listed_file(data_dir, relative, "mask"))
 
 
+def row_labels(row: dict[str, str], where: str) -> dict:
+    """A table row's name, patient, fold, centre and readers' labels, every cell checked."""
+    diameter = row.get("diameter_mm") or ""
+    return {
+        "name": Path(row["image"]).name.replace(".nii.gz", ""),
+        "patient_id": row.get("patient_id") or Path(row["image"]).name,
+        "fold": table_fold(row, where),
+        "center_ras": np.array(
+            [cell_number(row, k, where) for k in ("center_r", "center_a", "center_s")]
+        ),
+        "rating": cell_whole(row, "malignancy", where, 1, 5),
+        "diameter_mm": cell_number(row, "diameter_mm", where) if diameter.strip() else math.nan,
+        "descriptors": normalized_descriptors(row, where),
+    }
+
+
 def load_cases(
     data_dir: Path, cache_dir: Path | None = None, limit: int | None = None
 ) -> list[NoduleCase]:
@@ -140,21 +190,18 @@ def load_cases(
     if cache is not None and cache.exists() and limit is None:
         with open(cache, "rb") as handle:
             return pickle.load(handle)
-    cases = []
-    for row in read_table(data_dir)[:limit]:
-        cases.append(
-            NoduleCase(
-                name=Path(row["image"]).name.replace(".nii.gz", ""),
-                patient_id=row.get("patient_id") or Path(row["image"]).name,
-                fold=int(row["fold"]) if row.get("fold") else NO_FOLD,
-                center_ras=np.array([float(row[k]) for k in ("center_r", "center_a", "center_s")]),
-                rating=int(row["malignancy"]),
-                diameter_mm=float(row["diameter_mm"]) if row.get("diameter_mm") else float("nan"),
-                descriptors=normalized_descriptors(row),
-                image=load_scan(data_dir, row["image"]),
-                mask=load_mask(data_dir, row["mask"]) if row.get("mask") else None,
-            )
+    table = data_dir / "nodules.csv"
+    rows = read_table(data_dir)[:limit]
+    # every cell is checked before any scan is read, so a typo in the last row fails at once
+    labels = [row_labels(row, f"Row {line} of {table}") for line, row in enumerate(rows, start=2)]
+    cases = [
+        NoduleCase(
+            **labelled,
+            image=load_scan(data_dir, row["image"]),
+            mask=load_mask(data_dir, row["mask"]) if row.get("mask") else None,
         )
+        for row, labelled in zip(rows, labels, strict=True)
+    ]
     if cache is not None and limit is None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
