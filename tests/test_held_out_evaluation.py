@@ -173,15 +173,15 @@ def test_a_table_whose_every_point_is_refused_stops_with_the_first_reason(
 def test_a_table_written_by_a_spreadsheet_is_read_as_its_numbers(
     other_set: Path, tmp_path: Path
 ) -> None:
-    """Spreadsheets and pandas write whole numbers as ``4.0``: the ratings and folds of such a
-    table are the same nodules, judged the same."""
+    """Spreadsheets and pandas write whole numbers as ``4.0`` (and Excel a byte-order mark
+    before the header): the ratings of such a table are read as the same numbers."""
     floats = tmp_path / "floats"
     shutil.copytree(other_set, floats)
     rows = read_table(floats)
     for row in rows:
         row["malignancy"] = f"{float(row['malignancy']):.1f}"
         row["center_r"] = f" {row['center_r']} "
-    with open(floats / "nodules.csv", "w", newline="") as handle:
+    with open(floats / "nodules.csv", "w", newline="", encoding="utf-8-sig") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

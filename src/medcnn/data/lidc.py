@@ -81,7 +81,7 @@ def read_table(data_dir: Path) -> list[dict[str, str]]:
             f"No nodules.csv in {data_dir}: give a folder laid out like lidc_voi "
             "(nodules.csv with image, center_r, center_a, center_s and malignancy columns)."
         )
-    with open(table, newline="") as handle:
+    with open(table, newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
         reader = csv.DictReader(handle)
         rows = list(reader)
     missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
