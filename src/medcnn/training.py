@@ -22,14 +22,7 @@ import torch
 
 from medcnn import distributed
 from medcnn.augmentation import Augmentation, random_rotation
-from medcnn.data.lidc import (
-    NO_FOLD,
-    NoduleCase,
-    load_cases,
-    read_table,
-    split_refused,
-    table_fold,
-)
+from medcnn.data.lidc import NO_FOLD, NoduleCase, labelled_rows, load_cases, split_refused
 from medcnn.errors import UsageError
 from medcnn.losses import aux_scales, case_targets, loss_terms, total_loss
 from medcnn.network import NoduleEnsemble, NoduleNet
@@ -338,10 +331,7 @@ def check_limit(limit: int | None) -> None:
 def check_folds_hold_nodules(data_dir: Path, folds: list[int], limit: int | None) -> None:
     """Refuse, before any training, a fold with no nodule in the table: its model could not be
     judged, so the release would have nothing to fit or report for it."""
-    rows = read_table(data_dir)[:limit]
-    table = Path(data_dir) / "nodules.csv"
-    folds_of_rows = {table_fold(r, f"Row {line} of {table}") for line, r in enumerate(rows, 2)}
-    present = sorted(folds_of_rows - {NO_FOLD})
+    present = sorted({labels["fold"] for _, labels in labelled_rows(data_dir, limit)} - {NO_FOLD})
     empty = [f for f in folds if f not in present]
     if not empty:
         return

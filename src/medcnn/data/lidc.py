@@ -128,7 +128,7 @@ def table_fold(row: dict[str, str], where: str) -> int:
     return cell_whole(row, "fold", where, 0, 99)
 
 
-def normalized_descriptors(row: dict[str, str], where: str = "a row") -> np.ndarray | None:
+def normalized_descriptors(row: dict[str, str], where: str) -> np.ndarray | None:
     """The eight descriptor codes on a 0-1 scale; None where the table does not give them."""
     if any(not (row.get(name) or "").strip() for name in DESCRIPTORS):
         return None
@@ -181,6 +181,14 @@ def row_labels(row: dict[str, str], where: str) -> dict:
     }
 
 
+def labelled_rows(data_dir: Path, limit: int | None = None) -> list[tuple[dict[str, str], dict]]:
+    """The table's rows, each with its ``row_labels``: every cell is checked before any scan
+    is read, so a typo in the last row fails at once."""
+    table = Path(data_dir) / "nodules.csv"
+    rows = read_table(data_dir)[:limit]
+    return [(row, row_labels(row, f"Row {line} of {table}")) for line, row in enumerate(rows, 2)]
+
+
 def load_cases(
     data_dir: Path, cache_dir: Path | None = None, limit: int | None = None
 ) -> list[NoduleCase]:
@@ -190,17 +198,13 @@ def load_cases(
     if cache is not None and cache.exists() and limit is None:
         with open(cache, "rb") as handle:
             return pickle.load(handle)
-    table = data_dir / "nodules.csv"
-    rows = read_table(data_dir)[:limit]
-    # every cell is checked before any scan is read, so a typo in the last row fails at once
-    labels = [row_labels(row, f"Row {line} of {table}") for line, row in enumerate(rows, start=2)]
     cases = [
         NoduleCase(
-            **labelled,
+            **labels,
             image=load_scan(data_dir, row["image"]),
             mask=load_mask(data_dir, row["mask"]) if row.get("mask") else None,
         )
-        for row, labelled in zip(rows, labels, strict=True)
+        for row, labels in labelled_rows(data_dir, limit)
     ]
     if cache is not None and limit is None:
         cache.parent.mkdir(parents=True, exist_ok=True)
