@@ -83,7 +83,10 @@ def init_process_group(
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend, **({"timeout": timeout} if timeout else {}))
+    if timeout:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend)
     return world()
 
 

@@ -42,7 +42,7 @@ def case_targets(cases: list[NoduleCase], rating3_weight: float) -> dict[str, to
         ],
         "rating": torch.tensor((ratings - 1) / 4.0, dtype=torch.float32)[:, None],
         "descriptors": torch.tensor(
-            np.stack([c.descriptors if c.has_descriptors else no_descriptors for c in cases])
+            np.stack([no_descriptors if c.descriptors is None else c.descriptors for c in cases])
         ),
         **{
             flag: torch.tensor([getattr(c, flag) for c in cases])

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from medcnn.volume import LPS_TO_RAS, Volume
@@ -160,6 +160,7 @@ def _nodule_fill(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     for (dx, dy, dz), radius in spheres:
         distance = np.sqrt((x - cx - dx) ** 2 + (y - cy - dy) ** 2 + (z - cz - dz) ** 2) - radius
         signed = distance if signed is None else np.minimum(signed, distance)
+    assert signed is not None  # the core sphere is always there
     return _ramp(signed)
 
 
@@ -190,7 +191,7 @@ def write_dicom_series(
         raise ValueError("the volume's HU do not fit 16 bit unsigned with this rescale")
     stored = stored.astype(np.uint16)
 
-    def uid(*parts: object) -> str:
+    def uid(*parts: object) -> UID:
         return generate_uid(entropy_srcs=[uid_seed, *map(str, parts)])
 
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")

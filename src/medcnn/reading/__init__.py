@@ -56,6 +56,7 @@ read, as without ``around``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -111,7 +112,7 @@ def read_scan(
 def read_nifti_as_stored(path: str | Path) -> Volume:
     """A NIfTI file's array and affine exactly as stored, without the scan checks: for masks,
     and for the training set's own volumes, whose HU the dataset vouches for."""
-    image = nib.load(str(path))
+    image: Any = nib.load(str(path))  # a NIfTI image; nibabel types it as any file
     return Volume(np.asarray(image.dataobj), image.affine.astype(float))
 
 

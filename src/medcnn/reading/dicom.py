@@ -9,6 +9,7 @@ import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -65,8 +66,8 @@ _HEADER_TAGS = [
 ]
 # Every tag above is in a group up to 0x0028; parsing stops there, before the large private
 # groups some scanners write between the image tags and the pixels.
-_HEADER_TAG_LIST = [Tag(name) for name in _HEADER_TAGS]
-_LAST_HEADER_GROUP = max(tag.group for tag in _HEADER_TAG_LIST)
+_HEADER_TAG_LIST: list[BaseTag | int] = [Tag(name) for name in _HEADER_TAGS]
+_LAST_HEADER_GROUP = max(Tag(tag).group for tag in _HEADER_TAG_LIST)
 
 _MODALITY_NAMES = {
     "MR": "an MR image",
@@ -197,8 +198,8 @@ def _read_slice_header(path: Path) -> SliceHeader | None:
     description = str(_tag(ds, "SeriesDescription") or "").strip() or None
     modality = str(_tag(ds, "Modality") or "").strip().upper() or None
     key = uid or f"{path.parent}|{_tag(ds, 'SeriesNumber')}|{description}|{modality}"
-    image_type = _tag(ds, "ImageType") or []
-    image_type = [image_type] if isinstance(image_type, str) else list(image_type)
+    tagged_type: Any = _tag(ds, "ImageType") or []
+    image_type = [tagged_type] if isinstance(tagged_type, str) else list(tagged_type)
     spacing = _floats(_tag(ds, "PixelSpacing"), 2)
     return SliceHeader(
         path=path,
@@ -238,7 +239,7 @@ def _tag(ds: object, name: str) -> object:
 
 def _floats(value: object, count: int) -> np.ndarray | None:
     try:
-        numbers = np.array([float(v) for v in value], dtype=float)  # type: ignore[attr-defined]
+        numbers = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
     except Exception:
         return None
     return numbers if numbers.shape == (count,) and np.all(np.isfinite(numbers)) else None
@@ -488,7 +489,7 @@ def _stack_geometry(
 
     # Along the normal, and within one position by instance number (duplicates keep the lowest).
     distances = np.array(positions) @ normal
-    order = np.lexsort(([s.instance_number for s in slices], distances))
+    order = np.lexsort((np.array([s.instance_number for s in slices]), distances))
     keep, warnings = _drop_duplicate_positions(distances[order])
     order = order[keep]
     ordered = [slices[n] for n in order]

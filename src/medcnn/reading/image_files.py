@@ -5,6 +5,7 @@ allows it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -56,7 +57,7 @@ def format_of(path: Path) -> str | None:
 
 def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     try:
-        image = nib.load(path)
+        image: Any = nib.load(path)  # Nifti1Image or Nifti2Image; nibabel types it as any file
         shape = tuple(int(n) for n in image.shape)
         header_dtype = np.dtype(image.get_data_dtype())
     except Exception as err:
