@@ -91,7 +91,7 @@ def analyzer(args: dict) -> dict:
     """MedCNN warm, in process: an Analyzer already loaded, ``analyze_file`` per repeat."""
     import tempfile
 
-    from medcnn.analysis import Analyzer
+    from medcnn.app.analysis import Analyzer
 
     engine = Analyzer(args["bundle"], trusted=True)
     rss = memory_mb("VmRSS")
@@ -113,9 +113,9 @@ def network(args: dict) -> dict:
     import torch
 
     from medcnn.bundle import load_engine, load_patch_spec
-    from medcnn.explain import malignancy_heatmap
-    from medcnn.inference import predict
-    from medcnn.preprocessing import sample_patch
+    from medcnn.nodule.explain import malignancy_heatmap
+    from medcnn.nodule.inference import predict
+    from medcnn.nodule.preprocessing import sample_patch
     from medcnn.reading import read_scan
 
     model, _ = load_engine(Path(args["bundle"]), trusted=True)
@@ -156,8 +156,8 @@ def train(args: dict) -> dict:
     import torch
 
     from medcnn import distributed
-    from medcnn.data.lidc import load_cases
-    from medcnn.training import TrainSettings, train_fold
+    from medcnn.training.data.lidc import load_cases
+    from medcnn.training.loop import TrainSettings, train_fold
 
     distributed.init_process_group()  # under torchrun: join the other ranks
 

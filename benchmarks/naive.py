@@ -19,15 +19,15 @@ from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, Spatial
 from monai.transforms import Spacing as SpacingTransform
 from monai.visualize import GradCAM
 
-from medcnn.inference import (
+from medcnn.nodule.inference import (
     FLIPS,
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
     _central_component,
     box_settled,
 )
-from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
-from medcnn.preprocessing import HU_AIR, Patch, PatchSpec, context_box, network_input
+from medcnn.nodule.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.nodule.preprocessing import HU_AIR, Patch, PatchSpec, context_box, network_input
 
 
 def naive_analyze(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pyinstrument import Profiler
 
-from medcnn.analysis import Analyzer
+from medcnn.app.analysis import Analyzer
 
 
 def main() -> None:

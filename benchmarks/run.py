@@ -63,11 +63,11 @@ def timed_child(command: list[str], allowed: tuple[int, ...] = (0,)) -> tuple[fl
 
 
 class Worker:
-    """``python -m medcnn.worker`` as a viewer runs it: started once, then one request a click."""
+    """``python -m medcnn.app.worker`` as a viewer runs it: started once, then a request a click."""
 
     def __init__(self, bundle: Path, env: dict | None = None) -> None:
         self.process = subprocess.Popen(
-            [PYTHON, "-m", "medcnn.worker", "--bundle", str(bundle), "--trust-bundle"],
+            [PYTHON, "-m", "medcnn.app.worker", "--bundle", str(bundle), "--trust-bundle"],
             cwd=REPO,
             env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
@@ -200,7 +200,7 @@ def cold_rows(scans: dict[str, Path], bundle: Path, repeats: int, tmp: Path) -> 
         times, peaks = [], []
         for n in range(repeats):
             out = tmp / f"cold_{name}_{n}"
-            command = [PYTHON, "-m", "medcnn.cli", "analyze", str(path), "--point"]
+            command = [PYTHON, "-m", "medcnn", "analyze", str(path), "--point"]
             command += [str(v) for v in POINT_RAS]
             command += ["--out", str(out), "--bundle", str(bundle), "--trust-bundle"]
             elapsed, peak, _ = timed_child(command)
@@ -249,10 +249,10 @@ def batch_rows(bundle: Path, limit: int | None, tmp: Path, group_size: int | Non
         if group_size is not None:
             options += ["--group-size", str(group_size)]
         if processes == 1:
-            command = [PYTHON, "-m", "medcnn.cli", "batch", *options]
+            command = [PYTHON, "-m", "medcnn", "batch", *options]
         else:
             command = [PYTHON, "-m", "torch.distributed.run", "--standalone"]
-            command += [f"--nproc_per_node={processes}", "-m", "medcnn.cli", "batch", *options]
+            command += [f"--nproc_per_node={processes}", "-m", "medcnn", "batch", *options]
         # Exit 11: some cases failed (counted below); torchrun reports a rank's 11 as its own 1.
         elapsed, peak, _ = timed_child(command, allowed=(0, BATCH_INCOMPLETE, 1))
         with open(out / "predictions.csv", newline="") as handle:
@@ -289,7 +289,7 @@ def random_bundle(tmp: Path, members: int) -> Path:
     """A trusted bundle with random weights; speed does not depend on the weights' values."""
     import torch
 
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
     bundle = tmp / "random_bundle"
     shutil.copytree(REPO / "monai_bundle" / "configs", bundle / "configs")

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medcnn.analysis import Analyzer
-from medcnn.metrics import dice
+from medcnn.app.analysis import Analyzer
+from medcnn.nodule.preprocessing import resample
 from medcnn.phantom import make_phantom
-from medcnn.preprocessing import resample
 from medcnn.reading import read_scan
+from medcnn.training.metrics import dice
 from medcnn.volume import Volume
 
 LUNG1_NODULE_RAS = (21.86, 120.54, -611.50)
@@ -52,9 +52,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def medcnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "medcnn.cli", *args], capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, "-m", "medcnn", *args], capture_output=True, text=True)
 
 
 def nifti(path: Path) -> Volume:

@@ -19,7 +19,7 @@ from medcnn.bundle import (
     sha256_of,
 )
 from medcnn.errors import ModelIntegrityError
-from medcnn.preprocessing import PatchSpec
+from medcnn.nodule.preprocessing import PatchSpec
 
 BUNDLE = default_bundle_dir()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -91,7 +91,7 @@ def test_verify_net_in_out_runs_offline() -> None:
 
 
 def test_ckpt_export_gives_the_same_answers(tmp_path: Path) -> None:
-    from medcnn.release import export_torchscript  # MONAI's ckpt_export, offline
+    from medcnn.training.release import export_torchscript  # MONAI's ckpt_export, offline
 
     scripted = torch.jit.load(str(export_torchscript(BUNDLE, tmp_path / "model.ts")))
     model, _ = load_ensemble(BUNDLE)
@@ -184,7 +184,7 @@ def test_cli_refuses_tampered_bundle_with_exit_code_9(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "medcnn.cli",
+            "medcnn",
             "analyze",
             "x.nii.gz",
             "--point",
@@ -211,7 +211,7 @@ def test_shipped_cross_validated_numbers_reproduce_on_a_fixed_subset(
 ) -> None:
     """Every 8th nodule, each judged by the member that never saw its patient, through the
     click's inference path: the numbers recorded at release time come out again."""
-    from medcnn.evaluation import BundleEvaluator
+    from medcnn.training.evaluation import BundleEvaluator
 
     expected = METADATA["medcnn"]["check_subset"]
     summary = BundleEvaluator(

@@ -19,7 +19,7 @@ from medcnn.phantom import NODULE_CENTER_RAS, NODULE_DIAMETER_MM
 def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # no phantom yet
     done = subprocess.run(
-        [sys.executable, "-m", "medcnn.cli", "demo", "--out", "out"],
+        [sys.executable, "-m", "medcnn", "demo", "--out", "out"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

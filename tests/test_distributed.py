@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medcnn.distributed import World, gather_in_order
-from medcnn.network import NoduleEnsemble
+from medcnn.nodule.network import NoduleEnsemble
 from medcnn.phantom import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,13 +68,21 @@ def test_batch_sharded_over_two_processes_gives_the_single_process_predictions(
     options = ["--bundle", str(random_bundle), "--trust-bundle", "--no-progress"]
 
     single = subprocess.run(
-        [sys.executable, "-m", "medcnn.cli", "batch", str(manifest), "--out", str(tmp_path / "one")]
+        [
+            sys.executable,
+            "-m",
+            "medcnn",
+            "batch",
+            str(manifest),
+            "--out",
+            str(tmp_path / "one"),
+        ]
         + options,
         capture_output=True,
         text=True,
     )
     sharded = torchrun(
-        "-m", "medcnn.cli", "batch", str(manifest), "--out", str(tmp_path / "two"), *options
+        "-m", "medcnn", "batch", str(manifest), "--out", str(tmp_path / "two"), *options
     )
     assert single.returncode != 0 and sharded.returncode != 0, sharded.stderr[-2000:]
     expected = list(csv.DictReader(open(tmp_path / "one" / "predictions.csv")))

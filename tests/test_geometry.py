@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medcnn.preprocessing import (
+from medcnn.nodule.preprocessing import (
     PatchSpec,
     patch_to_scan,
     resample,

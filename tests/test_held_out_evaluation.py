@@ -15,10 +15,10 @@ import pytest
 from nodule_tables import copy_nodules
 from readme_tables import readme_table
 
-from medcnn.analysis import Analyzer
-from medcnn.cli import main
-from medcnn.data.lidc import load_cases, read_table
+from medcnn.app.analysis import Analyzer
+from medcnn.app.cli import main
 from medcnn.reading import read_scan
+from medcnn.training.data.lidc import load_cases, read_table
 
 pytestmark = pytest.mark.data
 COLUMNS = ("image", "mask", "center_r", "center_a", "center_s", "diameter_mm", "malignancy")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcnn.measure import (
+from medcnn.nodule.measure import (
     AERATED_LUNG_HU,
     NODULE_PROBABILITY,
     component_nearest_centre,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medcnn.calibration import apply_logistic, fit_logistic
-from medcnn.metrics import (
+from medcnn.training.calibration import apply_logistic, fit_logistic
+from medcnn.training.metrics import (
     bootstrap_interval,
     brier_score,
     dice,

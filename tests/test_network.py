@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from medcnn.grouped import ensemble_outputs
-from medcnn.network import (
+from medcnn.nodule.grouped import ensemble_outputs
+from medcnn.nodule.network import (
     DESCRIPTORS,
     NODULE_FEATURES,
     NoduleEnsemble,

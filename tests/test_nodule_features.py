@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
-from medcnn.nodule_features import NAMES, nodule_features
-from medcnn.preprocessing import PatchSpec, normalize_hu
+from medcnn.nodule.features import NAMES, nodule_features
+from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
 
 
 def _ball(radius: float, n: int = 32) -> np.ndarray:

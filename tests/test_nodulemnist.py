@@ -13,16 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medcnn.augmentation import Augmentation, random_rotation
+from medcnn.app.cli import main
 from medcnn.bundle import default_bundle_dir
-from medcnn.cli import main
-from medcnn.data import nodulemnist
-from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase
-from medcnn.data.nodulemnist import OFFICIAL_MD5, SPLIT_FOLDS, file_md5, load_nodulemnist3d, to_hu
 from medcnn.errors import GeometryError, InputNotFoundError, UnreadableImageError
-from medcnn.losses import case_targets, loss_terms, total_loss
-from medcnn.network import DESCRIPTORS, NoduleNet
-from medcnn.preprocessing import (
+from medcnn.nodule.network import DESCRIPTORS, NoduleNet
+from medcnn.nodule.preprocessing import (
     PatchSpec,
     context_box,
     network_input,
@@ -30,7 +25,18 @@ from medcnn.preprocessing import (
     resample,
     sample_patch,
 )
-from medcnn.training import NoduleMNISTTrainer, TrainSettings, training_example
+from medcnn.training.augmentation import Augmentation, random_rotation
+from medcnn.training.data import nodulemnist
+from medcnn.training.data.lidc import SOFT_MALIGNANCY, NoduleCase
+from medcnn.training.data.nodulemnist import (
+    OFFICIAL_MD5,
+    SPLIT_FOLDS,
+    file_md5,
+    load_nodulemnist3d,
+    to_hu,
+)
+from medcnn.training.loop import NoduleMNISTTrainer, TrainSettings, training_example
+from medcnn.training.losses import case_targets, loss_terms, total_loss
 from medcnn.volume import Volume
 
 SIZES = {"train": 6, "val": 2, "test": 2}

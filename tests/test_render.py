@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_geometry import blob_scan, scan_affine
 
-from medcnn.render import axial_plane
+from medcnn.outputs.render import axial_plane
 from medcnn.volume import Volume, apply_affine
 
 FOV_MM, PIXEL_MM = 60.0, 0.5

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcnn.network import NoduleNet
-from medcnn.nodule_features import NAMES
-from medcnn.preprocessing import PatchSpec, normalize_hu
-from medcnn.residual_logit import MeasurementOffset, ResidualTraining
+from medcnn.nodule.features import NAMES
+from medcnn.nodule.network import NoduleNet
+from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
+from medcnn.training.residual_logit import MeasurementOffset, ResidualTraining
 
 
 def _balls(radii: list[float], n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

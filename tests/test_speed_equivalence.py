@@ -1,7 +1,7 @@
 """The fast inference path gives the numbers of the straightforward one.
 
-The model's cross-validated metrics are computed through ``medcnn.inference.predict``; the speed
-work (members as one grouped network, the last box pass reused as the unflipped copy, GradCAM
+The model's cross-validated metrics are computed through ``medcnn.nodule.inference.predict``; the
+speed work (members as one grouped network, the last box pass reused as the unflipped copy, GradCAM
 from the saved activations) must not move them. The straightforward implementation of the same
 steps (one member finds the box, the ensemble settles it) is kept here, as plain as it can be
 written: each member on its own, a separate network call per pass and per flip, and MONAI's
@@ -24,15 +24,14 @@ import SimpleITK as sitk
 import torch
 from monai.visualize import GradCAM
 
-import medcnn.analysis
-from medcnn import inference
-from medcnn.analysis import Analyzer, FileRequest
+import medcnn.app.analysis
+from medcnn.app.analysis import Analyzer, FileRequest
 from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
-from medcnn.data.lidc import load_cases
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
-from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
-from medcnn.grouped import GroupedEnsemble, as_engine
-from medcnn.inference import (
+from medcnn.nodule import inference
+from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
+from medcnn.nodule.grouped import GroupedEnsemble, as_engine
+from medcnn.nodule.inference import (
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
     _central_component,
@@ -40,11 +39,18 @@ from medcnn.inference import (
     predict,
     predict_many,
 )
-from medcnn.metrics import dice
-from medcnn.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.nodule.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.nodule.preprocessing import (
+    PatchSpec,
+    box_mask,
+    context_box,
+    network_input,
+    sample_patch,
+)
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom, synthetic_chest
-from medcnn.preprocessing import PatchSpec, box_mask, context_box, network_input, sample_patch
 from medcnn.reading import ScanRegion, dicom, image_files, read_scan
+from medcnn.training.data.lidc import load_cases
+from medcnn.training.metrics import dice
 from medcnn.volume import Volume
 
 PROBABILITY_TOLERANCE = 1e-4
@@ -191,7 +197,7 @@ def test_engine_network_has_no_batch_norm_and_needs_no_monai() -> None:
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in engine.modules())
     code = (
         "import sys, numpy as np\n"
-        "from medcnn.analysis import Analyzer\n"
+        "from medcnn.app.analysis import Analyzer\n"
         "from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest\n"
         "Analyzer().analyze_volume(synthetic_chest(), np.asarray(NODULE_CENTER_RAS))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('monai', 'itk')))\n"
@@ -563,7 +569,7 @@ def test_when_the_group_fails_each_file_is_analysed_alone(
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory in the batched network")
 
-    monkeypatch.setattr(medcnn.analysis, "predict_many", broken)
+    monkeypatch.setattr(medcnn.app.analysis, "predict_many", broken)
     requests = [
         FileRequest(phantom["nifti"], centre, tmp_path / "together" / "0"),
         FileRequest(tmp_path / "missing.nii.gz", centre, tmp_path / "together" / "1"),

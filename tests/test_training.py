@@ -14,18 +14,19 @@ import pytest
 import torch
 from nodule_tables import copy_nodules
 
-from medcnn import losses, training
-from medcnn.data.lidc import load_cases
 from medcnn.errors import UsageError
-from medcnn.network import NoduleNet
-from medcnn.training import TrainSettings, epoch_batches, train_fold
+from medcnn.nodule.network import NoduleNet
+from medcnn.training import loop as training
+from medcnn.training import losses
+from medcnn.training.data.lidc import load_cases
+from medcnn.training.loop import TrainSettings, epoch_batches, train_fold
 
 
 def medcnn_train(data: Path, run_dir: Path, *options: str) -> subprocess.CompletedProcess:
     """``medcnn train --data DATA --run-dir RUN_DIR OPTIONS`` in a new process, as users run it."""
     command = ["train", "--data", str(data), "--run-dir", str(run_dir), *options]
     return subprocess.run(
-        [sys.executable, "-m", "medcnn.cli", *command], capture_output=True, text=True
+        [sys.executable, "-m", "medcnn", *command], capture_output=True, text=True
     )
 
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from medcnn.errors import ModelIntegrityError
-from medcnn.grouped import GroupedEnsemble, member_states
-from medcnn.preprocessing import PatchSpec
+from medcnn.nodule.grouped import GroupedEnsemble, member_states
+from medcnn.nodule.preprocessing import PatchSpec
 
 if TYPE_CHECKING:
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
 WEIGHTS = Path("models") / "model.pt"
 
@@ -127,7 +127,7 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
 
 
 def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsemble, dict]:
-    """The verified model as the engine runs it (``medcnn.grouped``, no MONAI), and its
+    """The verified model as the engine runs it (``medcnn.nodule.grouped``, no MONAI), and its
     metadata."""
     state, info, path = _verified_state(bundle_dir, trusted)
     try:
@@ -142,7 +142,7 @@ def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsembl
 def load_ensemble(bundle_dir: Path, trusted: bool = False) -> tuple[NoduleEnsemble, dict]:
     """The verified model as MONAI-built ``NoduleEnsemble`` in eval mode (for training, export
     and tests), and its metadata."""
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
     state, info, path = _verified_state(bundle_dir, trusted)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from reliability_support import REPO, SHIPPED_WEIGHTS, write_random_bundle
 
-from medcnn.analysis import Analyzer
+from medcnn.app.analysis import Analyzer
 from medcnn.phantom import make_phantom
 
 SHARED_DATA = Path(os.environ.get("MEDCNN_SHARED_DATA", REPO.parent / "shared" / "data"))

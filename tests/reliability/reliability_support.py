@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from medcnn.app.cli import main
 from medcnn.bundle import sha256_of
-from medcnn.cli import main
-from medcnn.network import NoduleEnsemble
+from medcnn.nodule.network import NoduleEnsemble
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_BUNDLE = REPO / "monai_bundle"

@@ -25,8 +25,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from readme_tables import readme_table
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
-from medcnn.analysis import Analyzer
-from medcnn.batch import BatchRunner
+from medcnn.app.analysis import Analyzer
+from medcnn.app.batch import BatchRunner
 from medcnn.errors import BatchIncompleteError
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest, write_dicom_series, write_nifti
 from medcnn.volume import Volume

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from itk_images import to_itk_image
 from reliability_support import RecordingAnalyzer
 
-from medcnn.batch import BatchRunner, case_folder_name, parse_point, read_manifest
+from medcnn.app.batch import BatchRunner, case_folder_name, parse_point, read_manifest
 from medcnn.errors import MedCNNError
 from medcnn.phantom import write_dicom_series, write_nifti
 from medcnn.volume import Volume

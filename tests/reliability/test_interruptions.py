@@ -11,8 +11,8 @@ import pytest
 from nodule_tables import copy_nodules
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
-import medcnn.analysis
-import medcnn.writing
+import medcnn.app.analysis
+import medcnn.outputs.writing
 from medcnn.phantom import NODULE_CENTER_RAS
 
 
@@ -27,7 +27,7 @@ def test_cancelling_is_exit_code_130_and_leaves_nothing(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(medcnn.analysis, "predict", interrupted)
+    monkeypatch.setattr(medcnn.app.analysis, "predict", interrupted)
     before = snapshot(tmp_path)
     run = run_cli(capsys, *analyze_args(phantom, tmp_path / "out", tmp_bundle))
     assert_one_clear_sentence(run, 130, "Cancelled")
@@ -41,7 +41,7 @@ def test_a_failed_write_keeps_the_previous_result_whole(
     assert run_cli(capsys, *analyze_args(phantom, out, tmp_bundle)).code == 0
     before = snapshot(tmp_path)
     saved = []
-    real_save = medcnn.writing.nib.save
+    real_save = medcnn.outputs.writing.nib.save
 
     def disk_full_on_second_file(image: object, path: Path) -> None:
         if saved:
@@ -49,7 +49,7 @@ def test_a_failed_write_keeps_the_previous_result_whole(
         real_save(image, path)
         saved.append(path)
 
-    monkeypatch.setattr(medcnn.writing.nib, "save", disk_full_on_second_file)
+    monkeypatch.setattr(medcnn.outputs.writing.nib, "save", disk_full_on_second_file)
     run = run_cli(capsys, *analyze_args(phantom, out, tmp_bundle))
     assert run.code != 0
     assert "No space left on device" in run.stderr and "Traceback" not in run.stderr

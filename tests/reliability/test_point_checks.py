@@ -1,4 +1,4 @@
-"""The rules of ``medcnn.checks`` at their boundaries: what is refused, what still works.
+"""The rules of ``medcnn.nodule.checks`` at their boundaries: what is refused, what still works.
 
 The command-line view of each refusal is in ``test_bad_inputs.py``; here each threshold is
 held on both sides, without a model, so a change of rule shows up as a failing line.
@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 
 import medcnn.errors as errors
-from medcnn.analysis import Analyzer
-from medcnn.checks import (
-    MIN_CORE_INSIDE,
-    check_scan_at_point,
-    core_inside_fraction,
-    densest_hu_near,
-)
+from medcnn.app.analysis import Analyzer
 from medcnn.errors import (
     EXIT_CODES,
     GeometryError,
@@ -27,6 +21,12 @@ from medcnn.errors import (
     PointOutsideScanError,
     UnreadableImageError,
     UsageError,
+)
+from medcnn.nodule.checks import (
+    MIN_CORE_INSIDE,
+    check_scan_at_point,
+    core_inside_fraction,
+    densest_hu_near,
 )
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest, write_nifti
 from medcnn.volume import Volume

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from itk_images import to_itk_image
 
-from medcnn.analysis import Analyzer
+from medcnn.app.analysis import Analyzer
 from medcnn.phantom import write_nifti
 from medcnn.reading import read_scan
 from medcnn.volume import Volume, apply_affine

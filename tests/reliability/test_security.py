@@ -28,7 +28,7 @@ from reliability_support import (
     write_random_bundle,
 )
 
-from medcnn.batch import BatchRunner, ManifestRow, case_folder_name
+from medcnn.app.batch import BatchRunner, ManifestRow, case_folder_name
 from medcnn.bundle import sha256_of
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest, write_dicom_series
 from medcnn.volume import Volume
@@ -102,7 +102,7 @@ def offline_analysis(tmp_path_factory) -> dict:
     before = snapshot(folder / "input")
     point = [str(v) for v in NODULE_CENTER_RAS]
     done = subprocess.run(
-        [sys.executable, "-m", "medcnn.cli", "analyze", str(archive), "--point", *point]
+        [sys.executable, "-m", "medcnn", "analyze", str(archive), "--point", *point]
         + ["--out", str(out), *bundle_args],
         env=guarded_env(log),
         capture_output=True,

@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m medcnn.worker`` that speaks the same protocol without the model.
+"""A stand-in for ``python -m medcnn.app.worker`` that speaks the same protocol without the model.
 
 It reads the scan with SimpleITK and writes a heatmap (a Gaussian blob) and a segmentation
 (a ball) on a sub-grid of the scan's own grid around the point, like the engine does, so the

@@ -1,5 +1,5 @@
 """End to end as in Slicer: real scans loaded into a real MRML scene through storage nodes, the
-real ``python -m medcnn.worker`` with the shipped model behind the same runner the module uses,
+real ``python -m medcnn.app.worker`` with the shipped model behind the same runner the module uses,
 results imported as MRML nodes. Slow (model loading and inference on CPU); CI runs them.
 
 Set ``MEDCNN_BUNDLE`` to run them against another bundle (the engine's own override)."""

@@ -143,7 +143,7 @@ def test_module_cmake_builds_tests_and_ships_engine_and_bundle():
 
     installs = [[expand(arg) for arg in args] for name, args in commands if name == "install"]
     engine, bundle = (Path(args[1]).resolve() for args in installs)
-    assert engine == REPO / "src" / "medcnn" and (engine / "worker.py").is_file()
+    assert engine == REPO / "src" / "medcnn" and (engine / "app" / "worker.py").is_file()
     assert bundle == REPO / "monai_bundle" and (bundle / "configs" / "metadata.json").is_file()
     # the engine finds its bundle as medcnn/monai_bundle (medcnn.bundle.default_bundle_dir)
     destinations = [args[args.index("DESTINATION") + 1] for args in installs]

@@ -127,7 +127,7 @@ def test_engine_that_cannot_start_is_reported(standin_runner, tmp_path):
 
 
 def test_missing_python_is_reported(tmp_path):
-    runner = WorkerRunner(command=[str(tmp_path / "no-such-python"), "-m", "medcnn.worker"])
+    runner = WorkerRunner(command=[str(tmp_path / "no-such-python"), "-m", "medcnn.app.worker"])
     events = runner.submit(request_for(tmp_path / "scan.nrrd", tmp_path)).wait(timeout=10)
     assert events[-1].kind == "error"
     assert "could not be started" in events[-1].message

@@ -1,5 +1,6 @@
-"""``medcnn.worker``: the JSON-lines protocol, without Slicer and (but for the last test) without
-the model. ``serve`` gets a stand-in analyzer; the process-level test starts the real module."""
+"""``medcnn.app.worker``: the JSON-lines protocol, without Slicer and (but for the last test)
+without the model. ``serve`` gets a stand-in analyzer; the process-level test starts the real
+module."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import json
 import subprocess
 import sys
 
+from medcnn.app.worker import Channel, serve
 from medcnn.errors import MedCNNError, PointOutsideScanError
-from medcnn.worker import Channel, serve
 
 
 class StandInAnalyzer:
@@ -102,7 +103,7 @@ def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):
     """The real module, started as Slicer starts it: a fatal line on stdout, only JSON there,
     the error's exit code as the process status."""
     completed = subprocess.run(
-        [sys.executable, "-m", "medcnn.worker", "--bundle", str(tmp_path), "--trust-bundle"],
+        [sys.executable, "-m", "medcnn.app.worker", "--bundle", str(tmp_path), "--trust-bundle"],
         input="",
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """The background process that runs the analysis, so that Slicer's main thread never does.
 
 ``InferenceRunner`` is the small interface the logic needs; ``WorkerRunner`` implements it with
-one persistent ``python -m medcnn.worker`` process (see that module for the JSON-lines
+one persistent ``python -m medcnn.app.worker`` process (see that module for the JSON-lines
 protocol), started on the first request and reused for the next ones, so importing torch and
 loading the model are paid once. Cancelling kills the worker's whole process group; the next
 request starts a fresh worker, as it does after the worker died.
@@ -97,7 +97,7 @@ def engineSearchPath() -> list[str]:
         here.parent / "MedCNNEngine",  # installed extension
         here.parents[2] / "src",  # source checkout: MedCNNExtension/MedCNN/MedCNNLib
     ]
-    return [str(path) for path in candidates if (path / "medcnn" / "worker.py").exists()]
+    return [str(path) for path in candidates if (path / "medcnn" / "app" / "worker.py").exists()]
 
 
 def workerEnvironment(extraPath: list[str]) -> dict[str, str]:
@@ -173,7 +173,7 @@ class WorkerJob:
 
 
 class WorkerRunner:
-    """``InferenceRunner`` backed by one persistent ``python -m medcnn.worker`` process.
+    """``InferenceRunner`` backed by one persistent ``python -m medcnn.app.worker`` process.
 
     ``command`` replaces the worker command line (tests use it to run stand-ins).
     """
@@ -186,7 +186,7 @@ class WorkerRunner:
         stderrLines: int = 200,
     ) -> None:
         python = pythonExecutable or defaultPythonExecutable()
-        self.command = command or [python, "-u", "-m", "medcnn.worker"]
+        self.command = command or [python, "-u", "-m", "medcnn.app.worker"]
         self.extraPythonPath = engineSearchPath() if extraPythonPath is None else extraPythonPath
         self.model: dict | None = None
         self.software: dict | None = None

@@ -325,7 +325,15 @@ def read_dicom(
     first, count = slices_reached(around, affine, len(slices))
     array, low, high = _read_dicom_pixels(slices[first : first + count], as_float)
     warnings += value_warnings(array, low, high, modality_known=True)
-    metadata = scan_metadata(path, "dicom", "CT", series.first, choice, warnings)
+    metadata = scan_metadata(
+        path,
+        "dicom",
+        "CT",
+        warnings,
+        series_uid=series.first.series_uid,
+        series_description=series.first.series_description,
+        series_choice=choice,
+    )
     return volume_or_slab(array, affine, metadata, first, (columns, rows, len(slices)))
 
 

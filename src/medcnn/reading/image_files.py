@@ -94,7 +94,7 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
             "positions assume an arbitrary axis-aligned grid."
         )
     warnings += value_warnings(array, low, high, modality_known=False)
-    metadata = scan_metadata(path, "nifti", None, None, None, warnings)
+    metadata = scan_metadata(path, "nifti", None, warnings)
     return volume_or_slab(array, affine, metadata, first, shape3)
 
 
@@ -146,7 +146,7 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             image = image[:, :, :, 0]
         array, low, high = array_from_sitk(image)
     warnings = value_warnings(array, low, high, modality_known=False)
-    metadata = scan_metadata(path, image_format, None, None, None, warnings)
+    metadata = scan_metadata(path, image_format, None, warnings)
     if count < shape3[2]:
         return volume_or_slab(array, affine, metadata, first, shape3)
     return Volume(array, LPS_TO_RAS @ lps_affine(image), metadata)

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from medcnn.errors import NotCTError, ResourceLimitError, UnreadableImageError, UsageError
-
-if TYPE_CHECKING:
-    from medcnn.reading.dicom import SliceHeader
-
 
 MAX_SCAN_BYTES_ENV = "MEDCNN_MAX_SCAN_BYTES"
 DEFAULT_MAX_SCAN_BYTES = 3 * 1024**3
@@ -118,16 +113,18 @@ def scan_metadata(
     path: Path,
     image_format: str,
     modality: str | None,
-    header: SliceHeader | None,
-    series_choice: str | None,
     warnings: list[str],
+    series_uid: str | None = None,
+    series_description: str | None = None,
+    series_choice: str | None = None,
 ) -> dict:
+    """The input's description in every result; the series fields only for DICOM."""
     return {
         "path": str(path),
         "format": image_format,
         "modality": modality,
-        "series_instance_uid": header.series_uid if header else None,
-        "series_description": header.series_description if header else None,
+        "series_instance_uid": series_uid,
+        "series_description": series_description,
         "series_choice": series_choice,
         "warnings": warnings,
     }

@@ -6,7 +6,7 @@ the benign nodules are calcified, and almost no malignant one is. A calcified vo
 bright (above about 200 HU). The CNN, trained on 800 nodules, does not learn that reliably, but
 it can be read straight off the HU values under the network's own segmentation. So each member
 reports these measurements of its segmentation beside its logits, and the combining head
-(``medcnn.calibration``), fitted on out-of-fold predictions, weighs them.
+(``medcnn.training.calibration``), fitted on out-of-fold predictions, weighs them.
 
 Everything is computed in patch space (1 mm voxels) from the network's input and one member's
 segmentation probabilities, weighted by those probabilities, so it is the same in training,
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from medcnn.measure import CALCIFIED_HU
-from medcnn.preprocessing import PatchSpec
+from medcnn.nodule.measure import CALCIFIED_HU
+from medcnn.nodule.preprocessing import PatchSpec
 
 NAMES = (
     "log_volume",
@@ -45,7 +45,7 @@ def nodule_features(
     """(B, N, N, N) input channel 0 (scaled HU), (B, M, N, N, N) probabilities -> (B, M, F).
 
     The largest axial cross-section stands for the diameter the readers measured on axial slices.
-    Densities are in HU, up to the input's ``measured_hu_max`` (``medcnn.preprocessing``), so
+    Densities are in HU, up to the input's ``measured_hu_max`` (``medcnn.nodule.preprocessing``), so
     calcium keeps its real density rather than the CNN window's top. Compactness is
     volume^(2/3) over surface area: highest for a sphere, lower for a lobulated or spiculated
     outline. A member that segments nothing gets finite values.

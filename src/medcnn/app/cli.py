@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _analyzer(args: argparse.Namespace) -> object:
-    from medcnn.analysis import Analyzer
+    from medcnn.app.analysis import Analyzer
 
     return Analyzer(args.bundle, trusted=args.trust_bundle)
 
@@ -264,7 +264,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         args.image, args.point, args.out, lps=args.lps, progress=report, series_uid=args.series_uid
     )
     if args.overlay:
-        from medcnn.render import overlay_from_outputs
+        from medcnn.outputs.render import overlay_from_outputs
 
         overlay_from_outputs(args.image, args.out, series_uid=args.series_uid)
     print(
@@ -280,7 +280,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    from medcnn.batch import GROUP_SIZE, BatchRunner
+    from medcnn.app.batch import GROUP_SIZE, BatchRunner
 
     group_size = GROUP_SIZE if args.group_size is None else args.group_size
     runner = BatchRunner(
@@ -297,9 +297,9 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from medcnn.analysis import Analyzer
-    from medcnn.demo import ensure_phantom
-    from medcnn.render import overlay_from_outputs
+    from medcnn.app.analysis import Analyzer
+    from medcnn.app.demo import ensure_phantom
+    from medcnn.outputs.render import overlay_from_outputs
 
     phantom = ensure_phantom()
     analyzer = Analyzer()
@@ -328,7 +328,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from medcnn.bundle import default_bundle_dir
-    from medcnn.training import CrossValidationTrainer, NoduleMNISTTrainer, TrainSettings
+    from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer, TrainSettings
 
     data = _data_path(args)
     settings = TrainSettings(epochs=args.epochs, max_steps_per_epoch=args.max_steps)
@@ -367,7 +367,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medcnn.evaluation import BundleEvaluator, json_safe
+    from medcnn.training.evaluation import BundleEvaluator, json_safe
 
     summary = BundleEvaluator(
         _data_path(args),

@@ -11,22 +11,22 @@ import numpy as np
 import torch
 
 from medcnn.bundle import load_patch_spec, sha256_of
-from medcnn.calibration import (
+from medcnn.nodule.network import NoduleEnsemble
+from medcnn.training.calibration import (
     ensemble_probabilities,
     fit_logistic,
     install_head,
     member_rows,
     nested_head_probabilities,
 )
-from medcnn.data.lidc import load_cases, split_refused
-from medcnn.evaluation import (
+from medcnn.training.data.lidc import load_cases, split_refused
+from medcnn.training.evaluation import (
     every_nth,
     out_of_fold,
     plot_roc_and_reliability,
     summarize,
     write_rows,
 )
-from medcnn.network import NoduleEnsemble
 
 log = logging.getLogger(__name__)
 THRESHOLD = 0.5

@@ -21,20 +21,20 @@ import torch
 
 import medcnn
 from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
-from medcnn.checks import check_scan_at_point
 from medcnn.errors import UsageError
-from medcnn.explain import malignancy_heatmap, malignancy_heatmaps
-from medcnn.inference import Prediction, predict, predict_many
-from medcnn.measure import (
+from medcnn.nodule.checks import check_scan_at_point
+from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
+from medcnn.nodule.inference import Prediction, predict, predict_many
+from medcnn.nodule.measure import (
     calcified_share,
     longest_axial_diameter_mm,
     nodule_on_scan,
     volume_ml,
 )
-from medcnn.preprocessing import Patch, patch_to_scan, sample_patch
+from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
+from medcnn.outputs.writing import HEATMAP, RESULT, SEGMENTATION, write_outputs
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
-from medcnn.writing import HEATMAP, RESULT, SEGMENTATION, write_outputs
 
 Progress = Callable[[str, float], None]
 SCHEMA_VERSION = 1
@@ -63,7 +63,7 @@ class FileRequest:
 def software_versions() -> dict[str, str]:
     return {
         "medcnn": medcnn.__version__,
-        # The installed MONAI, read without importing it: a click never does (``medcnn.grouped``).
+        # The installed MONAI, read without importing it: a click never does.
         "monai": metadata.version("monai"),
         "torch": torch.__version__,
         "numpy": np.__version__,

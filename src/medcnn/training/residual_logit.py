@@ -1,7 +1,7 @@
 """Training the malignancy logit on what the nodule's measurements do not already say.
 
 The combining head reads size, density and shape straight off each member's segmentation
-(``medcnn.nodule_features``). A logit that learns size again adds little beside them, and the
+(``medcnn.nodule.features``). A logit that learns size again adds little beside them, and the
 members trained without this did just that (model card, "What the head's inputs carry"). So in
 training, and only there, the malignancy loss sees the logit plus a learned linear function of
 the same eight measurements of the consensus mask on the same augmented patch: size and density
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcnn.nodule_features import NAMES, nodule_features
+from medcnn.nodule.features import NAMES, nodule_features
 
 # Adam moves a weight by about the learning rate per step. A fold's 680 steps could not reach
 # the weights that a logistic regression on the standardised measurements has (2 to 3); the

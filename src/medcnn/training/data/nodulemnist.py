@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnn.data.lidc import NoduleCase
 from medcnn.errors import GeometryError, InputNotFoundError, UnreadableImageError
-from medcnn.preprocessing import PatchSpec
+from medcnn.nodule.preprocessing import PatchSpec
+from medcnn.training.data.lidc import NoduleCase
 from medcnn.volume import Volume
 
 OFFICIAL_MD5 = "8755a7e9e05a4d9ce80a24c3e7a256f3"

@@ -2,7 +2,7 @@
 
 The numbers come from the same inference path a user's click takes (the checks, the patch, the
 context-box passes), on the volumes of interest, so what is reported is what is shipped. A
-nodule whose point a click would refuse (``medcnn.checks``: outside its scan, say) is not
+nodule whose point a click would refuse (``medcnn.nodule.checks``: outside its scan, say) is not
 judged but listed with the reason: scoring it would count a prediction no user can get.
 NoduleMNIST3D's test split goes through the same path, for the MedMNIST table's AUC and accuracy.
 """
@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medcnn.data.lidc import NO_FOLD, NoduleCase, split_refused
 from medcnn.errors import UsageError
-from medcnn.grouped import GroupedEnsemble, as_engine
-from medcnn.inference import predict
-from medcnn.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
-from medcnn.metrics import (
+from medcnn.nodule.grouped import GroupedEnsemble, as_engine
+from medcnn.nodule.inference import predict
+from medcnn.nodule.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
+from medcnn.nodule.preprocessing import PatchSpec, patch_to_scan, sample_patch
+from medcnn.outputs.writing import check_output_folder, output_folder
+from medcnn.training.data.lidc import NO_FOLD, NoduleCase, split_refused
+from medcnn.training.metrics import (
     bootstrap_interval,
     brier_score,
     dice,
@@ -34,13 +36,11 @@ from medcnn.metrics import (
     roc_curve,
     threshold_metrics,
 )
-from medcnn.preprocessing import PatchSpec, patch_to_scan, sample_patch
 from medcnn.volume import Volume
-from medcnn.writing import check_output_folder, output_folder
 
 if TYPE_CHECKING:
-    from medcnn.analysis import Analyzer
-    from medcnn.network import NoduleEnsemble
+    from medcnn.app.analysis import Analyzer
+    from medcnn.nodule.network import NoduleEnsemble
 
 EPS = 1e-6
 log = logging.getLogger(__name__)
@@ -318,8 +318,8 @@ class BundleEvaluator:
         self.held_out = held_out
 
     def run(self) -> dict:
-        from medcnn.analysis import Analyzer
-        from medcnn.data.lidc import load_cases
+        from medcnn.app.analysis import Analyzer
+        from medcnn.training.data.lidc import load_cases
 
         analyzer = Analyzer(self.bundle_dir, trusted=self.trusted)
         if self.source == "nodulemnist3d":
@@ -361,7 +361,7 @@ class BundleEvaluator:
 
     def _run_nodulemnist3d(self, analyzer: Analyzer) -> dict:
         from medcnn.bundle import read_metadata
-        from medcnn.data.nodulemnist import load_nodulemnist3d
+        from medcnn.training.data.nodulemnist import load_nodulemnist3d
 
         cases = every_nth(load_nodulemnist3d(self.data_dir, verify=self.verify)["test"], self.every)
         check_output_folder(self.output_dir)

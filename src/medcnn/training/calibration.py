@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medcnn.network import NoduleEnsemble
+from medcnn.nodule.network import NoduleEnsemble
 
 
 def fit_logistic(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnn.checks import check_scan_at_point
 from medcnn.errors import InputNotFoundError, MedCNNError, UsageError
-from medcnn.network import DESCRIPTORS
+from medcnn.nodule.checks import check_scan_at_point
+from medcnn.nodule.network import DESCRIPTORS
 from medcnn.volume import Volume
 
 # Descriptor codes run 1..n; calcification's 6 means "absent", internal structure has 4 codes.

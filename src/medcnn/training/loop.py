@@ -21,14 +21,20 @@ import numpy as np
 import torch
 
 from medcnn import distributed
-from medcnn.augmentation import Augmentation, random_rotation
-from medcnn.data.lidc import NO_FOLD, NoduleCase, labelled_rows, load_cases, split_refused
 from medcnn.errors import UsageError
-from medcnn.losses import aux_scales, case_targets, loss_terms, total_loss
-from medcnn.network import NoduleEnsemble, NoduleNet
-from medcnn.preprocessing import PatchSpec, context_box, network_input, resample, sample_patch
-from medcnn.residual_logit import MeasurementOffset, ResidualTraining
-from medcnn.writing import check_output_folder, output_folder
+from medcnn.nodule.network import NoduleEnsemble, NoduleNet
+from medcnn.nodule.preprocessing import (
+    PatchSpec,
+    context_box,
+    network_input,
+    resample,
+    sample_patch,
+)
+from medcnn.outputs.writing import check_output_folder, output_folder
+from medcnn.training.augmentation import Augmentation, random_rotation
+from medcnn.training.data.lidc import NO_FOLD, NoduleCase, labelled_rows, load_cases, split_refused
+from medcnn.training.losses import aux_scales, case_targets, loss_terms, total_loss
+from medcnn.training.residual_logit import MeasurementOffset, ResidualTraining
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ class TrainSettings:
     # and Dice (monai_bundle/docs/README.md, Training).
     scaled_aux: bool = False
     # The malignancy loss sees the logit plus what the consensus mask's measurements say
-    # (medcnn.residual_logit), so the logit learns what they miss. Release 0.3.0 on.
+    # (medcnn.training.residual_logit), so the logit learns what they miss. Release 0.3.0 on.
     measured_offset: bool = True
     seed: int = 0
     max_steps_per_epoch: int | None = None
@@ -389,7 +395,7 @@ class CrossValidationTrainer:
         return self.run_dir if index == 0 else self.run_dir / f"seed{self.seeds[index]}"
 
     def run(self) -> dict:
-        from medcnn.release import build_release
+        from medcnn.training.release import build_release
 
         check_folds_hold_nodules(self.data_dir, self.folds, self.limit)
         check_output_folder(self.release_dir, "--release-dir")
@@ -453,9 +459,9 @@ class NoduleMNISTTrainer:
         self.release_dir, self.bundle_dir = Path(release_dir), Path(bundle_dir)
 
     def run(self) -> dict:
-        from medcnn.data.nodulemnist import load_nodulemnist3d
-        from medcnn.evaluation import evaluate_cases, summarize_benchmark, write_rows
-        from medcnn.release import THRESHOLD, rounded
+        from medcnn.training.data.nodulemnist import load_nodulemnist3d
+        from medcnn.training.evaluation import evaluate_cases, summarize_benchmark, write_rows
+        from medcnn.training.release import THRESHOLD, rounded
 
         if self.release_dir.resolve() == self.bundle_dir.resolve():
             raise UsageError(

@@ -9,17 +9,21 @@ ratings (NoduleMNIST3D) share the same loss.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcnn.data.lidc import SOFT_MALIGNANCY, NoduleCase
-from medcnn.network import DESCRIPTORS
+from medcnn.nodule.network import DESCRIPTORS
+from medcnn.training.data.lidc import SOFT_MALIGNANCY, NoduleCase
 
-if TYPE_CHECKING:
-    from medcnn.training import TrainSettings
+
+class LossWeights(Protocol):
+    """How much the auxiliary and segmentation terms weigh (training's settings have both)."""
+
+    aux_weight: float
+    seg_weight: float
 
 
 def _soft_label(case: NoduleCase) -> float:
@@ -107,7 +111,7 @@ def _segmentation_loss(seg_logits: torch.Tensor, seg_target: torch.Tensor) -> to
 
 
 def loss_terms(
-    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], settings: TrainSettings
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], settings: LossWeights
 ) -> dict[str, torch.Tensor]:
     """Each auxiliary term is the mean over the samples that have its target."""
     return {
@@ -128,7 +132,7 @@ def loss_terms(
 
 def total_loss(
     terms: dict[str, torch.Tensor],
-    settings: TrainSettings,
+    settings: LossWeights,
     scales: dict[str, float] | None = None,
 ) -> torch.Tensor:
     scales = scales or UNSCALED

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medcnn.preprocessing import resample
+from medcnn.nodule.preprocessing import resample
 from medcnn.volume import Volume
 
 

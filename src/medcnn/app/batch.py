@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcnn import distributed
-from medcnn.analysis import FileRequest
+from medcnn.app.analysis import FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
-from medcnn.writing import output_folder
+from medcnn.outputs.writing import output_folder
 
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
 RESULT_COLUMNS = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")

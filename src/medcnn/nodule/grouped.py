@@ -1,6 +1,6 @@
 """The ensemble as the engine runs it: plain PyTorch, built from the weights alone.
 
-The members are trained as ``medcnn.network.NoduleNet``s, built from MONAI's blocks. A click
+The members are trained as ``medcnn.nodule.network.NoduleNet``s, built from MONAI's blocks. A click
 needs none of MONAI's machinery to run them, and importing MONAI (its ``__init__`` imports
 every submodule, scipy.signal, matplotlib and itk with them) is a third of a cold click. So the
 engine builds the network it runs straight from the bundle's state dict, in eval mode, and never
@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcnn.nodule_features import nodule_features
+from medcnn.nodule.features import nodule_features
 
 if TYPE_CHECKING:
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
 _LAST = torch.channels_last_3d
 BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm3d's default, which MONAI's "batch" norm uses

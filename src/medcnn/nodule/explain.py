@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcnn.grouped import GroupedEnsemble, as_engine, ensemble_outputs
+from medcnn.nodule.grouped import GroupedEnsemble, as_engine, ensemble_outputs
 
 if TYPE_CHECKING:
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
 
 def malignancy_heatmap(

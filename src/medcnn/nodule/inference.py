@@ -15,7 +15,7 @@ within the folds' noise:
   ignore such a change; asking for the very same box made one nodule in seven swing between
   two boxes a voxel apart until the pass limit.
 
-The box passes run the members together as one grouped network (``medcnn.grouped``), and the
+The box passes run the members together as one grouped network (``medcnn.nodule.grouped``), and the
 last box pass, whose input is the judged input itself, is the judgement: the same numbers as
 running each member on its own, at a fraction of the cost.
 
@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from medcnn.grouped import GroupedEnsemble, GroupedOutputs, as_engine, ensemble_outputs
-from medcnn.measure import component_nearest_centre
-from medcnn.preprocessing import Patch, PatchSpec, context_box, network_input
+from medcnn.nodule.grouped import GroupedEnsemble, GroupedOutputs, as_engine, ensemble_outputs
+from medcnn.nodule.measure import component_nearest_centre
+from medcnn.nodule.preprocessing import Patch, PatchSpec, context_box, network_input
 
 if TYPE_CHECKING:
-    from medcnn.network import NoduleEnsemble
+    from medcnn.nodule.network import NoduleEnsemble
 
 MAX_BOX_PASSES = 4
 LOCALISER_MEMBER = 0

@@ -1,4 +1,4 @@
-"""The persistent analysis process behind 3D Slicer and other viewers: ``python -m medcnn.worker``.
+"""The persistent process behind 3D Slicer and other viewers: ``python -m medcnn.app.worker``.
 
 Importing torch and loading the verified model take seconds; a viewer that paid them on every
 click would feel broken. The worker pays them once, then answers requests one at a time for as
@@ -51,7 +51,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-log = logging.getLogger("medcnn.worker")
+log = logging.getLogger("medcnn.app.worker")
 
 INTERNAL_ERROR = 1
 BAD_REQUEST = 2
@@ -184,7 +184,7 @@ def answer(
 
 def load_analyzer(bundle: str | None, trusted: bool) -> tuple[Any, tuple, Callable[[], dict]]:
     """Import the engine and load the model: the slow part, done once."""
-    from medcnn.analysis import Analyzer, software_versions
+    from medcnn.app.analysis import Analyzer, software_versions
     from medcnn.errors import MedCNNError
 
     return Analyzer(bundle, trusted=trusted), (MedCNNError,), software_versions
@@ -192,7 +192,7 @@ def load_analyzer(bundle: str | None, trusted: bool) -> tuple[Any, tuple, Callab
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medcnn.worker",
+        prog="python -m medcnn.app.worker",
         description="Persistent MedCNN analysis process speaking JSON lines on stdin/stdout.",
     )
     parser.add_argument("--bundle", help="model bundle folder (default: the shipped one)")
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="medcnn.worker %(levelname)s: %(message)s"
+        stream=sys.stderr, level=logging.INFO, format="medcnn.app.worker %(levelname)s: %(message)s"
     )
     channel = Channel(claim_stdout())
     try:

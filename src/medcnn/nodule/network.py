@@ -11,8 +11,8 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from medcnn.nodule_features import NAMES as NODULE_FEATURES
-from medcnn.nodule_features import nodule_features
+from medcnn.nodule.features import NAMES as NODULE_FEATURES
+from medcnn.nodule.features import nodule_features
 
 DESCRIPTORS = (
     "calcification",
@@ -125,7 +125,7 @@ class NoduleEnsemble(nn.Module):
     The combining head is a logistic regression, fitted on out-of-fold predictions, over what
     each member sees in the image: its malignancy logit, its estimates of the readers' rating
     and eight descriptors, and the size, density, calcification and shape of its segmentation
-    (``medcnn.nodule_features``). With its default weights it is the plain sigmoid of the
+    (``medcnn.nodule.features``). With its default weights it is the plain sigmoid of the
     malignancy logit.
     """
 
@@ -144,7 +144,7 @@ class NoduleEnsemble(nn.Module):
     @staticmethod
     def features(out: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """(B, F): malignancy logit, rating and descriptor estimates, then the segmented
-        nodule's measurements on the input ``x`` (``medcnn.nodule_features``)."""
+        nodule's measurements on the input ``x`` (``medcnn.nodule.features``)."""
         measured = nodule_features(x[:, 0], torch.sigmoid(out["segmentation"]))[:, 0]
         return torch.cat([out["malignancy"], out["rating"], out["descriptors"], measured], 1)
 

@@ -1,0 +1,2 @@
+"""The lung nodule task on CT: what the network sees around a clicked point, the network,
+its passes, heatmap and measurements, and what a click refuses."""

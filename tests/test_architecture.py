@@ -1,0 +1,141 @@
+"""The layout's promises: data flows one way through the subpackages, no module imports
+another that imports it back, the engine never reaches into a front end or the benchmarks, and
+a click loads neither MONAI nor the training code.
+
+Read from the source's import statements (all of them, including those inside functions and
+under ``TYPE_CHECKING``), so a new import that breaks a rule fails here, not in a user's
+Slicer.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+
+# Lower layers never import higher ones: a module may import its own layer and those below.
+# One click end to end (``app.analysis``) sits below training, whose evaluation judges every
+# nodule through exactly that path; the commands sit on top of both.
+LAYERS = (
+    ("medcnn", "medcnn.errors", "medcnn.volume", "medcnn.distributed"),
+    ("medcnn.reading", "medcnn.phantom"),
+    ("medcnn.nodule",),
+    ("medcnn.bundle", "medcnn.outputs"),
+    ("medcnn.app.analysis",),
+    ("medcnn.training",),
+    ("medcnn.app", "medcnn.__main__"),
+)
+FOREIGN = ("slicer", "qt", "ctk", "vtk", "mrml", "benchmarks", "tests", "MedCNN", "MedCNNLib")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SOURCE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in SOURCE.rglob("*.py")}
+
+
+def imported(name: str) -> set[str]:
+    """Every module the file imports, resolved to a module of ``medcnn`` where it is one."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in MODULES else base)
+    return found
+
+
+def layer_of(name: str) -> int:
+    best = None
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = name == prefix or (prefix != "medcnn" and name.startswith(prefix + "."))
+            if matches and (best is None or len(prefix) > best[1]):
+                best = (index, len(prefix))
+    if best is None:
+        raise AssertionError(f"{name} is in no layer; add its package to LAYERS")
+    return best[0]
+
+
+GRAPH = {name: {m for m in imported(name) if m in MODULES} for name in MODULES}
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in MODULES:
+        layer_of(name)
+
+
+def test_data_flows_one_way() -> None:
+    upward = [
+        f"{name} imports {target}"
+        for name, targets in GRAPH.items()
+        for target in targets
+        if name != "medcnn" and target != "medcnn" and layer_of(target) > layer_of(name)
+    ]
+    assert upward == []
+
+
+def test_no_import_circles() -> None:
+    """Not even through ``TYPE_CHECKING`` or a function's own import."""
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(GRAPH[name]):
+            if state.get(target) == 1:
+                circles.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name, [name])
+    assert circles == []
+
+
+def test_the_engine_never_imports_a_front_end_or_the_benchmarks() -> None:
+    reached = [
+        f"{name} imports {target}"
+        for name in MODULES
+        for target in imported(name)
+        if target.split(".")[0] in FOREIGN
+    ]
+    assert reached == []
+
+
+def test_a_click_imports_neither_monai_nor_training() -> None:
+    """What a fresh process has loaded after analysing a point of the phantom."""
+    code = (
+        "import sys, numpy as np\n"
+        "from medcnn.app.analysis import Analyzer\n"
+        "from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest\n"
+        "Analyzer().analyze_volume(synthetic_chest(), np.asarray(NODULE_CENTER_RAS))\n"
+        "roots = ('monai', 'itk', 'slicer', 'vtk', 'benchmarks')\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in roots or m.startswith('medcnn.training')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    if done.returncode:
+        pytest.fail(done.stderr[-2000:])
+    assert done.stdout.strip().splitlines()[-1] == "[]"
