@@ -67,7 +67,7 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
         ) from err
     shape3 = _three_dimensions(shape, path)
     check_size(int(np.prod(shape3)) * max(2, header_dtype.itemsize), str(path))
-    slope, intercept = image.dataobj.slope, image.dataobj.inter  # type: ignore[attr-defined]
+    slope, intercept = image.dataobj.slope, image.dataobj.inter
     affine = np.asarray(image.affine, dtype=float)
     unscaled = slope == 1 and intercept == 0
     # A region reads only its slab of the last (slowest) axis, when no voxel elsewhere can be
