@@ -57,7 +57,8 @@ def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["judged_by"] == "ensemble"
     assert metrics["n_nodules"] == metrics["n_binary"] == 6
-    assert 0.0 <= metrics["dice_mean"] <= 1.0 and metrics["auc_reader_diameter"] is not None
+    # the shipped model segments these four as readers do (0.83 when this was written)
+    assert metrics["dice_mean"] > 0.7 and metrics["auc_reader_diameter"] is not None
     assert metrics["auc_per_fold"] == {} and metrics["auc_worst_fold"] is None  # no folds given
     assert metrics["mean_uncertainty"] > 0.0  # five members disagree a little
     assert set(metrics) == readme_metrics_keys()
