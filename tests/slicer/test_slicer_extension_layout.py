@@ -248,7 +248,17 @@ def imported_modules(path: Path, skip_type_checking: bool = True) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["__init__", "AnalysisLogic", "Runner", "InstallLogic", "Parameters"]
+    "name",
+    [
+        "__init__",
+        "AnalysisLogic",
+        "TaskLogic",
+        "ResultImport",
+        "Display",
+        "Runner",
+        "InstallLogic",
+        "Parameters",
+    ],
 )
 def test_logic_modules_import_no_qt(name):
     modules = imported_modules(LIB / f"{name}.py", skip_type_checking=False)
