@@ -76,6 +76,9 @@ class Worker:
             text=True,
             bufsize=1,
         )
+        hello = json.loads(self.process.stdout.readline())  # the engine's stages and codes
+        if hello.get("event") != "hello":
+            raise RuntimeError(f"the worker did not say hello: {hello}")
         ready = json.loads(self.process.stdout.readline())
         if ready.get("event") != "ready":
             raise RuntimeError(f"the worker did not start: {ready}")

@@ -22,7 +22,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 # One click end to end (``app.analysis``) sits below training, whose evaluation judges every
 # nodule through exactly that path; the commands sit on top of both.
 LAYERS = (
-    ("medcnn", "medcnn.errors", "medcnn.volume", "medcnn.distributed"),
+    ("medcnn", "medcnn.errors", "medcnn.stages", "medcnn.volume", "medcnn.distributed"),
     ("medcnn.reading", "medcnn.phantom"),
     ("medcnn.nodule",),
     ("medcnn.bundle", "medcnn.outputs"),

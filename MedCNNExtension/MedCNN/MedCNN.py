@@ -23,7 +23,16 @@ if TYPE_CHECKING:
     import qt
     from MedCNNLib.AnalysisLogic import AnalysisTask, MedCNNLogic, PointSpec
 
-LIB_MODULES = ("Parameters", "Runner", "InstallLogic", "AnalysisLogic", "Widget")
+LIB_MODULES = (
+    "Parameters",
+    "Runner",
+    "InstallLogic",
+    "TaskLogic",
+    "Display",
+    "ResultImport",
+    "AnalysisLogic",
+    "Widget",
+)
 
 
 class MedCNN(ScriptedLoadableModule):

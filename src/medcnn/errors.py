@@ -6,6 +6,8 @@ an exit code or a message. Exit codes are listed in the README's "When things go
 
 from __future__ import annotations
 
+import re
+
 
 class MedCNNError(Exception):
     """Base class: ``str(error)`` is one clear sentence for the user."""
@@ -91,25 +93,37 @@ class CancelledError(MedCNNError):
     exit_code = 130
 
 
+USER_ERRORS: tuple[type[MedCNNError], ...] = (
+    UsageError,
+    InputNotFoundError,
+    UnreadableImageError,
+    SeriesSelectionError,
+    NotCTError,
+    GeometryError,
+    PointOutsideScanError,
+    ModelIntegrityError,
+    ResourceLimitError,
+    BatchIncompleteError,
+    NoTissueAtPointError,
+    OutputError,
+    CancelledError,
+)
+
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "unexpected internal error (rerun with --verbose and report it)",
-    **{
-        cls.exit_code: (cls.__doc__ or "").strip()
-        for cls in (
-            UsageError,
-            InputNotFoundError,
-            UnreadableImageError,
-            SeriesSelectionError,
-            NotCTError,
-            GeometryError,
-            PointOutsideScanError,
-            ModelIntegrityError,
-            ResourceLimitError,
-            BatchIncompleteError,
-            NoTissueAtPointError,
-            OutputError,
-            CancelledError,
-        )
-    },
+    **{cls.exit_code: (cls.__doc__ or "").strip() for cls in USER_ERRORS},
+}
+
+
+def error_name(cls: type[MedCNNError]) -> str:
+    """A stable snake_case name of an error type: ``NotCTError`` is ``not_ct``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls.__name__.removesuffix("Error")).lower()
+
+
+# The exit codes by name, for front ends that do not import the engine (the worker's hello).
+EXIT_CODES_BY_NAME: dict[str, int] = {
+    "success": 0,
+    "internal_error": MedCNNError.exit_code,
+    **{error_name(cls): cls.exit_code for cls in USER_ERRORS},
 }

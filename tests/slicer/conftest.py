@@ -4,6 +4,10 @@ The extension's library (``MedCNNExtension/MedCNN/MedCNNLib``) is put on ``sys.p
 does (by ``slicer_test_support``). Tests of the scene side need Slicer's MRML, which the
 ``slicer-core`` package provides without the application; their modules skip, with the reason,
 when it is not installed. The runner, installer, worker and layout tests need neither.
+
+The fast tests run on ``phantom_ct``, the engine's synthetic chest CT written as NRRD, so a
+fresh clone tests the extension; ``ct`` gives the phantom and, as an extra ``data`` case, lung1
+from ../shared/data (skipped without it).
 """
 
 from __future__ import annotations
@@ -12,7 +16,26 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from slicer_test_support import STANDIN_WORKER
+from slicer_test_support import LUNG1_NODULE_RAS, STANDIN_WORKER, Scan, write_nrrd
+
+from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
+
+
+@pytest.fixture(scope="session")
+def phantom_ct(tmp_path_factory: pytest.TempPathFactory) -> Scan:
+    """The synthetic chest CT as NRRD (as Slicer hands a volume to the engine)."""
+    volume = synthetic_chest()
+    path = tmp_path_factory.mktemp("phantom") / "phantom.nrrd"
+    return Scan("phantom", write_nrrd(volume.array, volume.affine, path), NODULE_CENTER_RAS)
+
+
+@pytest.fixture(params=["phantom", pytest.param("lung1", marks=pytest.mark.data)])
+def ct(request: pytest.FixtureRequest) -> Scan:
+    """The phantom, and lung1 where ../shared/data is."""
+    if request.param == "phantom":
+        return request.getfixturevalue("phantom_ct")
+    path = request.getfixturevalue("shared_data") / "ct" / "lung1" / "lung1_image.nrrd"
+    return Scan("lung1", path, LUNG1_NODULE_RAS)
 
 
 @pytest.fixture

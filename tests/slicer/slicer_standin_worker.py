@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medcnn.app.worker import hello  # the engine's stages and exit codes (no model)
+from medcnn.errors import EXIT_CODES_BY_NAME
+from medcnn.stages import DONE, HEATMAP, NETWORK, PREPROCESSING, READING, WRITING
+
 RADIUS = 8  # voxels of the sub-grid around the point
 
 
@@ -85,8 +89,13 @@ def analyse(request: dict) -> dict:
 
 def main() -> int:
     mode = os.environ.get("STANDIN_MODE", "normal")
+    send(**hello())
     if mode == "fatal":
-        send(event="fatal", message="The analysis engine cannot start (no torch).", exit_code=1)
+        send(
+            event="fatal",
+            message="The analysis engine cannot start (no torch).",
+            exit_code=EXIT_CODES_BY_NAME["internal_error"],
+        )
         return 1
     send(event="ready", pid=os.getpid(), model={"name": "standin", "version": "0.0.1"})
     for line in sys.stdin:
@@ -94,8 +103,8 @@ def main() -> int:
         if request.get("command") == "quit":
             return 0
         rid = request["id"]
-        for stage, fraction in (("reading", 0.0), ("preprocessing", 0.2), ("network", 0.3)):
-            send(id=rid, event="progress", stage=stage, fraction=fraction)
+        for stage in (READING, PREPROCESSING, NETWORK):
+            send(id=rid, event="progress", stage=stage.name, fraction=stage.fraction)
         if mode == "hang":
             child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
             sys.stderr.write(f"child {child.pid}\n")
@@ -109,10 +118,15 @@ def main() -> int:
         try:
             result = analyse(request)
         except LookupError as error:
-            send(id=rid, event="error", message=str(error), exit_code=8)
+            send(
+                id=rid,
+                event="error",
+                message=str(error),
+                exit_code=EXIT_CODES_BY_NAME["point_outside_scan"],
+            )
             continue
-        for stage, fraction in (("heatmap", 0.6), ("writing", 0.9), ("done", 1.0)):
-            send(id=rid, event="progress", stage=stage, fraction=fraction)
+        for stage in (HEATMAP, WRITING, DONE):
+            send(id=rid, event="progress", stage=stage.name, fraction=stage.fraction)
         send(id=rid, event="result", result=result)
     return 0
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 EXTENSION = REPO / "MedCNNExtension" / "MedCNN"
@@ -15,6 +20,50 @@ CHEST_LUNG_RAS = (85.9, -11.8, -32.5)
 SLICER_CORE_MISSING = (
     "Slicer's MRML is not importable: install slicer-core (pip install slicer-core==5.11.0.6)"
 )
+
+
+class Scan(NamedTuple):
+    """A CT file for the extension's tests and a point on its nodule (RAS mm)."""
+
+    name: str
+    path: Path
+    nodule_ras: tuple[float, float, float]
+
+
+def write_nrrd(array: np.ndarray, ras_affine: np.ndarray, path: Path) -> Path:
+    """An uncompressed NRRD in LPS space, as 3D Slicer writes one, of an (i, j, k) array and
+    its voxel-to-RAS affine."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras_affine
+
+    def vector(values) -> str:
+        return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+    header = (
+        "NRRD0004\n"
+        "type: short\n"
+        "dimension: 3\n"
+        "space: left-posterior-superior\n"
+        f"sizes: {' '.join(str(n) for n in array.shape)}\n"
+        f"space directions: {' '.join(vector(lps[:3, axis]) for axis in range(3))}\n"
+        "kinds: domain domain domain\n"
+        "endian: little\n"
+        "encoding: raw\n"
+        f"space origin: {vector(lps[:3, 3])}\n\n"
+    )
+    path.write_bytes(header.encode("ascii") + array.astype("<i2").tobytes(order="F"))
+    return path
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, seen: Callable[[], object] = list
+) -> None:
+    """Wait for ``condition``; past ``timeout`` s fail, saying what was awaited and seen."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s; saw {seen()}")
+        time.sleep(0.02)
+
 
 if str(EXTENSION) not in sys.path:  # MedCNNLib is imported as Slicer imports it
     sys.path.insert(0, str(EXTENSION))

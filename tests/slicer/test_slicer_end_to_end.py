@@ -17,7 +17,7 @@ from slicer_test_support import CHEST_LUNG_RAS, LUNG1_NODULE_RAS, SLICER_CORE_MI
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
 from MedCNNLib.AnalysisLogic import MedCNNLogic, pointFromRAS  # noqa: E402
-from MedCNNLib.Runner import CANCELLED_EXIT_CODE, AnalysisRequest, WorkerRunner  # noqa: E402
+from MedCNNLib.Runner import AnalysisRequest, WorkerRunner  # noqa: E402
 from slicer_scene_support import (  # noqa: E402
     grid_indices,
     ijk_to_ras,
@@ -30,9 +30,16 @@ from slicer_scene_support import (  # noqa: E402
 )
 
 from medcnn.bundle import default_bundle_dir  # noqa: E402
+from medcnn.errors import (  # noqa: E402
+    EXIT_CODES_BY_NAME,
+    CancelledError,
+    NotCTError,
+    PointOutsideScanError,
+)
+from medcnn.stages import STAGES as ENGINE_STAGES  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.data]
-STAGES = ["reading", "preprocessing", "network", "heatmap", "writing"]
+STAGES = [stage.name for stage in ENGINE_STAGES if stage.name != "done"]
 TIMEOUT = 900.0
 
 
@@ -92,6 +99,9 @@ def test_runner_reports_the_real_stages_and_reuses_its_worker(runner, shared_dat
     fractions = [e.fraction for e in events if e.kind == "progress"]
     assert fractions == sorted(fractions)
     assert runner.model["weights_sha256"] == events[-1].result["model"]["weights_sha256"]
+    # the engine's hello: its stages and exit codes, as the engine defines them
+    assert runner.hello.stages == [stage.name for stage in ENGINE_STAGES]
+    assert runner.hello.exitCodes == EXIT_CODES_BY_NAME
 
     second = runner.submit(AnalysisRequest(str(image), LUNG1_NODULE_RAS, str(tmp_path / "b")))
     events = second.wait(TIMEOUT)
@@ -166,7 +176,7 @@ def test_lung1_in_the_scene(logic, scene, shared_data):
     # a point outside the scan: one clear message, nothing added, nothing lost
     before = node_ids(scene)
     failed = logic.analyze(volume, [pointFromRAS((5000.0, 0.0, 0.0), "out")], TIMEOUT)
-    assert failed.succeeded == [] and failed.failed[0].exitCode == 8
+    assert failed.succeeded == [] and failed.failed[0].exitCode == PointOutsideScanError.exit_code
     assert failed.message.startswith("out: ") and "outside" in failed.message
     assert node_ids(scene) == before
 
@@ -178,7 +188,7 @@ def test_a_mask_is_refused_as_not_a_ct(logic, scene, shared_data):
     before = node_ids(scene)
     task = logic.analyze(mask, [pointFromRAS(LUNG1_NODULE_RAS, "N1")], TIMEOUT)
     assert task.succeeded == []
-    assert task.failed[0].exitCode == 6, task.message
+    assert task.failed[0].exitCode == NotCTError.exit_code, task.message
     assert node_ids(scene) == before
 
 
@@ -208,12 +218,13 @@ def test_cancel_ends_the_real_worker_and_the_next_request_restarts_it(shared_dat
         job = runner.submit(AnalysisRequest(str(image), LUNG1_NODULE_RAS, str(tmp_path / "a")))
         deadline = time.monotonic() + TIMEOUT
         seen = []
-        while "network" not in seen and time.monotonic() < deadline:
+        while "network" not in seen:
+            assert time.monotonic() < deadline, f"no 'network' stage within {TIMEOUT} s: {seen}"
             seen += [e.stage for e in job.poll() if e.kind == "progress"]
             time.sleep(0.02)
         pid = runner.pid
         job.cancel()
-        assert job.poll()[-1].exitCode == CANCELLED_EXIT_CODE
+        assert job.poll()[-1].exitCode == CancelledError.exit_code
         deadline = time.monotonic() + 10
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)

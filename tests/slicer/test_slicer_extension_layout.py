@@ -248,7 +248,17 @@ def imported_modules(path: Path, skip_type_checking: bool = True) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["__init__", "AnalysisLogic", "Runner", "InstallLogic", "Parameters"]
+    "name",
+    [
+        "__init__",
+        "AnalysisLogic",
+        "TaskLogic",
+        "ResultImport",
+        "Display",
+        "Runner",
+        "InstallLogic",
+        "Parameters",
+    ],
 )
 def test_logic_modules_import_no_qt(name):
     modules = imported_modules(LIB / f"{name}.py", skip_type_checking=False)
@@ -284,3 +294,33 @@ def test_license_is_apache_2_with_the_project_copyright():
     text = (REPO / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "Copyright 2026 MedCNN contributors" in text
+
+
+def test_the_extension_names_only_the_engines_failure_kinds_and_stages():
+    """Exit codes and stage names are the engine's (its worker's hello states them): the
+    extension names failure kinds (``AnalysisError(message, "not_ct")``, ``exitCode("...")``)
+    and never writes an exit code or an engine stage as a literal."""
+    from medcnn.errors import EXIT_CODES_BY_NAME
+    from medcnn.stages import STAGES
+
+    kinds, literals = set(), []
+    for path in sorted(LIB.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func).rsplit(".", 1)[-1]
+                kind = {"AnalysisError": 1, "exitCode": 0}.get(name)
+                if kind is not None and len(node.args) > kind:
+                    if isinstance(node.args[kind], ast.Constant):
+                        kinds.add(node.args[kind].value)
+            # a stage given or compared as a literal ("heatmap" is also a result role: those stay)
+            staged = (isinstance(node, ast.keyword) and node.arg == "stage") or (
+                isinstance(node, ast.Compare) and "stage" in ast.unparse(node)
+            )
+            for child in ast.walk(node) if staged else ():
+                if isinstance(child, ast.Constant) and child.value in {s.name for s in STAGES}:
+                    literals.append(f"{path.name}:{child.lineno} {child.value!r}")
+            if isinstance(node, ast.keyword) and node.arg == "exitCode":
+                if isinstance(node.value, ast.Constant):
+                    literals.append(f"{path.name}:{node.value.lineno} exitCode={node.value.value}")
+    assert kinds and kinds <= set(EXIT_CODES_BY_NAME)
+    assert literals == []

@@ -1,6 +1,8 @@
 """The scene side against real MRML (slicer-core), fast: the real runner and the real MRML import,
 with the protocol stand-in in place of the model (it writes its heatmap and segmentation on a
-sub-grid of the scan's grid, as the engine does). The same checks with the real model are in
+sub-grid of the scan's grid, as the engine does). They run on the engine's synthetic chest CT
+written as NRRD, so a fresh clone tests the extension; those about geometry run on lung1 too,
+where ../shared/data is. The same checks with the real model are in
 ``test_slicer_end_to_end.py``."""
 
 from __future__ import annotations
@@ -9,19 +11,19 @@ import json
 
 import numpy as np
 import pytest
-from slicer_test_support import LUNG1_NODULE_RAS, SLICER_CORE_MISSING
+from slicer_test_support import SLICER_CORE_MISSING, wait_until
 
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
 from MedCNNLib.AnalysisLogic import (  # noqa: E402
-    NODULE_TERMINOLOGY,
-    TABLE_COLUMNS,
     AnalysisError,
     MedCNNLogic,
     pointFromRAS,
     pointsFromMarkups,
 )
 from MedCNNLib.Parameters import Parameters  # noqa: E402
+from MedCNNLib.ResultImport import NODULE_TERMINOLOGY, TABLE_COLUMNS  # noqa: E402
+from MedCNNLib.Runner import STARTING_TITLE  # noqa: E402
 from slicer_scene_support import (  # noqa: E402
     grid_indices,
     ijk_to_ras,
@@ -31,7 +33,8 @@ from slicer_scene_support import (  # noqa: E402
     world_points,
 )
 
-pytestmark = pytest.mark.data
+from medcnn.errors import CancelledError, PointOutsideScanError  # noqa: E402
+from medcnn.stages import NETWORK  # noqa: E402
 
 
 @pytest.fixture
@@ -42,8 +45,15 @@ def scene():
 
 
 @pytest.fixture
-def lung1(scene, shared_data):
-    return load_volume(scene, shared_data / "ct" / "lung1" / "lung1_image.nrrd", "lung1")
+def volume(scene, ct):
+    """The CT (the phantom, and lung1 where the data is) loaded into the scene."""
+    return load_volume(scene, ct.path, ct.name)
+
+
+@pytest.fixture
+def phantom(scene, phantom_ct):
+    """The synthetic CT loaded into the scene, for the checks that need no real scan."""
+    return load_volume(scene, phantom_ct.path, phantom_ct.name)
 
 
 @pytest.fixture
@@ -62,26 +72,26 @@ def analyse(logic, volume, *points):
     return task
 
 
-def test_heatmap_voxels_sit_on_source_voxels(logic, lung1, scene):
-    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_heatmap_voxels_sit_on_source_voxels(logic, volume, ct, scene):
+    task = analyse(logic, volume, ct.nodule_ras)
     assert task.failed == [], task.message
     heatmap = scene.GetNodeByID(task.outcomes[0].nodeIDs["heatmap"])
-    source, overlay = ijk_to_ras(lung1), ijk_to_ras(heatmap)
+    source, overlay = ijk_to_ras(volume), ijk_to_ras(heatmap)
     np.testing.assert_allclose(overlay[:3, :3], source[:3, :3], atol=1e-6)  # same axes, spacing
     dims = np.array(heatmap.GetImageData().GetDimensions())
     corners = np.array([[i, j, k] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
                         for k in (0, dims[2] - 1)])  # fmt: skip
     world = world_points(corners, overlay)
-    in_source = grid_indices(world, lung1)
+    in_source = grid_indices(world, volume)
     np.testing.assert_allclose(in_source, np.round(in_source), atol=1e-4)  # voxel centres
     np.testing.assert_allclose(world_points(np.round(in_source), source), world, atol=1e-4)
     # the point's own voxel is inside the heatmap's sub-grid
-    point_index = grid_indices(np.array([LUNG1_NODULE_RAS]), heatmap)[0]
+    point_index = grid_indices(np.array([ct.nodule_ras]), heatmap)[0]
     assert np.all(point_index > -0.5) and np.all(point_index < dims - 0.5)
 
 
-def test_heatmap_display_uses_the_heat_colour_map_with_threshold(logic, lung1, scene):
-    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_heatmap_display_uses_the_heat_colour_map_with_threshold(logic, phantom, phantom_ct, scene):
+    task = analyse(logic, phantom, phantom_ct.nodule_ras)
     heatmap = scene.GetNodeByID(task.outcomes[0].nodeIDs["heatmap"])
     display = heatmap.GetDisplayNode()
     color = scene.GetNodeByID(display.GetColorNodeID())
@@ -100,22 +110,22 @@ def test_heatmap_display_uses_the_heat_colour_map_with_threshold(logic, lung1, s
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
     for index in range(composites.GetNumberOfItems()):
         composite = composites.GetItemAsObject(index)
-        assert composite.GetBackgroundVolumeID() == lung1.GetID()
+        assert composite.GetBackgroundVolumeID() == phantom.GetID()
         assert composite.GetForegroundVolumeID() == heatmap.GetID()
         assert composite.GetForegroundOpacity() == pytest.approx(0.7)
 
 
-def test_slice_views_are_centred_on_the_point(logic, lung1, scene):
-    analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_slice_views_are_centred_on_the_point(logic, phantom, phantom_ct, scene):
+    analyse(logic, phantom, phantom_ct.nodule_ras)
     slices = scene.GetNodesByClass("vtkMRMLSliceNode")
     for index in range(slices.GetNumberOfItems()):
         matrix = slices.GetItemAsObject(index).GetSliceToRAS()
         centre = [matrix.GetElement(row, 3) for row in range(3)]
-        np.testing.assert_allclose(centre, LUNG1_NODULE_RAS, atol=1e-3)
+        np.testing.assert_allclose(centre, phantom_ct.nodule_ras, atol=1e-3)
 
 
-def test_segmentation_has_a_named_coded_segment_around_the_point(logic, lung1, scene):
-    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_segmentation_has_a_named_coded_segment_around_the_point(logic, volume, ct, scene):
+    task = analyse(logic, volume, ct.nodule_ras)
     segmentation = scene.GetNodeByID(task.outcomes[0].nodeIDs["segmentation"])
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
     segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
@@ -128,13 +138,13 @@ def test_segmentation_has_a_named_coded_segment_around_the_point(logic, lung1, s
     assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")
     points = segment_world_points(segmentation, segment_id)
     assert len(points) > 0
-    np.testing.assert_allclose(points.mean(axis=0), LUNG1_NODULE_RAS, atol=3.0)
-    indices = grid_indices(points, lung1)  # on the CT's voxel centres
+    np.testing.assert_allclose(points.mean(axis=0), ct.nodule_ras, atol=3.0)
+    indices = grid_indices(points, volume)  # on the CT's voxel centres
     np.testing.assert_allclose(indices, np.round(indices), atol=1e-4)
 
 
-def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, lung1, scene):
-    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, volume, ct, scene):
+    task = analyse(logic, volume, ct.nodule_ras)
     outcome = task.outcomes[0]
     result = json.loads((outcome.outputDir / "result.json").read_text())
     table = scene.GetNodeByID(outcome.nodeIDs["table"])
@@ -165,20 +175,20 @@ def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, lung1, s
         assert node.GetAttribute("MedCNN.ModelVersion") == result["model"]["version"]
         assert node.GetAttribute("MedCNN.WeightsSHA256") == result["model"]["weights_sha256"]
         assert node.GetAttribute("MedCNN.EngineVersion") == result["software"]["medcnn"]
-        assert node.GetAttribute("MedCNN.InputVolume") == "lung1"
-        assert node.GetAttribute("MedCNN.InputVolumeID") == lung1.GetID()
+        assert node.GetAttribute("MedCNN.InputVolume") == ct.name
+        assert node.GetAttribute("MedCNN.InputVolumeID") == volume.GetID()
         point = [float(v) for v in node.GetAttribute("MedCNN.PointRAS").split(",")]
-        np.testing.assert_allclose(point, LUNG1_NODULE_RAS, atol=1e-3)
+        np.testing.assert_allclose(point, ct.nodule_ras, atol=1e-3)
         assert node.GetAttribute("MedCNN.Time").endswith("+00:00")
         assert "not for clinical use" in node.GetAttribute("MedCNN.Disclaimer")
     heatmap = scene.GetNodeByID(outcome.nodeIDs["heatmap"])
     assert json.loads(heatmap.GetAttribute("MedCNN.Result")) == result
 
 
-def test_rerun_on_the_same_point_replaces_its_results(logic, lung1, scene):
-    first = analyse(logic, lung1, LUNG1_NODULE_RAS).outcomes[0].nodeIDs
+def test_rerun_on_the_same_point_replaces_its_results(logic, phantom, phantom_ct, scene):
+    first = analyse(logic, phantom, phantom_ct.nodule_ras).outcomes[0].nodeIDs
     before = node_ids(scene)
-    second = analyse(logic, lung1, LUNG1_NODULE_RAS).outcomes[0].nodeIDs
+    second = analyse(logic, phantom, phantom_ct.nodule_ras).outcomes[0].nodeIDs
     after = node_ids(scene)
     assert len(after) == len(before)
     for role in ("heatmap", "segmentation"):
@@ -187,20 +197,20 @@ def test_rerun_on_the_same_point_replaces_its_results(logic, lung1, scene):
     assert first["table"] == second["table"]
     assert scene.GetNodeByID(second["table"]).GetNumberOfRows() == 1
     # a second point adds a row and its own nodes; the first point's stay
-    other = (LUNG1_NODULE_RAS[0] + 20.0, LUNG1_NODULE_RAS[1], LUNG1_NODULE_RAS[2])
-    third = analyse(logic, lung1, other).outcomes[0].nodeIDs
+    other = (phantom_ct.nodule_ras[0] + 20.0, phantom_ct.nodule_ras[1], phantom_ct.nodule_ras[2])
+    third = analyse(logic, phantom, other).outcomes[0].nodeIDs
     assert scene.GetNodeByID(third["table"]).GetNumberOfRows() == 2
     assert scene.GetNodeByID(second["heatmap"]) is not None
     assert len(logic.resultNodes(role="heatmap")) == 2
 
 
-def test_error_leaves_the_scene_as_it_was(logic, lung1, scene):
-    analyse(logic, lung1, LUNG1_NODULE_RAS)
+def test_error_leaves_the_scene_as_it_was(logic, phantom, phantom_ct, scene):
+    analyse(logic, phantom, phantom_ct.nodule_ras)
     before = node_ids(scene)
     mtimes = {i: scene.GetNodeByID(i).GetMTime() for i in before}
-    task = analyse(logic, lung1, (5000.0, 0.0, 0.0))
+    task = analyse(logic, phantom, (5000.0, 0.0, 0.0))
     assert task.succeeded == []
-    assert task.failed[0].exitCode == 8
+    assert task.failed[0].exitCode == PointOutsideScanError.exit_code
     assert "outside" in task.message
     assert node_ids(scene) == before
     table = logic.resultNodes(role="table")[0]
@@ -208,92 +218,100 @@ def test_error_leaves_the_scene_as_it_was(logic, lung1, scene):
     assert all(scene.GetNodeByID(i).GetMTime() == mtimes[i] for i in before if "Table" in i)
 
 
-def test_failed_import_removes_what_it_had_added(logic, lung1, scene, monkeypatch):
+def test_failed_import_removes_what_it_had_added(logic, phantom, phantom_ct, scene, monkeypatch):
     before = node_ids(scene)
-    real = logic._addSegmentation
+    real = logic.results._addSegmentation
 
     def broken(*args, **kwargs):
         real(*args, **kwargs)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(logic, "_addSegmentation", broken)
-    task = analyse(logic, lung1, LUNG1_NODULE_RAS)
+    monkeypatch.setattr(logic.results, "_addSegmentation", broken)
+    task = analyse(logic, phantom, phantom_ct.nodule_ras)
     assert "could not be loaded into the scene (disk full)" in task.message
     assert node_ids(scene) - before <= {logic.heatColorNode().GetID()}  # shared colour map only
 
 
-def test_points_from_a_markups_list_are_keyed_by_point(logic, lung1, scene):
+def test_points_from_a_markups_list_are_keyed_by_point(logic, phantom, phantom_ct, scene):
     markups = slicer.vtkMRMLMarkupsFiducialNode()
     scene.AddNode(markups)
-    markups.AddControlPoint(*LUNG1_NODULE_RAS, "N-1")
+    markups.AddControlPoint(*phantom_ct.nodule_ras, "N-1")
     markups.AddControlPoint(5000.0, 0.0, 0.0, "far")
     points = pointsFromMarkups(markups)
     assert [p.label for p in points] == ["N-1", "far"]
-    task = logic.analyze(lung1, markups, timeout=60)
+    task = logic.analyze(phantom, markups, timeout=60)
     assert [o.error is None for o in task.outcomes] == [True, False]
     assert task.message.splitlines()[0].startswith("N-1: malignant, probability 0.73")
     assert task.message.splitlines()[1].startswith("far: ")
     # moving the point and re-running replaces N-1's results
-    markups.SetNthControlPointPosition(0, *np.add(LUNG1_NODULE_RAS, 2.0))
+    markups.SetNthControlPointPosition(0, *np.add(phantom_ct.nodule_ras, 2.0))
     markups.RemoveNthControlPoint(1)
-    logic.analyze(lung1, markups, timeout=60)
+    logic.analyze(phantom, markups, timeout=60)
     assert len(logic.resultNodes(role="heatmap")) == 1
 
 
-def test_volume_under_a_transform_is_analysed_in_its_own_coordinates(logic, lung1, scene):
+def test_volume_under_a_transform_is_analysed_in_its_own_coordinates(logic, volume, ct, scene):
     transform = slicer.vtkMRMLLinearTransformNode()
     scene.AddNode(transform)
     matrix = transform.GetMatrixTransformToParent()
     matrix.SetElement(0, 3, 100.0)  # the CT shown 100 mm to the right
     transform.SetMatrixTransformToParent(matrix)
-    lung1.SetAndObserveTransformNodeID(transform.GetID())
-    world = (LUNG1_NODULE_RAS[0] + 100.0, LUNG1_NODULE_RAS[1], LUNG1_NODULE_RAS[2])
-    task = analyse(logic, lung1, world)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    world = (ct.nodule_ras[0] + 100.0, ct.nodule_ras[1], ct.nodule_ras[2])
+    task = analyse(logic, volume, world)
     assert task.failed == []
-    np.testing.assert_allclose(task.outcomes[0].result["point"]["ras"], LUNG1_NODULE_RAS)
+    np.testing.assert_allclose(task.outcomes[0].result["point"]["ras"], ct.nodule_ras)
     for role in ("heatmap", "segmentation"):
         node = scene.GetNodeByID(task.outcomes[0].nodeIDs[role])
         assert node.GetTransformNodeID() == transform.GetID()
 
 
-def test_inputs_are_checked_before_anything_runs(logic, lung1, scene):
+def test_inputs_are_checked_before_anything_runs(logic, phantom, phantom_ct, scene):
     with pytest.raises(AnalysisError, match="Select a CT volume"):
-        logic.startAnalysis(None, [pointFromRAS(LUNG1_NODULE_RAS)])
+        logic.startAnalysis(None, [pointFromRAS(phantom_ct.nodule_ras)])
     with pytest.raises(AnalysisError, match="Place a point"):
-        logic.startAnalysis(lung1, [])
+        logic.startAnalysis(phantom, [])
     empty = slicer.vtkMRMLMarkupsFiducialNode()
     scene.AddNode(empty)
     with pytest.raises(AnalysisError, match="Place a point"):
-        logic.startAnalysis(lung1, empty)
+        logic.startAnalysis(phantom, empty)
     label = slicer.vtkMRMLLabelMapVolumeNode()
     label.SetName("mask")
-    label.SetAndObserveImageData(lung1.GetImageData())
+    label.SetAndObserveImageData(phantom.GetImageData())
     scene.AddNode(label)
     with pytest.raises(AnalysisError, match="not a scalar volume"):
-        logic.startAnalysis(label, [pointFromRAS(LUNG1_NODULE_RAS)])
+        logic.startAnalysis(label, [pointFromRAS(phantom_ct.nodule_ras)])
     assert logic.runner.pid is None  # nothing was started
 
 
-def test_cancel_marks_every_remaining_point(scene, lung1, standin_runner, tmp_path):
+def test_cancel_marks_every_remaining_point(scene, phantom, phantom_ct, standin_runner, tmp_path):
     logic = MedCNNLogic(scene, standin_runner("hang"), workDir=tmp_path / "w")
     before = node_ids(scene)
-    task = logic.startAnalysis(lung1, [pointFromRAS(LUNG1_NODULE_RAS), pointFromRAS((0, 0, 0))])
-    while task.stage not in ("network", "child"):
-        task.poll()
+    points = [pointFromRAS(phantom_ct.nodule_ras), pointFromRAS((0, 0, 0))]
+    task = logic.startAnalysis(phantom, points)
+    assert task.statusText == f"{points[0].label} (1/2): {STARTING_TITLE}"
+
+    def running() -> bool:
+        assert not task.poll(), f"the task ended before it could be cancelled: {task.message}"
+        return task.stage in ("network", "child")
+
+    wait_until(running, 30.0, "the stand-in's 'network' stage", lambda: task.stage)
+    task.stage = NETWORK.name  # the stand-in may have gone on to its own "child" stage
+    assert task.statusText.endswith(f"(1/2): {NETWORK.title}")  # the title the engine said
     task.cancel()
     assert task.done and task.cancelled and task.succeeded == []
-    assert [o.exitCode for o in task.outcomes] == [130, 130]
+    assert [o.exitCode for o in task.outcomes] == [CancelledError.exit_code] * 2
     assert task.message == "The analysis was cancelled."
     assert node_ids(scene) == before
     logic.cleanup()
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("result.json"))
 
 
-def test_export_is_reused_until_the_volume_changes(logic, lung1):
-    first = logic.exportVolume(lung1)
-    assert logic.exportVolume(lung1) == first
-    lung1.GetImageData().Modified()
-    second = logic.exportVolume(lung1)
+def test_export_is_reused_until_the_volume_changes(logic, phantom):
+    first = logic.exportVolume(phantom)
+    assert logic.exportVolume(phantom) == first
+    phantom.GetImageData().Modified()
+    second = logic.exportVolume(phantom)
     assert second != first and second.exists() and not first.exists()
 
 
@@ -314,12 +332,12 @@ def test_parameters_round_trip_through_a_settings_store():
     assert Parameters.load(store).heatmapOpacity == 1.0
 
 
-def test_a_busy_runner_is_one_clear_message(scene, lung1, standin_runner, tmp_path):
+def test_a_busy_runner_is_one_clear_message(scene, phantom, phantom_ct, standin_runner, tmp_path):
     runner = standin_runner("hang")
     first = MedCNNLogic(scene, runner, workDir=tmp_path / "a")
     second = MedCNNLogic(scene, runner, workDir=tmp_path / "b")
-    task = first.startAnalysis(lung1, [pointFromRAS(LUNG1_NODULE_RAS)])
+    task = first.startAnalysis(phantom, [pointFromRAS(phantom_ct.nodule_ras)])
     task.poll()
-    other = second.analyze(lung1, [pointFromRAS(LUNG1_NODULE_RAS)], timeout=10)
+    other = second.analyze(phantom, [pointFromRAS(phantom_ct.nodule_ras)], timeout=10)
     assert "already running" in other.message
     task.cancel()

@@ -1,7 +1,8 @@
 """The background runner, with the protocol stand-in: progress, reuse, cancel, death, restart.
 
-No MRML needed: the runner is plain Python. The same checks against the real worker and model
-are in ``test_end_to_end.py``.
+No MRML needed: the runner is plain Python. The stand-in reads the engine's synthetic chest CT
+written as NRRD (and lung1 as an extra case where ../shared/data is). The same checks against
+the real worker and model are in ``test_slicer_end_to_end.py``.
 """
 
 from __future__ import annotations
@@ -10,22 +11,27 @@ import time
 
 import pytest
 from MedCNNLib.Runner import (
-    CANCELLED_EXIT_CODE,
+    PROTOCOL_VERSION,
+    RUNNER_EXIT_CODES,
+    STARTING_STAGE,
     AnalysisRequest,
+    EngineHello,
     RunnerBusyError,
     WorkerRunner,
 )
-from slicer_test_support import pid_alive
+from slicer_test_support import pid_alive, wait_until
 
-REQUIRED_STAGES = ["reading", "preprocessing", "network", "heatmap", "writing"]
+from medcnn.app import worker
+from medcnn.errors import EXIT_CODES_BY_NAME, CancelledError, PointOutsideScanError
+from medcnn.stages import STAGES
+
+REQUIRED_STAGES = [stage.name for stage in STAGES if stage.name != "done"]
 
 
-@pytest.fixture(scope="module")
-def lung1_nrrd(shared_data):
-    return shared_data / "ct" / "lung1" / "lung1_image.nrrd"
-
-
-def request_for(image, tmp_path, point=(21.86, 120.54, -611.50), name="out"):
+def request_for(scan, tmp_path, point=None, name="out"):
+    """A request on a ``Scan`` (at its nodule unless ``point``), or on a file path."""
+    image = getattr(scan, "path", scan)
+    point = point if point is not None else getattr(scan, "nodule_ras", (0.0, 0.0, 0.0))
     return AnalysisRequest(str(image), point, str(tmp_path / name))
 
 
@@ -42,51 +48,47 @@ def wait_for_stage(job, stage, timeout=30.0):
     raise AssertionError(f"no {stage!r} progress within {timeout} s; saw {seen}")
 
 
-@pytest.mark.data
-def test_progress_then_result_and_worker_reused(standin_runner, lung1_nrrd, tmp_path):
+def test_progress_then_result_and_worker_reused(standin_runner, ct, tmp_path):
     runner = standin_runner()
-    first = runner.submit(request_for(lung1_nrrd, tmp_path, name="a")).wait(timeout=60)
+    first = runner.submit(request_for(ct, tmp_path, name="a")).wait(timeout=60)
     pid = runner.pid
-    second = runner.submit(request_for(lung1_nrrd, tmp_path, name="b")).wait(timeout=60)
+    second = runner.submit(request_for(ct, tmp_path, name="b")).wait(timeout=60)
 
     stages = [event.stage for event in first if event.kind == "progress"]
-    assert stages[0] == "starting"  # the worker was started for this request
+    assert stages[0] == STARTING_STAGE  # the worker was started for this request
     assert [s for s in stages if s in REQUIRED_STAGES] == REQUIRED_STAGES
     fractions = [event.fraction for event in first if event.kind == "progress"]
     assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] <= 1.0
     assert first[-1].kind == "result" and first[-1].result["label"] == "malignant"
     assert (tmp_path / "a" / "result.json").exists()
 
-    assert second[0].stage != "starting"  # no new worker
+    assert second[0].stage != STARTING_STAGE  # no new worker
     assert second[-1].kind == "result"
     assert runner.pid == pid and pid_alive(pid)
 
 
-@pytest.mark.data
-def test_engine_error_keeps_the_worker(standin_runner, lung1_nrrd, tmp_path):
+def test_engine_error_keeps_the_worker(standin_runner, ct, tmp_path):
     runner = standin_runner()
-    events = runner.submit(request_for(lung1_nrrd, tmp_path, point=(900.0, 0.0, 0.0))).wait(60)
+    events = runner.submit(request_for(ct, tmp_path, point=(900.0, 0.0, 0.0))).wait(60)
     pid = runner.pid
     assert events[-1].kind == "error"
-    assert events[-1].exitCode == 8
+    assert events[-1].exitCode == PointOutsideScanError.exit_code
     assert "outside" in events[-1].message
-    assert runner.submit(request_for(lung1_nrrd, tmp_path)).wait(60)[-1].kind == "result"
+    assert runner.submit(request_for(ct, tmp_path)).wait(60)[-1].kind == "result"
     assert runner.pid == pid
 
 
-@pytest.mark.data
-def test_second_submit_while_busy_is_refused(standin_runner, lung1_nrrd, tmp_path):
+def test_second_submit_while_busy_is_refused(standin_runner, phantom_ct, tmp_path):
     runner = standin_runner("hang")
-    job = runner.submit(request_for(lung1_nrrd, tmp_path))
+    job = runner.submit(request_for(phantom_ct, tmp_path))
     with pytest.raises(RunnerBusyError):
-        runner.submit(request_for(lung1_nrrd, tmp_path, name="other"))
+        runner.submit(request_for(phantom_ct, tmp_path, name="other"))
     job.cancel()
 
 
-@pytest.mark.data
-def test_cancel_kills_the_whole_process_tree(standin_runner, lung1_nrrd, tmp_path):
+def test_cancel_kills_the_whole_process_tree(standin_runner, phantom_ct, tmp_path):
     runner = standin_runner("hang")
-    job = runner.submit(request_for(lung1_nrrd, tmp_path))
+    job = runner.submit(request_for(phantom_ct, tmp_path))
     child_event, _ = wait_for_stage(job, "child")  # the stand-in started a child process
     worker, child = runner.pid, int(child_event.fraction)
     assert pid_alive(worker) and pid_alive(child)
@@ -95,27 +97,29 @@ def test_cancel_kills_the_whole_process_tree(standin_runner, lung1_nrrd, tmp_pat
 
     assert job.done
     events = job.poll()
-    assert events[-1].kind == "error" and events[-1].exitCode == CANCELLED_EXIT_CODE
-    deadline = time.monotonic() + 10
-    while (pid_alive(worker) or pid_alive(child)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert events[-1].kind == "error" and events[-1].exitCode == CancelledError.exit_code
+    wait_until(
+        lambda: not pid_alive(worker) and not pid_alive(child),
+        10.0,
+        "the end of the worker and its child",
+        lambda: {"worker": pid_alive(worker), "child": pid_alive(child)},
+    )
     assert not pid_alive(worker), "the worker survived the cancel"
     assert not pid_alive(child), "the worker's child survived the cancel"
     assert runner.pid is None
 
 
-@pytest.mark.data
-def test_restart_after_cancel_and_after_death(standin_runner, lung1_nrrd, tmp_path, monkeypatch):
+def test_restart_after_cancel_and_after_death(standin_runner, ct, tmp_path, monkeypatch):
     runner = standin_runner("die")
-    events = runner.submit(request_for(lung1_nrrd, tmp_path)).wait(timeout=60)
+    events = runner.submit(request_for(ct, tmp_path)).wait(timeout=60)
     assert events[-1].kind == "error"
     assert "stopped unexpectedly" in events[-1].message
     assert "simulated crash" in events[-1].message  # the last line of its log is quoted
     assert runner.pid is None
 
     monkeypatch.setenv("STANDIN_MODE", "normal")
-    events = runner.submit(request_for(lung1_nrrd, tmp_path, name="again")).wait(timeout=60)
-    assert events[0].stage == "starting"  # a new worker
+    events = runner.submit(request_for(ct, tmp_path, name="again")).wait(timeout=60)
+    assert events[0].stage == STARTING_STAGE  # a new worker
     assert events[-1].kind == "result"
 
 
@@ -142,3 +146,29 @@ def test_shutdown_ends_the_worker(standin_runner, tmp_path):
     runner.shutdown()
     assert runner.pid is None
     assert not pid_alive(pid)
+
+
+def test_the_engine_says_its_stages_and_exit_codes_first(standin_runner, phantom_ct, tmp_path):
+    runner = standin_runner()
+    assert runner.hello == EngineHello()  # before any worker: only the runner's own words
+    runner.submit(request_for(phantom_ct, tmp_path)).wait(timeout=60)
+    assert runner.hello.protocol == PROTOCOL_VERSION == worker.PROTOCOL_VERSION
+    assert runner.hello.stages == [stage.name for stage in STAGES]
+    assert runner.hello.exitCodes == EXIT_CODES_BY_NAME
+    for stage in STAGES:
+        assert runner.hello.stageTitle(stage.name) == stage.title
+    assert runner.hello.exitCode("not_ct") == 6 and runner.hello.exitCode("no such kind") == 1
+
+
+def test_the_runners_own_codes_are_the_engines():
+    """What the runner says before any engine has spoken (it could not start one, or it was
+    cancelled while starting) means what the engine means by it."""
+    assert RUNNER_EXIT_CODES.items() <= EXIT_CODES_BY_NAME.items()
+    assert STARTING_STAGE not in {stage.name for stage in STAGES}
+
+
+def test_a_hello_missing_pieces_keeps_the_runners_own_words():
+    hello = EngineHello.fromMessage({"event": "hello", "protocol": 1})
+    assert hello.exitCode("cancelled") == RUNNER_EXIT_CODES["cancelled"]
+    assert hello.stageTitle(STARTING_STAGE).startswith("Starting")
+    assert hello.stageTitle("unknown") == "Unknown"

@@ -9,8 +9,9 @@ import json
 import subprocess
 import sys
 
-from medcnn.app.worker import Channel, serve
-from medcnn.errors import MedCNNError, PointOutsideScanError
+from medcnn.app.worker import PROTOCOL_VERSION, Channel, hello, serve
+from medcnn.errors import EXIT_CODES, EXIT_CODES_BY_NAME, MedCNNError, PointOutsideScanError
+from medcnn.stages import STAGES
 
 
 class StandInAnalyzer:
@@ -100,8 +101,8 @@ def test_series_uid_is_passed_on():
 
 
 def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):
-    """The real module, started as Slicer starts it: a fatal line on stdout, only JSON there,
-    the error's exit code as the process status."""
+    """The real module, started as Slicer starts it: the hello, then a fatal line on stdout, only
+    JSON there, the error's exit code as the process status."""
     completed = subprocess.run(
         [sys.executable, "-m", "medcnn.app.worker", "--bundle", str(tmp_path), "--trust-bundle"],
         input="",
@@ -110,8 +111,19 @@ def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):
         timeout=300,
     )
     lines = completed.stdout.splitlines()
-    assert len(lines) == 1, completed.stdout
-    message = json.loads(lines[0])
+    assert len(lines) == 2, completed.stdout
+    assert json.loads(lines[0]) == hello()
+    message = json.loads(lines[1])
     assert message["event"] == "fatal"
     assert message["exit_code"] == completed.returncode != 0
     assert message["message"]
+
+
+def test_hello_states_the_engines_stages_and_exit_codes():
+    """What a client that does not import the engine (the Slicer extension) learns first."""
+    message = json.loads(json.dumps(hello()))  # as it travels
+    assert message["event"] == "hello" and message["protocol"] == PROTOCOL_VERSION
+    assert message["stages"] == [{"name": s.name, "title": s.title} for s in STAGES]
+    assert message["exit_codes"] == EXIT_CODES_BY_NAME
+    assert set(EXIT_CODES_BY_NAME.values()) == set(EXIT_CODES)  # every code has one name
+    assert EXIT_CODES_BY_NAME["not_ct"] == 6 and EXIT_CODES_BY_NAME["cancelled"] == 130

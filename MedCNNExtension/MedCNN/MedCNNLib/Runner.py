@@ -8,6 +8,12 @@ request starts a fresh worker, as it does after the worker died.
 
 No Qt and no MRML here: the runner's reader threads only queue what the worker says, and the
 caller's thread (Slicer's main thread, through a timer) takes the events with ``poll``.
+
+The engine's vocabulary, its progress stages and exit codes, is not repeated here: the worker's
+first line (``hello``) states it, and ``EngineHello`` keeps it for the logic. Only what the runner
+says on its own before any engine has spoken is defined here: the ``starting`` stage, and the
+codes of a worker that could not be started or was cancelled while starting (the tests hold
+these to ``medcnn.errors``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-CANCELLED_EXIT_CODE = 130
-INTERNAL_ERROR_EXIT_CODE = 1
+PROTOCOL_VERSION = 1  # the worker protocol this runner speaks
+STARTING_STAGE = "starting"
+STARTING_TITLE = "Starting the analysis engine (first use loads the model)"
+# The runner's own verdicts, used until the engine's hello replaces them.
+RUNNER_EXIT_CODES = {"internal_error": 1, "cancelled": 130}
 
 log = logging.getLogger("MedCNN.Runner")
 
@@ -42,6 +51,39 @@ class AnalysisRequest:
     point: tuple[float, float, float]
     outDir: str
     lps: bool = False
+
+
+@dataclass
+class EngineHello:
+    """What the engine said of itself: its protocol version, its stages (name to title, in
+    order) and its exit codes by name. Until a worker has said hello, only the runner's own
+    stage and codes are known."""
+
+    protocol: int | None = None
+    stageTitles: dict[str, str] = field(default_factory=lambda: {STARTING_STAGE: STARTING_TITLE})
+    exitCodes: dict[str, int] = field(default_factory=lambda: dict(RUNNER_EXIT_CODES))
+
+    @classmethod
+    def fromMessage(cls, content: dict) -> EngineHello:
+        hello = cls(protocol=content.get("protocol"))
+        for stage in content.get("stages") or []:
+            hello.stageTitles[str(stage["name"])] = str(stage.get("title") or stage["name"])
+        codes = content.get("exit_codes") or {}
+        hello.exitCodes.update({str(name): int(code) for name, code in codes.items()})
+        return hello
+
+    @property
+    def stages(self) -> list[str]:
+        """The engine's stage names in order (after the runner's own ``starting``)."""
+        return [name for name in self.stageTitles if name != STARTING_STAGE]
+
+    def exitCode(self, name: str) -> int:
+        """The engine's exit code of a failure kind (``"cancelled"``, ``"not_ct"``...); an
+        unknown kind is an internal error."""
+        return self.exitCodes.get(name, self.exitCodes["internal_error"])
+
+    def stageTitle(self, name: str) -> str:
+        return self.stageTitles.get(name, name.capitalize())
 
 
 @dataclass(frozen=True)
@@ -72,7 +114,9 @@ class InferenceJob(Protocol):
 
 
 class InferenceRunner(Protocol):
-    """Runs requests one at a time in the background."""
+    """Runs requests one at a time in the background; ``hello`` is the engine's vocabulary."""
+
+    hello: EngineHello
 
     def submit(self, request: AnalysisRequest) -> InferenceJob: ...
 
@@ -144,7 +188,9 @@ class WorkerJob:
         self.runner._killWorker()
         self._finish(
             RunnerEvent(
-                "error", message="The analysis was cancelled.", exitCode=CANCELLED_EXIT_CODE
+                "error",
+                message="The analysis was cancelled.",
+                exitCode=self.runner.hello.exitCode("cancelled"),
             )
         )
 
@@ -190,6 +236,7 @@ class WorkerRunner:
         self.extraPythonPath = engineSearchPath() if extraPythonPath is None else extraPythonPath
         self.model: dict | None = None
         self.software: dict | None = None
+        self.hello = EngineHello()  # kept across restarts: the engine stays the same
         self._process: subprocess.Popen | None = None
         self._generation = 0
         self._messages: queue.Queue[_Message] = queue.Queue()
@@ -221,7 +268,7 @@ class WorkerRunner:
         self._job = job
         if not self.running:
             self._startWorker()
-            job._add(RunnerEvent("progress", stage="starting", fraction=0.0))
+            job._add(RunnerEvent("progress", stage=STARTING_STAGE, fraction=0.0))
             if self._process is None:  # could not start: the queued message says why
                 return job
         line = json.dumps(
@@ -289,7 +336,7 @@ class WorkerRunner:
                     {
                         "event": "fatal",
                         "message": f"The analysis process could not be started ({error}).",
-                        "exit_code": INTERNAL_ERROR_EXIT_CODE,
+                        "exit_code": self.hello.exitCode("internal_error"),
                     },
                 )
             )
@@ -383,6 +430,15 @@ class WorkerRunner:
             return
         content = message.content
         event = content.get("event")
+        if event == "hello":
+            self.hello = EngineHello.fromMessage(content)
+            if self.hello.protocol != PROTOCOL_VERSION:
+                log.warning(
+                    "the worker speaks protocol %s, this runner %s",
+                    self.hello.protocol,
+                    PROTOCOL_VERSION,
+                )
+            return
         if event == "ready":
             self.model = content.get("model")
             self.software = content.get("software")
@@ -393,7 +449,7 @@ class WorkerRunner:
                     RunnerEvent(
                         "error",
                         message=str(content.get("message")),
-                        exitCode=int(content.get("exit_code", INTERNAL_ERROR_EXIT_CODE)),
+                        exitCode=self._exitCode(content),
                     )
                 )
             return
@@ -414,9 +470,12 @@ class WorkerRunner:
                 RunnerEvent(
                     "error",
                     message=str(content.get("message")),
-                    exitCode=int(content.get("exit_code", INTERNAL_ERROR_EXIT_CODE)),
+                    exitCode=self._exitCode(content),
                 )
             )
+
+    def _exitCode(self, content: dict) -> int:
+        return int(content.get("exit_code", self.hello.exitCode("internal_error")))
 
     def _deathEvent(self, returnCode: int | None) -> RunnerEvent:
         last = next((line for line in reversed(self._stderr) if line.strip()), "")
@@ -425,5 +484,5 @@ class WorkerRunner:
             "error",
             message=f"The analysis process stopped unexpectedly (exit code {returnCode}){detail}. "
             "Press Analyze again to restart it.",
-            exitCode=INTERNAL_ERROR_EXIT_CODE,
+            exitCode=self.hello.exitCode("internal_error"),
         )

@@ -35,7 +35,7 @@ class Widget(qt.QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        uiWidget.setMRMLScene(self.logic.scene)
 
         self.ui.opacitySlider.value = self.logic.parameters.heatmapOpacity
         self.ui.thresholdSlider.value = self.logic.parameters.heatmapThreshold
@@ -54,8 +54,8 @@ class Widget(qt.QWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPoll)
-        self._sceneObserver = slicer.mrmlScene.AddObserver(
-            slicer.mrmlScene.StartCloseEvent, self.onSceneClosing
+        self._sceneObserver = self.logic.scene.AddObserver(
+            self.logic.scene.StartCloseEvent, self.onSceneClosing
         )
 
     def cleanup(self) -> None:
@@ -66,7 +66,7 @@ class Widget(qt.QWidget):
         self.timer.stop()
         if self.task is not None and not self.task.done:
             self.task.cancel()
-        slicer.mrmlScene.RemoveObserver(self._sceneObserver)
+        self.logic.scene.RemoveObserver(self._sceneObserver)
         self.logic.parameters.save(self.settings)
         self.logic.cleanup()
 
@@ -127,7 +127,7 @@ class Widget(qt.QWidget):
         task = self.task
         if task is not None and task.succeeded:
             tableID = task.succeeded[-1].nodeIDs.get("table")
-            tableNode = slicer.mrmlScene.GetNodeByID(tableID) if tableID else None
+            tableNode = self.logic.scene.GetNodeByID(tableID) if tableID else None
             if tableNode is not None:
                 self.ui.resultsTableView.setMRMLTableNode(tableNode)
         self.ui.progressBar.format = task.statusText if task is not None else "Ready"

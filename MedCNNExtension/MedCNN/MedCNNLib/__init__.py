@@ -1,7 +1,12 @@
 """MedCNN's Slicer-side library, one file a role:
 
-- ``Runner``: the background analysis process (``InferenceRunner`` protocol, ``WorkerRunner``);
-- ``AnalysisLogic``: the scene side, speaking only MRML (``MedCNNLogic``);
+- ``Runner``: the background analysis process (``InferenceRunner`` protocol, ``WorkerRunner``),
+  and the engine's stage titles and exit codes as its hello states them (``EngineHello``);
+- ``AnalysisLogic``: the scene side, speaking only MRML (``MedCNNLogic``), a small façade over:
+- ``TaskLogic``: inputs checked, volume exported, points analysed one after another
+  (``AnalysisTask``);
+- ``ResultImport``: each answer into the scene as MRML nodes, all or nothing;
+- ``Display``: how the results look (heat colours, threshold, segment display, slice views);
 - ``InstallLogic``: installing the analysis process's Python packages, after asking;
 - ``Parameters``: the user's display settings;
 - ``Widget``: the Qt panel, the only module here that needs Qt.

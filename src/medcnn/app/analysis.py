@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import torch
 
 import medcnn
+from medcnn import stages
 from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
 from medcnn.errors import UsageError
 from medcnn.nodule.checks import check_scan_at_point
@@ -38,7 +39,6 @@ from medcnn.volume import Volume, ras_point
 
 Progress = Callable[[str, float], None]
 SCHEMA_VERSION = 1
-STAGES = ("reading", "preprocessing", "network", "heatmap", "writing")
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,13 @@ class Analyzer:
         """Judge the nodule at a RAS point of an already-read scan."""
         report = progress or (lambda stage, fraction: None)
         timings = {} if timings is None else timings
-        report("preprocessing", 0.2)
+        report(stages.PREPROCESSING.name, stages.PREPROCESSING.fraction)
         patch = self._cut(scan, point_ras, timings)
-        report("network", 0.3)
+        report(stages.NETWORK.name, stages.NETWORK.fraction)
         started = time.perf_counter()
         prediction = predict(self.model, patch, self.spec)
         timings["network"] = time.perf_counter() - started
-        report("heatmap", 0.6)
+        report(stages.HEATMAP.name, stages.HEATMAP.fraction)
         started = time.perf_counter()
         heat = malignancy_heatmap(self.model, prediction.network_input, prediction.activations)
         analysis = self._finish(scan, point_ras, prediction, heat)
@@ -128,13 +128,13 @@ class Analyzer:
         report = progress or (lambda stage, fraction: None)
         point_ras = checked_point(point, lps)
         total_start = time.perf_counter()
-        report("reading", 0.0)
+        report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
         scan = self._read(image, point_ras, series_uid, timings)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
-        report("writing", 0.9)
+        report(stages.WRITING.name, stages.WRITING.fraction)
         self._write(analysis, Path(out_dir), lps, timings, total_start)
-        report("done", 1.0)
+        report(stages.DONE.name, stages.DONE.fraction)
         return analysis.result
 
     def analyze_files(self, requests: Sequence[FileRequest]) -> list[dict | Exception]:

@@ -8,7 +8,15 @@ the command line, and turns ``MedCNNError`` into messages and exit codes the sam
 Protocol: JSON lines. Every line the worker writes to stdout is one JSON object, flushed at
 once; everything else (logging, stray prints of libraries) goes to stderr.
 
-On start, once the model is loaded::
+On start, at once (before the slow imports), the engine's vocabulary, so that a client need not
+import the engine or repeat its names and numbers: the protocol version, the progress stages in
+order with a title for each, and the exit codes by name::
+
+    {"event": "hello", "protocol": 1,
+     "stages": [{"name": "reading", "title": "Reading the scan"}, ...],
+     "exit_codes": {"success": 0, "internal_error": 1, "usage": 2, ..., "cancelled": 130}}
+
+then, once the model is loaded::
 
     {"event": "ready", "pid": 1234, "model": {"name": ..., "version": ..., "weights_sha256": ...,
      "threshold": ...}, "software": {"medcnn": ..., "monai": ..., "torch": ..., ...}}
@@ -27,8 +35,8 @@ Requests, one JSON object per stdin line::
 
 Answers, all carrying the request's ``id``, in this order::
 
-    {"id": "7", "event": "progress", "stage": "reading", "fraction": 0.0}   # stages: reading,
-    ...                                     # preprocessing, network, heatmap, writing, done;
+    {"id": "7", "event": "progress", "stage": "reading", "fraction": 0.0}   # stages: the
+    ...                                     # hello's (medcnn.stages), in order;
                                             # fraction is of the whole analysis, 0..1
     {"id": "7", "event": "result", "result": {...result.json...}}
   or
@@ -51,10 +59,14 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
+from medcnn.errors import EXIT_CODES_BY_NAME
+from medcnn.stages import STAGES
+
 log = logging.getLogger("medcnn.app.worker")
 
 INTERNAL_ERROR = 1
 BAD_REQUEST = 2
+PROTOCOL_VERSION = 1
 
 
 class Channel:
@@ -182,6 +194,16 @@ def answer(
         channel.send(id=request_id, event="result", result=result)
 
 
+def hello() -> dict[str, Any]:
+    """The first line: what a client needs to know of the engine without importing it."""
+    return {
+        "event": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "stages": [{"name": stage.name, "title": stage.title} for stage in STAGES],
+        "exit_codes": dict(EXIT_CODES_BY_NAME),
+    }
+
+
 def load_analyzer(bundle: str | None, trusted: bool) -> tuple[Any, tuple, Callable[[], dict]]:
     """Import the engine and load the model: the slow part, done once."""
     from medcnn.app.analysis import Analyzer, software_versions
@@ -204,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr, level=logging.INFO, format="medcnn.app.worker %(levelname)s: %(message)s"
     )
     channel = Channel(claim_stdout())
+    channel.send(**hello())
     try:
         analyzer, error_types, software_versions = load_analyzer(args.bundle, args.trust_bundle)
     except ImportError as error:

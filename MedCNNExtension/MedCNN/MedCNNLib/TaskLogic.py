@@ -1,0 +1,338 @@
+"""The analysis of points on a volume as a task: its inputs checked, the volume exported, the
+points submitted one after another to the runner, each answer handed to the scene side.
+
+``AnalysisTask`` is a small state machine advanced by ``poll`` from the caller's (main) thread,
+so Slicer never waits for the engine. It speaks MRML only to read its inputs (the volume, a
+point list); what an answer becomes in the scene is ``ResultImport``'s job, reached through the
+``TaskHost`` that started the task (``MedCNNLogic``). Stage titles and exit codes are the
+engine's, as its worker's hello stated them (``runner.hello``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import slicer
+import vtk
+
+from .Runner import (
+    STARTING_STAGE,
+    AnalysisRequest,
+    InferenceJob,
+    InferenceRunner,
+    RunnerBusyError,
+    RunnerEvent,
+)
+
+
+class AnalysisError(Exception):
+    """A problem the user can act on: ``str(error)`` is one sentence for the panel; ``reason`` is
+    the engine's name of that kind of failure (a key of ``runner.hello.exitCodes``)."""
+
+    def __init__(self, message: str, reason: str = "internal_error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """A point to analyse: ``key`` identifies it across re-runs, ``ras`` is in world mm."""
+
+    key: str
+    label: str
+    ras: tuple[float, float, float]
+
+
+def pointsFromMarkups(markupsNode: slicer.vtkMRMLMarkupsNode) -> list[PointSpec]:
+    """Every control point of a point list, keyed by list and point id, in world coordinates."""
+    points = []
+    position = [0.0, 0.0, 0.0]
+    for index in range(markupsNode.GetNumberOfControlPoints()):
+        markupsNode.GetNthControlPointPositionWorld(index, position)
+        key = f"{markupsNode.GetID()}/{markupsNode.GetNthControlPointID(index)}"
+        label = markupsNode.GetNthControlPointLabel(index) or f"Point {index + 1}"
+        points.append(PointSpec(key, label, (position[0], position[1], position[2])))
+    return points
+
+
+def pointFromRAS(ras: Iterable[float], label: str | None = None) -> PointSpec:
+    """A point given by its coordinates: re-running at the same place replaces its results."""
+    r, a, s = (float(v) for v in ras)
+    return PointSpec(
+        f"RAS:{r:.1f},{a:.1f},{s:.1f}", label or f"({r:.1f}, {a:.1f}, {s:.1f})", (r, a, s)
+    )
+
+
+def checkedInputs(
+    volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
+    points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
+) -> list[PointSpec]:
+    """The points to analyse, once the volume is a single-component scalar volume with voxels
+    and there is at least one point; otherwise an ``AnalysisError`` that says what to do."""
+    if volumeNode is None:
+        raise AnalysisError("Select a CT volume first.", "usage")
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise AnalysisError(
+            f"'{volumeNode.GetName()}' is not a scalar volume; select the CT scan.", "not_ct"
+        )
+    imageData = volumeNode.GetImageData()
+    if imageData is None or imageData.GetNumberOfPoints() == 0:
+        raise AnalysisError(f"'{volumeNode.GetName()}' holds no image data.", "unreadable_image")
+    if imageData.GetNumberOfScalarComponents() != 1:
+        raise AnalysisError(
+            f"'{volumeNode.GetName()}' is a colour or vector image, not a CT; select the CT scan.",
+            "not_ct",
+        )
+    if points is not None and not isinstance(points, list):
+        points = pointsFromMarkups(points)
+    if not points:
+        raise AnalysisError("Place a point on the nodule first (the point list is empty).", "usage")
+    return points
+
+
+class VolumeExport:
+    """Volumes written for the engine, one file a volume, reused while unchanged."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._exports: dict[str, tuple[tuple, Path]] = {}
+
+    def export(self, volumeNode: slicer.vtkMRMLScalarVolumeNode) -> Path:
+        """Write the volume (its own coordinates) through an MRML storage node, reusing the
+        file while the voxels and geometry are unchanged."""
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        signature = (
+            volumeNode.GetImageData().GetMTime(),
+            tuple(matrix.GetElement(i, j) for i in range(4) for j in range(4)),
+        )
+        cached = self._exports.get(volumeNode.GetID())
+        if cached is not None and cached[0] == signature and cached[1].exists():
+            return cached[1]
+        if cached is not None:
+            cached[1].unlink(missing_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"volume-{len(self._exports) + 1}-{int(time.time() * 1000)}.nrrd"
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(0)
+        if not storage.WriteData(volumeNode) or not path.exists():
+            raise AnalysisError(
+                f"'{volumeNode.GetName()}' could not be written to the temporary folder "
+                f"{self.folder}; check the free disk space.",
+                "output",
+            )
+        self._exports[volumeNode.GetID()] = (signature, path)
+        return path
+
+    def clear(self) -> None:
+        self._exports.clear()
+
+
+@dataclass
+class PointOutcome:
+    point: PointSpec
+    result: dict | None = None
+    error: str | None = None
+    exitCode: int = 0
+    nodeIDs: dict[str, str] = field(default_factory=dict)
+    outputDir: Path | None = None  # kept only when the logic keeps outputs
+    cancelled: bool = False
+
+    def summary(self) -> str:
+        if self.error is not None:
+            return f"{self.point.label}: {self.error}"
+        result = self.result or {}
+        return (
+            f"{self.point.label}: {result.get('label')}, probability "
+            f"{result.get('probability', 0.0):.2f} \u00b1 {result.get('uncertainty', 0.0):.2f}, "
+            f"diameter {result.get('diameter_mm', 0.0):.1f} mm, "
+            f"volume {result.get('volume_ml', 0.0):.2f} mL."
+        )
+
+
+class TaskHost(Protocol):
+    """What a task needs from the logic that starts it."""
+
+    runner: InferenceRunner
+    keepOutputs: bool
+
+    def exportVolume(self, volumeNode: slicer.vtkMRMLScalarVolumeNode) -> Path: ...
+
+    def newResultDir(self) -> Path: ...
+
+    def importResult(
+        self, volumeNodeID: str, point: PointSpec, outDir: Path, result: dict
+    ) -> dict[str, str]: ...
+
+
+class AnalysisTask:
+    """The analysis of a list of points on one volume, advanced by ``poll`` from the caller's
+    (main) thread: it submits the points one after another and imports each answer."""
+
+    def __init__(
+        self,
+        host: TaskHost,
+        volumeNode: slicer.vtkMRMLScalarVolumeNode,
+        points: list[PointSpec],
+    ) -> None:
+        self.host = host
+        self.volumeNodeID = volumeNode.GetID()
+        self.points = list(points)
+        self.outcomes: list[PointOutcome] = []
+        self.progress = 0.0
+        self.stage = STARTING_STAGE
+        self.cancelled = False
+        self._image = host.exportVolume(volumeNode)
+        self._toLocal = worldToVolumeTransform(volumeNode)
+        self._job: InferenceJob | None = None
+        self._outDir: Path | None = None
+
+    @property
+    def done(self) -> bool:
+        return len(self.outcomes) == len(self.points)
+
+    @property
+    def succeeded(self) -> list[PointOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.error is None]
+
+    @property
+    def failed(self) -> list[PointOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.error is not None]
+
+    @property
+    def statusText(self) -> str:
+        """What is happening now, for the progress bar."""
+        if self.done:
+            return "Cancelled." if self.cancelled else "Done."
+        title = self.host.runner.hello.stageTitle(self.stage)
+        if len(self.points) > 1:
+            point = self.points[len(self.outcomes)]
+            return f"{point.label} ({len(self.outcomes) + 1}/{len(self.points)}): {title}"
+        return title
+
+    @property
+    def message(self) -> str:
+        """The outcome, one line a point, for the panel."""
+        lines = [o.summary() for o in self.outcomes if not o.cancelled]
+        if self.cancelled:
+            lines.append("The analysis was cancelled.")
+        return "\n".join(lines)
+
+    def poll(self) -> bool:
+        """Advance without blocking; returns True once every point has an outcome."""
+        while not self.done:
+            if self._job is None:
+                self._submitNext()
+            for event in self._job.poll():
+                self._handle(event)
+            if self._job is not None and not self._job.done:
+                break
+            self._job = None
+        return self.done
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> AnalysisTask:
+        """Poll until done (for scripts, tests and the self-test)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"the analysis did not finish within {timeout} s")
+            time.sleep(interval)
+        return self
+
+    def cancel(self) -> None:
+        """Stop now: the running point is killed, the remaining ones are not started."""
+        if self.done:
+            return
+        self.cancelled = True
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        self._removeOutDir()
+        code = self.host.runner.hello.exitCode("cancelled")
+        while not self.done:
+            point = self.points[len(self.outcomes)]
+            self.outcomes.append(
+                PointOutcome(point, error="Cancelled.", exitCode=code, cancelled=True)
+            )
+
+    def _submitNext(self) -> None:
+        point = self.points[len(self.outcomes)]
+        self._outDir = self.host.newResultDir()
+        local = self._toLocal.TransformPoint(point.ras)
+        request = AnalysisRequest(str(self._image), tuple(local), str(self._outDir))
+        self.stage = STARTING_STAGE
+        try:
+            self._job = self.host.runner.submit(request)
+        except RunnerBusyError as error:
+            code = self.host.runner.hello.exitCode("internal_error")
+            self._job = FinishedJob(RunnerEvent("error", message=str(error), exitCode=code))
+
+    def _handle(self, event: RunnerEvent) -> None:
+        point = self.points[len(self.outcomes)]
+        hello = self.host.runner.hello
+        if event.kind == "progress":
+            self.stage = event.stage
+            fraction = min(max(event.fraction, 0.0), 1.0)
+            self.progress = (len(self.outcomes) + fraction) / len(self.points)
+            return
+        if event.kind == "result":
+            try:
+                nodeIDs = self.host.importResult(
+                    self.volumeNodeID, point, self._outDir, event.result or {}
+                )
+            except AnalysisError as error:
+                outcome = PointOutcome(
+                    point, error=str(error), exitCode=hello.exitCode(error.reason)
+                )
+            else:
+                outcome = PointOutcome(point, result=event.result, nodeIDs=nodeIDs)
+                if self.host.keepOutputs:
+                    outcome.outputDir = self._outDir
+        else:
+            cancelled = event.exitCode == hello.exitCode("cancelled")
+            self.cancelled = self.cancelled or cancelled
+            outcome = PointOutcome(
+                point, error=event.message, exitCode=event.exitCode, cancelled=cancelled
+            )
+        self._removeOutDir()
+        self.outcomes.append(outcome)
+        self.progress = len(self.outcomes) / len(self.points)
+
+    def _removeOutDir(self) -> None:
+        if self._outDir is not None and not self.host.keepOutputs:
+            shutil.rmtree(self._outDir, ignore_errors=True)
+        self._outDir = None
+
+
+class FinishedJob:
+    """A job that ended before it started (the runner refused it)."""
+
+    def __init__(self, event: RunnerEvent) -> None:
+        self._events = [event]
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def poll(self) -> list[RunnerEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def cancel(self) -> None:
+        self._events = []
+
+
+def worldToVolumeTransform(volumeNode: slicer.vtkMRMLVolumeNode) -> vtk.vtkAbstractTransform:
+    """World (where points are placed) to the volume's own coordinates (what is exported)."""
+    transform = vtk.vtkGeneralTransform()
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None:
+        parent.GetTransformFromWorld(transform)
+    return transform
