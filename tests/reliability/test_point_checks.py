@@ -169,7 +169,7 @@ def test_a_nodule_on_the_scans_last_slice_is_analysed_end_to_end(
     cut_at_nodule = slab(chest, 0, k + 1)
     path = write_nifti(cut_at_nodule, tmp_path / "cut.nii.gz")
     result = shipped_analyzer.analyze_file(path, NODULE, tmp_path / "out")
-    assert 0.0 <= result["probability"] <= 1.0
+    assert 0.0 <= result.probability <= 1.0
     heatmap = nib.load(tmp_path / "out" / "heatmap.nii.gz")
     np.testing.assert_allclose(heatmap.affine[:3, :3], cut_at_nodule.affine[:3, :3], atol=1e-4)
     top = cut_at_nodule.world_to_index(heatmap.affine[None, :3, 3])[0][2] + heatmap.shape[2] - 1
