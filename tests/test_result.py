@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
 from readme_tables import readme_table
-from result_checks import assert_valid_result
+from result_checks import assert_valid_result, nodule_result
 
 from medcnn.app.batch import PREDICTION_COLUMNS
 from medcnn.outputs.result import (
     LUNG_NODULE_MALIGNANCY,
     SCHEMA_VERSION,
     InputImage,
-    ModelInfo,
-    NoduleFindings,
     OutputFiles,
-    Point,
     Result,
     result_schema,
     summary_columns,
@@ -33,31 +29,6 @@ else:  # pragma: no cover
     tomllib = None
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def nodule_result(**changes) -> Result:
-    result = Result(
-        task=LUNG_NODULE_MALIGNANCY,
-        probability=0.731,
-        uncertainty=0.042,
-        probability_interval=(0.69, 0.78),
-        member_probabilities=(0.69, 0.78),
-        threshold=0.5,
-        label="malignant",
-        findings=NoduleFindings(
-            point=Point((1.0, 2.0, 3.0), (-1.0, -2.0, 3.0), "LPS"),
-            diameter_mm=7.25,
-            volume_ml=0.1234,
-            calcified_share=None,
-        ),
-        input=InputImage("scan.nrrd", "nrrd", (64, 64, 32), (0.7, 0.7, 2.5)),
-        outputs=OutputFiles(heatmap="heatmap.nii.gz", segmentation="segmentation.nii.gz"),
-        model=ModelInfo("medcnn", "0.3.4", "a" * 64),
-        software={"medcnn": "0.3.4"},
-        warnings=("No nodule was segmented at the point; check that it is on a nodule.",),
-        timings_s={"read": 0.1, "total": 0.3},
-    )
-    return replace(result, **changes)
 
 
 def test_the_schema_is_a_valid_json_schema_shipped_inside_the_package() -> None:
