@@ -316,11 +316,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  probability of malignancy {result.probability:.3f} ({result.label}), "
         f"diameter {result.nodule.diameter_mm:.1f} mm, volume {result.nodule.volume_ml:.3f} mL"
     )
-    names = result.outputs
-    print(
-        f"  outputs: {out / names.result}, {out / names.heatmap}, "
-        f"{out / names.segmentation}, {out / names.overlay}"
-    )
+    print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
     print(
         "To see them in 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz "
         "and segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
