@@ -352,6 +352,9 @@ def test_the_overlay_is_drawn_from_the_analysis_in_memory(
     assert_valid_result(written)
     assert written["outputs"]["overlay"] == "overlay.png"
     assert written == result.to_json() and Result.from_json(written) == result
+    # analysed again without it, the folder no longer holds an overlay its result does not list
+    again = analyzer.analyze_file(phantom["nifti"], phantom["nodule_center_ras"], out)
+    assert again.outputs.overlay is None and not (out / "overlay.png").exists()
 
 
 def test_an_overlay_that_fails_leaves_no_files(

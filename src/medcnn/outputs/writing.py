@@ -23,6 +23,9 @@ from medcnn.volume import Volume
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
 OVERLAY = "overlay.png"
+# Pictures an analysis may add; one an earlier run left and this one did not draw is removed,
+# so the folder holds what its result.json lists.
+PICTURES = (OVERLAY,)
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
@@ -106,6 +109,8 @@ def write_outputs(
         out_dir.mkdir(exist_ok=True)
         for name in (HEATMAP, SEGMENTATION, *pictures, RESULT):
             os.replace(staging / name, out_dir / name)
+        for name in set(PICTURES) - set(pictures):
+            (out_dir / name).unlink(missing_ok=True)
     except OSError as error:
         raise OutputError(
             f"The results cannot be written to {out_dir} ({error.strerror}); free some space or "
