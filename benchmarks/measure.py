@@ -101,7 +101,7 @@ def analyzer(args: dict) -> dict:
             started = time.perf_counter()
             result = engine.analyze_file(args["image"], args["point"], Path(tmp) / str(n))
             times.append(time.perf_counter() - started)
-            stages.append(result["timings_s"])
+            stages.append(result.timings_s)
     return {"times_s": times, "stages_s": stages, "rss_after_import_mb": rss}
 
 

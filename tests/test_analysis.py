@@ -12,33 +12,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from result_checks import assert_valid_result
 
+import medcnn.app.analysis as analysis_module
 from medcnn.app.analysis import Analyzer
 from medcnn.nodule.preprocessing import resample
+from medcnn.outputs.result import Result
 from medcnn.phantom import make_phantom
 from medcnn.reading import read_scan
 from medcnn.training.metrics import dice
 from medcnn.volume import Volume
 
 LUNG1_NODULE_RAS = (21.86, 120.54, -611.50)
-SCHEMA_KEYS = {
-    "schema_version",
-    "probability",
-    "uncertainty",
-    "probability_interval",
-    "threshold",
-    "label",
-    "diameter_mm",
-    "volume_ml",
-    "calcified_share",
-    "point",
-    "input",
-    "outputs",
-    "model",
-    "software",
-    "timings_s",
-    "warnings",
-}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +59,8 @@ def test_analyze_lung1_from_the_command_line(shared_data: Path, tmp_path: Path) 
     done = medcnn("analyze", str(image), "--point", *map(str, LUNG1_NODULE_RAS), "--out", str(out))
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
-    assert SCHEMA_KEYS <= set(result)
+    assert_valid_result(result)
+    assert result["task"] == "lung_nodule_malignancy" and "timings_s" in result
     assert 0.0 <= result["probability"] <= 1.0
     assert result["label"] in ("benign", "malignant")
     assert result["model"]["weights_sha256"]
@@ -101,8 +87,8 @@ def test_lps_point_gives_the_same_answer(
     r, a, s = LUNG1_NODULE_RAS
     ras = analyzer.analyze_file(image, (r, a, s), tmp_path / "ras")
     lps = analyzer.analyze_file(image, (-r, -a, s), tmp_path / "lps", lps=True)
-    assert ras["probability"] == lps["probability"]
-    assert lps["point"]["given_as"] == "LPS" and lps["point"]["ras"] == ras["point"]["ras"]
+    assert ras.probability == lps.probability
+    assert lps.nodule.point.given_as == "LPS" and lps.nodule.point.ras == ras.nodule.point.ras
 
 
 def cutout(scan: Volume, lo: np.ndarray, hi: np.ndarray) -> Volume:
@@ -167,7 +153,7 @@ def segmentation_agreement(full, cut) -> float:
 @pytest.mark.parametrize("cut", ["readme", "tightest"])
 def test_cutout_and_full_scan_give_nearly_the_same_probability(lung1_full_and_cutouts, cut) -> None:
     full, cutout_analysis = lung1_full_and_cutouts["full"], lung1_full_and_cutouts[cut]
-    assert abs(full.result["probability"] - cutout_analysis.result["probability"]) <= 0.1
+    assert abs(full.result.probability - cutout_analysis.result.probability) <= 0.1
 
 
 @pytest.mark.data
@@ -196,7 +182,7 @@ def test_dicom_and_nifti_of_the_same_scan_agree(
     point = phantom["nodule_center_ras"]
     from_dicom = analyzer.analyze_file(phantom["dicom_dir"], point, tmp_path / "dicom")
     from_nifti = analyzer.analyze_file(phantom["nifti"], point, tmp_path / "nifti")
-    assert abs(from_dicom["probability"] - from_nifti["probability"]) < 1e-4
+    assert abs(from_dicom.probability - from_nifti.probability) < 1e-4
     seg_d = nifti(tmp_path / "dicom" / "segmentation.nii.gz")
     seg_n = nifti(tmp_path / "nifti" / "segmentation.nii.gz")
     moved = resample(
@@ -205,7 +191,7 @@ def test_dicom_and_nifti_of_the_same_scan_agree(
     assert seg_d.array.sum() > 0
     assert dice(seg_d.array > 0, moved > 0.5) > 0.99
     # the phantom's nodule is found and measured
-    assert abs(from_dicom["diameter_mm"] - phantom["nodule_diameter_mm"]) < 4.0
+    assert abs(from_dicom.nodule.diameter_mm - phantom["nodule_diameter_mm"]) < 4.0
 
 
 def test_calcified_share_tells_a_calcified_nodule_from_a_solid_one(
@@ -213,16 +199,16 @@ def test_calcified_share_tells_a_calcified_nodule_from_a_solid_one(
 ) -> None:
     scan = read_scan(phantom["nifti"])
     centre = np.asarray(phantom["nodule_center_ras"], dtype=float)
-    solid = analyzer.analyze_volume(scan, centre).result["calcified_share"]
+    solid = analyzer.analyze_volume(scan, centre).result.nodule.calcified_share
     # calcify the nodule's core: every voxel within 2 mm of its centre at 600 HU
     index = np.stack(np.meshgrid(*map(np.arange, scan.shape), indexing="ij"), -1)
     distance = np.linalg.norm(scan.index_to_world(index.reshape(-1, 3)) - centre, axis=1)
     core = distance.reshape(scan.shape) <= 2.0
     calcified = Volume(np.where(core, 600, scan.array).astype(scan.array.dtype), scan.affine)
-    result = analyzer.analyze_volume(calcified, centre).result
+    result = analyzer.analyze_volume(calcified, centre).result.nodule
     assert solid == 0.0
     # a core of a few dozen voxels in a nodule of about a thousand: a few percent
-    assert 0.01 < result["calcified_share"] < 0.1
+    assert 0.01 < result.calcified_share < 0.1
 
 
 def test_same_input_gives_bit_identical_outputs(
@@ -231,7 +217,7 @@ def test_same_input_gives_bit_identical_outputs(
     point = phantom["nodule_center_ras"]
     first = analyzer.analyze_file(phantom["nifti"], point, tmp_path / "a")
     second = Analyzer().analyze_file(phantom["nifti"], point, tmp_path / "b")
-    assert first["probability"] == second["probability"]
+    assert first.probability == second.probability
     for name in ("heatmap.nii.gz", "segmentation.nii.gz"):
         a, b = nifti(tmp_path / "a" / name), nifti(tmp_path / "b" / name)
         np.testing.assert_array_equal(a.array, b.array)
@@ -262,7 +248,7 @@ def test_batch_goes_on_past_a_failure_and_keeps_the_order(
     assert "does not exist" in predictions[1]["error"]
     # batch and analyze give the same numbers; case folders stay inside the output folder
     single = analyzer.analyze_file(phantom["nifti"], (r, a, s), tmp_path / "single")
-    assert float(predictions[0]["probability"]) == pytest.approx(single["probability"], abs=1e-6)
+    assert float(predictions[0]["probability"]) == pytest.approx(single.probability, abs=1e-6)
     for folder in (out / "cases").iterdir():
         assert folder.resolve().parent == (out / "cases").resolve()
 
@@ -343,3 +329,44 @@ def test_heatmap_is_highest_on_the_nodule(
     heat = nifti(tmp_path / "h" / "heatmap.nii.gz").array
     seg = nifti(tmp_path / "h" / "segmentation.nii.gz").array > 0
     assert heat[seg].mean() > heat[~seg].mean()
+
+
+def test_the_overlay_is_drawn_from_the_analysis_in_memory(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = []
+    read_scan_once = analysis_module.read_scan
+
+    def counted(*args, **kwargs):
+        reads.append(args)
+        return read_scan_once(*args, **kwargs)
+
+    monkeypatch.setattr(analysis_module, "read_scan", counted)
+    out = tmp_path / "o"
+    result = analyzer.analyze_file(
+        phantom["nifti"], phantom["nodule_center_ras"], out, overlay=True
+    )
+    assert len(reads) == 1  # the scan is read once, for the analysis, not again to draw
+    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = json.loads((out / "result.json").read_text())
+    assert_valid_result(written)
+    assert written["outputs"]["overlay"] == "overlay.png"
+    assert written == result.to_json() and Result.from_json(written) == result
+    # analysed again without it, the folder no longer holds an overlay its result does not list
+    again = analyzer.analyze_file(phantom["nifti"], phantom["nodule_center_ras"], out)
+    assert again.outputs.overlay is None and not (out / "overlay.png").exists()
+
+
+def test_an_overlay_that_fails_leaves_no_files(
+    phantom: dict, tmp_path: Path, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_drawn(scan, heatmap, segmentation, point, path, title):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise RuntimeError("the picture failed")
+
+    monkeypatch.setattr(analysis_module, "overlay_png", half_drawn)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="picture failed"):
+        analyzer.analyze_file(phantom["nifti"], phantom["nodule_center_ras"], out, overlay=True)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from result_checks import assert_valid_result
 
 from medcnn.phantom import NODULE_CENTER_RAS, NODULE_DIAMETER_MM
 
@@ -38,6 +39,8 @@ def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> Non
     assert str(tmp_path / "cache" / "medcnn") in done.stdout  # the phantom it generated
 
     result = json.loads((out / "result.json").read_text())
+    assert_valid_result(result)
+    assert result["outputs"]["overlay"] == "overlay.png"  # drawn with the others, and listed
     assert f"probability of malignancy {result['probability']:.3f}" in done.stdout
     np.testing.assert_allclose(result["point"]["ras"], NODULE_CENTER_RAS, atol=1e-6)
     assert 0.7 * NODULE_DIAMETER_MM <= result["diameter_mm"] <= 1.4 * NODULE_DIAMETER_MM

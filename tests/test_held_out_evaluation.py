@@ -69,9 +69,7 @@ def test_held_out_nodules_are_judged_by_the_whole_model_as_a_click(
     first = table[0]
     point = np.array([float(first[k]) for k in ("center_r", "center_a", "center_s")])
     click = analyzer.analyze_volume(read_scan(other_set / first["image"]), point)
-    assert float(predictions[0]["probability"]) == pytest.approx(
-        click.result["probability"], abs=1e-4
-    )
+    assert float(predictions[0]["probability"]) == pytest.approx(click.result.probability, abs=1e-4)
     assert (out / "roc.png").exists() and (out / "reliability.png").exists()
 
 

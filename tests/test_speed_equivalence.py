@@ -312,11 +312,12 @@ def assert_slab_of(slab: Volume, whole: Volume) -> None:
 
 def assert_same_analysis(analyzer: Analyzer, image: Path, point: np.ndarray, tmp: Path) -> dict:
     """``analyze_file`` (which reads around the point) against the whole scan read first."""
-    fast = analyzer.analyze_file(image, point, tmp / "fast")
+    fast = analyzer.analyze_file(image, point, tmp / "fast").to_json()
     whole = analyzer.analyze_volume(read_scan(image), np.asarray(point, dtype=float))
+    whole_result = whole.result.to_json()
     for key in ("probability", "member_probabilities", "diameter_mm", "volume_ml", "warnings"):
-        assert fast[key] == whole.result[key], key
-    assert fast["input"]["shape"] == whole.result["input"]["shape"]
+        assert fast[key] == whole_result[key], key
+    assert fast["input"]["shape"] == whole_result["input"]["shape"]
     heatmap, segmentation = (
         nib.load(tmp / "fast" / "heatmap.nii.gz"),
         nib.load(tmp / "fast" / "segmentation.nii.gz"),
@@ -545,8 +546,10 @@ def test_analyzing_files_together_writes_what_analyzing_each_writes(
     for index in (0, 2, 4):
         request = requests[index]
         alone = tmp_path / "alone" / str(index)
-        expected = random_analyzer.analyze_file(request.image, request.point, alone, request.lps)
-        got = outcomes[index]
+        expected = random_analyzer.analyze_file(
+            request.image, request.point, alone, request.lps
+        ).to_json()
+        got = outcomes[index].to_json()
         for key in ("diameter_mm", "volume_ml", "label", "point", "warnings", "input"):
             assert got[key] == expected[key], key
         assert got["probability"] == pytest.approx(expected["probability"], abs=1e-5)
@@ -577,7 +580,7 @@ def test_when_the_group_fails_each_file_is_analysed_alone(
     outcomes = random_analyzer.analyze_files(requests)
     assert isinstance(outcomes[1], InputNotFoundError)
     expected = random_analyzer.analyze_file(phantom["nifti"], centre, tmp_path / "alone")
-    assert outcomes[0]["probability"] == expected["probability"]
+    assert outcomes[0].probability == expected.probability
     assert (requests[0].out_dir / "result.json").exists()
 
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from result_checks import nodule_result
 
 from medcnn.app.cli import main
 from medcnn.bundle import sha256_of
 from medcnn.nodule.network import NoduleEnsemble
+from medcnn.outputs.result import Result
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_BUNDLE = REPO / "monai_bundle"
@@ -81,10 +83,9 @@ class RecordingAnalyzer:
     def __init__(self) -> None:
         self.out_dirs: list[Path] = []
 
-    def analyze_file(self, image: Path, point: tuple, out_dir: Path, lps: bool = False) -> dict:
+    def analyze_file(self, image: Path, point: tuple, out_dir: Path, lps: bool = False) -> Result:
         self.out_dirs.append(Path(out_dir))
-        keys = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
-        return dict.fromkeys(keys, 0)
+        return nodule_result()
 
-    def analyze_files(self, requests: list) -> list[dict]:
+    def analyze_files(self, requests: list) -> list[Result]:
         return [self.analyze_file(r.image, r.point, r.out_dir, r.lps) for r in requests]

@@ -176,7 +176,7 @@ def test_a_nodule_on_the_scans_last_slice_is_analysed_end_to_end(
         write_nifti(chest, tmp_path / "whole.nii.gz"), NODULE, tmp_path / "whole"
     )
     # half the nodule is in the scan: more than half its diameter is measured, not more than all
-    assert 0.5 * whole["diameter_mm"] < result["diameter_mm"] <= whole["diameter_mm"]
+    assert 0.5 * whole.nodule.diameter_mm < result.nodule.diameter_mm <= whole.nodule.diameter_mm
     heatmap = nib.load(tmp_path / "out" / "heatmap.nii.gz")
     np.testing.assert_allclose(heatmap.affine[:3, :3], cut_at_nodule.affine[:3, :3], atol=1e-4)
     top = cut_at_nodule.world_to_index(heatmap.affine[None, :3, 3])[0][2] + heatmap.shape[2] - 1

@@ -131,7 +131,7 @@ def test_outputs_land_on_the_same_world_voxels_whatever_the_storage(
         np.testing.assert_allclose(read.affine, stored.affine, atol=1e-4)
         out = folder / f"out_{path.stem}"
         result = tmp_analyzer.analyze_file(path, point, out)
-        assert result["point"]["ras"] == [round(float(v), 4) for v in point]
+        assert list(result.nodule.point.ras) == [round(float(v), 4) for v in point]
         heatmap, segmentation = (
             nib.load(out / n) for n in ("heatmap.nii.gz", "segmentation.nii.gz")
         )

@@ -2,7 +2,12 @@
 
 It reads the scan with SimpleITK and writes a heatmap (a Gaussian blob) and a segmentation
 (a ball) on a sub-grid of the scan's own grid around the point, like the engine does, so the
-fast tests exercise the real runner and the real MRML import in seconds. Behaviour switches,
+fast tests exercise the real runner and the real MRML import in seconds. Its numbers are
+computed from the scan, not echoed constants, so a test can tell a value was carried from
+``result.json`` to the scene: the probability is a logistic of the mean HU in the ball (dense
+tissue malignant, lung benign), its two "members" use two slopes, and the diameter, volume and
+calcified share are the ball's. Its ``result.json`` follows the engine's schema
+(``medcnn.outputs.result``, schema version 2). Behaviour switches,
 by environment variable ``STANDIN_MODE``:
 
 - ``normal``: answer every request;
@@ -28,6 +33,8 @@ from medcnn.errors import EXIT_CODES_BY_NAME
 from medcnn.stages import DONE, HEATMAP, NETWORK, PREPROCESSING, READING, WRITING
 
 RADIUS = 8  # voxels of the sub-grid around the point
+SLOPES_HU = (130.0, 170.0)  # the two stand-in members' logistic slopes
+THRESHOLD = 0.5
 
 
 def send(**message) -> None:
@@ -61,23 +68,36 @@ def analyse(request: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(heat, str(out / "heatmap.nii.gz"))
     sitk.WriteImage(ball, str(out / "segmentation.nii.gz"))
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    inside = distance <= 3
+    hu = sitk.GetArrayFromImage(region).astype(float)[inside]
+    members = [1.0 / (1.0 + np.exp(-(hu.mean() + 400.0) / slope)) for slope in SLOPES_HU]
+    probability = round(float(np.mean(members)), 6)
     result = {
-        "schema_version": 1,
-        "probability": 0.731,
-        "uncertainty": 0.042,
-        "probability_interval": [0.69, 0.78],
-        "threshold": 0.5,
-        "label": "malignant",
-        "diameter_mm": 7.25,
-        "volume_ml": round(int((distance <= 3).sum()) * voxel_ml, 4),
-        "calcified_share": 0.0,
+        "schema_version": 2,
+        "task": "lung_nodule_malignancy",
+        "probability": probability,
+        "uncertainty": round(float(np.std(members)), 6),
+        "probability_interval": [round(float(min(members)), 6), round(float(max(members)), 6)],
+        "member_probabilities": [round(float(m), 6) for m in members],
+        "threshold": THRESHOLD,
+        "label": "malignant" if probability >= THRESHOLD else "benign",
+        "diameter_mm": round(float(np.ptp(np.nonzero(inside)[2]) + 1) * spacing[0], 3),
+        "volume_ml": round(int(inside.sum()) * float(np.prod(spacing)) / 1000.0, 4),
+        "calcified_share": round(float((hu > 200.0).mean()), 4),
         "point": {"ras": ras.tolist(), "lps": lps.tolist(), "given_as": "RAS"},
-        "input": {"path": request["image"], "format": "nrrd", "shape": size.tolist()},
+        "input": {
+            "path": request["image"],
+            "format": "nrrd",
+            "series_instance_uid": None,
+            "series_choice": None,
+            "shape": size.tolist(),
+            "spacing_mm": spacing.round(5).tolist(),
+        },
         "outputs": {
+            "result": "result.json",
             "heatmap": "heatmap.nii.gz",
             "segmentation": "segmentation.nii.gz",
-            "result": "result.json",
         },
         "model": {"name": "standin", "version": "0.0.1", "weights_sha256": "0" * 64},
         "software": {"medcnn": "0.0.0-standin"},

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 from slicer_test_support import SLICER_CORE_MISSING, wait_until
+
+from medcnn.outputs.result import result_schema
 
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
@@ -147,6 +150,7 @@ def test_table_row_equals_result_json_and_nodes_carry_provenance(logic, volume, 
     task = analyse(logic, volume, ct.nodule_ras)
     outcome = task.outcomes[0]
     result = json.loads((outcome.outputDir / "result.json").read_text())
+    jsonschema.Draft202012Validator(result_schema()).validate(result)  # the stand-in's too
     table = scene.GetNodeByID(outcome.nodeIDs["table"])
     assert table.GetNumberOfRows() == 1
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == [
@@ -199,7 +203,16 @@ def test_rerun_on_the_same_point_replaces_its_results(logic, phantom, phantom_ct
     # a second point adds a row and its own nodes; the first point's stay
     other = (phantom_ct.nodule_ras[0] + 20.0, phantom_ct.nodule_ras[1], phantom_ct.nodule_ras[2])
     third = analyse(logic, phantom, other).outcomes[0].nodeIDs
-    assert scene.GetNodeByID(third["table"]).GetNumberOfRows() == 2
+    table = scene.GetNodeByID(third["table"]).GetTable()
+    assert table.GetNumberOfRows() == 2
+    # each row shows its own result's probability, computed at its point, not one constant
+    results = [
+        json.loads(scene.GetNodeByID(ids["heatmap"]).GetAttribute("MedCNN.Result"))
+        for ids in (second, third)
+    ]
+    shown = [table.GetColumnByName("Probability").GetValue(row) for row in range(2)]
+    assert sorted(shown) == sorted(r["probability"] for r in results)
+    assert results[0]["probability"] != results[1]["probability"]
     assert scene.GetNodeByID(second["heatmap"]) is not None
     assert len(logic.resultNodes(role="heatmap")) == 2
 
@@ -241,7 +254,10 @@ def test_points_from_a_markups_list_are_keyed_by_point(logic, phantom, phantom_c
     assert [p.label for p in points] == ["N-1", "far"]
     task = logic.analyze(phantom, markups, timeout=60)
     assert [o.error is None for o in task.outcomes] == [True, False]
-    assert task.message.splitlines()[0].startswith("N-1: malignant, probability 0.73")
+    result = task.outcomes[0].result
+    assert task.message.splitlines()[0].startswith(
+        f"N-1: {result['label']}, probability {result['probability']:.2f}"
+    )
     assert task.message.splitlines()[1].startswith("far: ")
     # moving the point and re-running replaces N-1's results
     markups.SetNthControlPointPosition(0, *np.add(phantom_ct.nodule_ras, 2.0))

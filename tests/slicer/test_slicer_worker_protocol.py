@@ -11,11 +11,20 @@ import sys
 
 from medcnn.app.worker import PROTOCOL_VERSION, Channel, hello, serve
 from medcnn.errors import EXIT_CODES, EXIT_CODES_BY_NAME, MedCNNError, PointOutsideScanError
+from medcnn.outputs.result import (
+    LUNG_NODULE_MALIGNANCY,
+    InputImage,
+    ModelInfo,
+    NoduleFindings,
+    OutputFiles,
+    Point,
+    Result,
+)
 from medcnn.stages import STAGES
 
 
 class StandInAnalyzer:
-    """Answers like ``Analyzer.analyze_file``: progress through the callback, then a dict."""
+    """Answers like ``Analyzer.analyze_file``: progress through the callback, then a result."""
 
     def __init__(self) -> None:
         self.calls = []
@@ -28,7 +37,20 @@ class StandInAnalyzer:
             raise ZeroDivisionError("division by zero")
         for stage, fraction in (("reading", 0.0), ("network", 0.3), ("writing", 0.9)):
             progress(stage, fraction)
-        return {"probability": 0.25, "label": "benign", "point": {"ras": list(point)}}
+        return Result(
+            task=LUNG_NODULE_MALIGNANCY,
+            probability=0.25,
+            uncertainty=0.01,
+            probability_interval=(0.24, 0.26),
+            member_probabilities=(0.24, 0.26),
+            threshold=0.5,
+            label="benign",
+            findings=NoduleFindings(Point(tuple(point), tuple(point)), 6.0, 0.1, 0.0),
+            input=InputImage(image, "nrrd", (8, 8, 8), (1.0, 1.0, 1.0)),
+            outputs=OutputFiles(heatmap="heatmap.nii.gz", segmentation="segmentation.nii.gz"),
+            model=ModelInfo("standin", "0.0.1", "0" * 64),
+            software={"medcnn": "0.0.0"},
+        )
 
 
 def run(lines: list[str], analyzer=None) -> tuple[int, list[dict], StandInAnalyzer]:
@@ -52,6 +74,7 @@ def test_progress_then_result_each_with_the_request_id():
     assert [m["event"] for m in a] == ["progress", "progress", "progress", "result"]
     assert [m["stage"] for m in a[:3]] == ["reading", "network", "writing"]
     assert a[-1]["result"]["label"] == "benign"
+    assert a[-1]["result"]["task"] == LUNG_NODULE_MALIGNANCY  # result.json's content
     assert analyzer.calls[1][3] is True  # lps passed through
     assert messages[-1] == {**messages[-1], "id": "b", "event": "result"}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -33,21 +33,32 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
-from medcnn.outputs.writing import HEATMAP, RESULT, SEGMENTATION, write_outputs
+from medcnn.outputs.render import OVERLAY_FOV_MM, overlay_png, overlay_title
+from medcnn.outputs.result import (
+    LUNG_NODULE_MALIGNANCY,
+    InputImage,
+    ModelInfo,
+    NoduleFindings,
+    OutputFiles,
+    Point,
+    Result,
+)
+from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
 
 Progress = Callable[[str, float], None]
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis in memory: the ``result.json`` content and the two volumes."""
+    """An analysis in memory: the result, the two volumes it made and the scan they lie on
+    (what the overlay is drawn from)."""
 
-    result: dict
+    result: Result
     heatmap: Volume
     segmentation: Volume
+    scan: Volume
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class FileRequest:
     point: Sequence[float]
     out_dir: Path | str
     lps: bool = False
+    overlay: bool = False
 
 
 def software_versions() -> dict[str, str]:
@@ -123,23 +135,27 @@ class Analyzer:
         lps: bool = False,
         progress: Progress | None = None,
         series_uid: str | None = None,
-    ) -> dict:
-        """Read a scan, analyse the point, write the outputs; returns ``result.json``'s content."""
+        overlay: bool = False,
+    ) -> Result:
+        """Read a scan, analyse the point, write the outputs; returns the result as written.
+
+        With ``overlay``, ``overlay.png`` is drawn from the analysis in memory and written with
+        the other files (all of them or none)."""
         report = progress or (lambda stage, fraction: None)
         point_ras = checked_point(point, lps)
         total_start = time.perf_counter()
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
-        scan = self._read(image, point_ras, series_uid, timings)
+        scan = self._read(image, point_ras, series_uid, timings, overlay)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         report(stages.WRITING.name, stages.WRITING.fraction)
-        self._write(analysis, Path(out_dir), lps, timings, total_start)
+        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay)
         report(stages.DONE.name, stages.DONE.fraction)
-        return analysis.result
+        return result
 
-    def analyze_files(self, requests: Sequence[FileRequest]) -> list[dict | Exception]:
+    def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]:
         """Several clicks answered together, for ``medcnn batch``: per request, the same
-        ``result.json`` content and files as ``analyze_file``, or the error that stopped it.
+        result and files as ``analyze_file``, or the error that stopped it.
 
         The context-box passes and the heatmaps of all requests run as batches through the
         network, which is what makes an archive run faster per nodule than clicks one by one.
@@ -147,14 +163,14 @@ class Analyzer:
         the group's. A request that fails fails alone: reading, cutting and writing are per
         request, and if the shared steps themselves fail, each request is tried on its own.
         """
-        outcomes: list[dict | Exception | None] = [None] * len(requests)
+        outcomes: list[Result | Exception | None] = [None] * len(requests)
         ready: list[tuple[int, Volume, np.ndarray, Patch, dict[str, float], float]] = []
         for index, request in enumerate(requests):
             total_start = time.perf_counter()
             timings: dict[str, float] = {}
             try:
                 point_ras = checked_point(request.point, request.lps)
-                scan = self._read(request.image, point_ras, None, timings)
+                scan = self._read(request.image, point_ras, None, timings, request.overlay)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
                 outcomes[index] = error
@@ -185,15 +201,23 @@ class Analyzer:
                 analysis = self._finish(scan, point_ras, prediction, heat)
                 timings["network"] = network / len(ready)
                 timings["heatmap"] = heatmap / len(ready) + time.perf_counter() - started
-                self._write(analysis, Path(request.out_dir), request.lps, timings, total_start)
-                outcomes[index] = analysis.result
+                outcomes[index] = self._write(
+                    analysis,
+                    Path(request.out_dir),
+                    request.lps,
+                    timings,
+                    total_start,
+                    request.overlay,
+                )
             except Exception as error:
                 outcomes[index] = error
         return outcomes  # type: ignore[return-value]
 
-    def _analyze_alone(self, request: FileRequest) -> dict | Exception:
+    def _analyze_alone(self, request: FileRequest) -> Result | Exception:
         try:
-            return self.analyze_file(request.image, request.point, request.out_dir, request.lps)
+            return self.analyze_file(
+                request.image, request.point, request.out_dir, request.lps, overlay=request.overlay
+            )
         except Exception as error:
             return error
 
@@ -203,10 +227,14 @@ class Analyzer:
         point_ras: np.ndarray,
         series_uid: str | None,
         timings: dict[str, float],
+        overlay: bool = False,
     ) -> Volume:
         started = time.perf_counter()
-        # Only the slices the network's cube reaches are decoded (DICOM series).
+        # Only the slices the network's cube reaches are decoded (DICOM series), or the
+        # overlay's field of view where that is wider.
         half_width = self.spec.size * self.spec.spacing_mm / 2.0
+        if overlay:
+            half_width = max(half_width, OVERLAY_FOV_MM / 2.0)
         scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
         timings["read"] = time.perf_counter() - started
         return scan
@@ -231,38 +259,43 @@ class Analyzer:
         warnings = list(scan.metadata.get("warnings", []))
         if not nodule.any():
             warnings.append("No nodule was segmented at the point; check that it is on a nodule.")
-        result = {
-            "schema_version": SCHEMA_VERSION,
-            "probability": round(probability, 6),
-            "uncertainty": round(prediction.uncertainty, 6),
-            "probability_interval": [
-                round(float(prediction.member_probabilities.min()), 6),
-                round(float(prediction.member_probabilities.max()), 6),
-            ],
-            "member_probabilities": [round(float(p), 6) for p in prediction.member_probabilities],
-            "threshold": self.threshold,
-            "label": "malignant" if probability >= self.threshold else "benign",
-            "diameter_mm": round(longest_axial_diameter_mm(segmentation), 3),
-            "volume_ml": round(volume_ml(segmentation), 4),
-            "calcified_share": calcified_share(scan, segmentation),
-            "point": {
-                "ras": [round(float(v), 4) for v in point_ras],
-                "lps": [round(float(v), 4) for v in point_ras * np.array([-1, -1, 1])],
-            },
-            "input": {
-                "path": scan.metadata.get("path"),
-                "format": scan.metadata.get("format"),
-                "series_instance_uid": scan.metadata.get("series_instance_uid"),
-                "series_choice": scan.metadata.get("series_choice"),
-                "shape": list(scan.metadata.get("scan_shape", scan.shape)),
-                "spacing_mm": [round(float(s), 5) for s in scan.spacing],
-            },
-            "outputs": {"result": RESULT, "heatmap": HEATMAP, "segmentation": SEGMENTATION},
-            "model": {k: self.model_info[k] for k in ("name", "version", "weights_sha256")},
-            "software": software_versions(),
-            "warnings": warnings,
-        }
-        return Analysis(result, heatmap, segmentation)
+        members = prediction.member_probabilities
+        ras = tuple(round(float(v), 4) for v in point_ras)
+        lps = tuple(round(float(v), 4) for v in point_ras * np.array([-1, -1, 1]))
+        model = ModelInfo(
+            self.model_info["name"], self.model_info["version"], self.model_info["weights_sha256"]
+        )
+        result = Result(
+            task=LUNG_NODULE_MALIGNANCY,
+            probability=round(probability, 6),
+            uncertainty=round(prediction.uncertainty, 6),
+            probability_interval=(
+                round(float(members.min()), 6),
+                round(float(members.max()), 6),
+            ),
+            member_probabilities=tuple(round(float(p), 6) for p in members),
+            threshold=self.threshold,
+            label="malignant" if probability >= self.threshold else "benign",
+            findings=NoduleFindings(
+                point=Point(ras, lps),  # type: ignore[arg-type]
+                diameter_mm=round(longest_axial_diameter_mm(segmentation), 3),
+                volume_ml=round(volume_ml(segmentation), 4),
+                calcified_share=calcified_share(scan, segmentation),
+            ),
+            input=InputImage(
+                path=scan.metadata.get("path"),
+                format=scan.metadata.get("format"),
+                series_instance_uid=scan.metadata.get("series_instance_uid"),
+                series_choice=scan.metadata.get("series_choice"),
+                shape=tuple(scan.metadata.get("scan_shape", scan.shape)),
+                spacing_mm=tuple(round(float(s), 5) for s in scan.spacing),
+            ),
+            outputs=OutputFiles(result=RESULT, heatmap=HEATMAP, segmentation=SEGMENTATION),
+            model=model,
+            software=software_versions(),
+            warnings=tuple(warnings),
+        )
+        return Analysis(result, heatmap, segmentation, scan)
 
     def _write(
         self,
@@ -271,16 +304,46 @@ class Analyzer:
         lps: bool,
         timings: dict[str, float],
         total_start: float,
-    ) -> None:
+        overlay: bool = False,
+    ) -> Result:
+        """Write the analysis's files (and the overlay, drawn from it in memory); returns the
+        result as written, with the point's convention and the timings."""
         result = analysis.result
-        result["point"]["given_as"] = "LPS" if lps else "RAS"
+        findings = result.nodule
+        result = replace(
+            result,
+            findings=replace(
+                findings, point=replace(findings.point, given_as="LPS" if lps else "RAS")
+            ),
+        )
+        pictures = {}
+        if overlay:
+            result = replace(result, outputs=replace(result.outputs, overlay=OVERLAY))
+            title = overlay_title(result)
+
+            def draw(path: Path) -> None:
+                overlay_png(
+                    analysis.scan,
+                    analysis.heatmap,
+                    analysis.segmentation,
+                    np.asarray(findings.point.ras, dtype=float),
+                    path,
+                    title,
+                )
+
+            pictures[OVERLAY] = draw
         started = time.perf_counter()
 
-        def finish_timings(result: dict) -> None:
+        def finish_timings(result: Result) -> Result:
             timings["write"] = time.perf_counter() - started
             timings["total"] = time.perf_counter() - total_start
-            result["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+            return replace(result, timings_s={k: round(v, 4) for k, v in timings.items()})
 
-        write_outputs(
-            out_dir, result, analysis.heatmap, analysis.segmentation, before_result=finish_timings
+        return write_outputs(
+            out_dir,
+            result,
+            analysis.heatmap,
+            analysis.segmentation,
+            before_result=finish_timings,
+            pictures=pictures,
         )

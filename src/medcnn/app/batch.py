@@ -24,25 +24,24 @@ from pathlib import Path
 from medcnn import distributed
 from medcnn.app.analysis import FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
+from medcnn.outputs.result import LUNG_NODULE_MALIGNANCY, summary_columns
 from medcnn.outputs.writing import output_folder
 
 REQUIRED_COLUMNS = ("image", "r", "a", "s")
-RESULT_COLUMNS = ("probability", "uncertainty", "label", "diameter_mm", "volume_ml")
 # Nodules analysed together: each context-box pass runs them as one batch through the network.
 # Eight took about 1.3 times less time per nodule than one at a time on 2 cores; sixteen gained
 # nothing more that could be told from the noise (benchmarks/README.md).
 GROUP_SIZE = 8
+# A manifest gives points, so a batch judges nodules: its table shows that task's summary of
+# result.json (medcnn.outputs.result.summary_columns).
+TASK = LUNG_NODULE_MALIGNANCY
 PREDICTION_COLUMNS = (
     "id",
     "image",
     "r",
     "a",
     "s",
-    "probability",
-    "uncertainty",
-    "label",
-    "diameter_mm",
-    "volume_ml",
+    *summary_columns(TASK),
     "output_dir",
     "error",
 )
@@ -199,7 +198,7 @@ class BatchRunner:
             elif isinstance(outcome, Exception):  # one broken case must not stop an archive run
                 record["error"] = f"unexpected error: {type(outcome).__name__}: {outcome}"
             else:
-                record.update({key: outcome[key] for key in RESULT_COLUMNS})
+                record.update(outcome.summary())
                 record["output_dir"] = str(Path(request.out_dir).relative_to(self.output_dir))
         return records
 

@@ -261,19 +261,21 @@ def run_analyze(args: argparse.Namespace) -> int:
         logging.getLogger("medcnn").info("%3d%% %s", int(fraction * 100), stage)
 
     result = analyzer.analyze_file(
-        args.image, args.point, args.out, lps=args.lps, progress=report, series_uid=args.series_uid
+        args.image,
+        args.point,
+        args.out,
+        lps=args.lps,
+        progress=report,
+        series_uid=args.series_uid,
+        overlay=args.overlay,
     )
-    if args.overlay:
-        from medcnn.outputs.render import overlay_from_outputs
-
-        overlay_from_outputs(args.image, args.out, series_uid=args.series_uid)
+    low, high = result.probability_interval
     print(
-        f"{result['label']}: probability of malignancy {result['probability']:.3f} "
-        f"(members {result['probability_interval'][0]:.3f}-"
-        f"{result['probability_interval'][1]:.3f}), diameter {result['diameter_mm']:.1f} mm, "
-        f"volume {result['volume_ml']:.3f} mL"
+        f"{result.label}: probability of malignancy {result.probability:.3f} "
+        f"(members {low:.3f}-{high:.3f}), diameter {result.nodule.diameter_mm:.1f} mm, "
+        f"volume {result.nodule.volume_ml:.3f} mL"
     )
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"outputs in {args.out}")
     return 0
@@ -299,25 +301,22 @@ def run_batch(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from medcnn.app.analysis import Analyzer
     from medcnn.app.demo import ensure_phantom
-    from medcnn.outputs.render import overlay_from_outputs
 
     phantom = ensure_phantom()
     analyzer = Analyzer()
-    result = analyzer.analyze_file(phantom["dicom_dir"], phantom["nodule_center_ras"], args.out)
-    overlay = overlay_from_outputs(phantom["dicom_dir"], args.out)
+    result = analyzer.analyze_file(
+        phantom["dicom_dir"], phantom["nodule_center_ras"], args.out, overlay=True
+    )
     out = Path(args.out).resolve()
     print("MedCNN demo on a SYNTHETIC phantom (not a patient; research use only)")
     print(f"  input (DICOM series): {phantom['dicom_dir']}")
     print(f"  input (NIfTI):        {phantom['nifti']}")
     print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
     print(
-        f"  probability of malignancy {result['probability']:.3f} ({result['label']}), "
-        f"diameter {result['diameter_mm']:.1f} mm, volume {result['volume_ml']:.3f} mL"
+        f"  probability of malignancy {result.probability:.3f} ({result.label}), "
+        f"diameter {result.nodule.diameter_mm:.1f} mm, volume {result.nodule.volume_ml:.3f} mL"
     )
-    print(
-        f"  outputs: {out / 'result.json'}, {out / 'heatmap.nii.gz'}, "
-        f"{out / 'segmentation.nii.gz'}, {Path(overlay).resolve()}"
-    )
+    print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
     print(
         "To see them in 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz "
         "and segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "

@@ -38,7 +38,7 @@ Answers, all carrying the request's ``id``, in this order::
     {"id": "7", "event": "progress", "stage": "reading", "fraction": 0.0}   # stages: the
     ...                                     # hello's (medcnn.stages), in order;
                                             # fraction is of the whole analysis, 0..1
-    {"id": "7", "event": "result", "result": {...result.json...}}
+    {"id": "7", "event": "result", "result": {...result.json...}}  # Result.to_json()
   or
     {"id": "7", "event": "error", "message": "<one sentence>", "exit_code": 8}
 
@@ -191,7 +191,7 @@ def answer(
             exit_code=INTERNAL_ERROR,
         )
     else:
-        channel.send(id=request_id, event="result", result=result)
+        channel.send(id=request_id, event="result", result=result.to_json())
 
 
 def hello() -> dict[str, Any]:

@@ -1,17 +1,23 @@
 """A picture of one analysis: the axial slice through the point, with the heatmap over it and
-the segmentation's outline, drawn from the written files in world coordinates, the way a
-viewer overlays them (radiological convention: the patient's right on the image's left)."""
+the segmentation's outline, drawn from the analysis's volumes in world coordinates, the way a
+viewer overlays them (radiological convention: the patient's right on the image's left).
+
+The analysis hands over the scan it read and the volumes it made, in memory; the picture is
+drawn beside the other files as they are written (``outputs.writing``), so nothing is read
+back from disk and a picture that fails leaves no files."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medcnn.nodule.preprocessing import resample
+from medcnn.outputs.result import Result
 from medcnn.volume import Volume
+
+# The picture's field of view: the scan read for an overlay must reach this far around the point.
+OVERLAY_FOV_MM = 80.0
 
 
 def axial_plane(
@@ -40,7 +46,7 @@ def overlay_png(
     point_ras: np.ndarray,
     path: Path,
     title: str = "",
-    fov_mm: float = 80.0,
+    fov_mm: float = OVERLAY_FOV_MM,
 ) -> Path:
     import matplotlib
 
@@ -74,35 +80,18 @@ def overlay_png(
         ax.text(fov_mm / 2 - 6, fov_mm / 2 - 3, "L", color="white", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
-def _nifti_volume(path: Path) -> Volume:
-    image = nib.load(str(path))
-    return Volume(np.asarray(image.dataobj), image.affine)
-
-
-def overlay_from_outputs(
-    image: Path | str, out_dir: Path | str, series_uid: str | None = None
-) -> Path:
-    """``overlay.png`` in ``out_dir`` from a finished analysis of ``image``."""
-    from medcnn.reading import read_scan
-
-    out_dir = Path(out_dir)
-    result = json.loads((out_dir / "result.json").read_text())
-    scan = read_scan(image, series_uid=series_uid)
-    title = (
-        f"P(malignant) {result['probability']:.2f} +- {result['uncertainty']:.2f}, "
-        f"{result['diameter_mm']:.1f} mm, {result['volume_ml']:.2f} mL"
-    )
-    return overlay_png(
-        scan,
-        _nifti_volume(out_dir / "heatmap.nii.gz"),
-        _nifti_volume(out_dir / "segmentation.nii.gz"),
-        np.array(result["point"]["ras"]),
-        out_dir / "overlay.png",
-        title,
+def overlay_title(result: Result) -> str:
+    """The picture's title: the answer and the nodule's measurements."""
+    nodule = result.nodule
+    return (
+        f"P(malignant) {result.probability:.2f} +- {result.uncertainty:.2f}, "
+        f"{nodule.diameter_mm:.1f} mm, {nodule.volume_ml:.2f} mL"
     )

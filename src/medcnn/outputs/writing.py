@@ -11,16 +11,21 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medcnn.errors import OutputError
+from medcnn.outputs.result import Result
 from medcnn.volume import Volume
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
+OVERLAY = "overlay.png"
+# Pictures an analysis may add; one an earlier run left and this one did not draw is removed,
+# so the folder holds what its result.json lists.
+PICTURES = (OVERLAY,)
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
@@ -67,16 +72,21 @@ def nifti_image(volume: Volume, dtype: type) -> nib.Nifti1Image:
 
 def write_outputs(
     out_dir: Path,
-    result: dict,
+    result: Result,
     heatmap: Volume,
     segmentation: Volume,
-    before_result: Callable[[dict], None] | None = None,
-) -> Path:
-    """Write ``result.json``, ``heatmap.nii.gz`` and ``segmentation.nii.gz`` atomically.
+    before_result: Callable[[Result], Result] | None = None,
+    pictures: Mapping[str, Callable[[Path], object]] | None = None,
+) -> Result:
+    """Write ``result.json``, ``heatmap.nii.gz``, ``segmentation.nii.gz`` and any pictures
+    atomically; returns the result as written.
 
-    ``before_result`` may complete ``result`` (timings) once the volumes are written.
+    ``pictures`` maps a file name to a function that draws it at the path given (the overlay):
+    drawn with the other files in the hidden folder, so a picture that fails leaves nothing.
+    ``before_result`` may complete ``result`` (timings) once everything else is written.
     """
     out_dir = Path(out_dir)
+    pictures = dict(pictures or {})
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"The output path {out_dir} is a file; give a folder for --out.")
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
@@ -91,12 +101,16 @@ def write_outputs(
     try:
         nib.save(nifti_image(heatmap, np.float32), staging / HEATMAP)
         nib.save(nifti_image(segmentation, np.uint8), staging / SEGMENTATION)
+        for name, draw in pictures.items():
+            draw(staging / name)
         if before_result is not None:
-            before_result(result)
-        (staging / RESULT).write_text(json.dumps(result, indent=2) + "\n")
+            result = before_result(result)
+        (staging / RESULT).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         out_dir.mkdir(exist_ok=True)
-        for name in (HEATMAP, SEGMENTATION, RESULT):
+        for name in (HEATMAP, SEGMENTATION, *pictures, RESULT):
             os.replace(staging / name, out_dir / name)
+        for name in set(PICTURES) - set(pictures):
+            (out_dir / name).unlink(missing_ok=True)
     except OSError as error:
         raise OutputError(
             f"The results cannot be written to {out_dir} ({error.strerror}); free some space or "
@@ -104,4 +118,4 @@ def write_outputs(
         ) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return result
