@@ -19,7 +19,8 @@ from medcnn.nodule.network import NoduleNet
 from medcnn.training import loop as training
 from medcnn.training import losses
 from medcnn.training.data.lidc import load_cases
-from medcnn.training.loop import TrainSettings, epoch_batches, train_fold
+from medcnn.training.loop import epoch_batches, train_fold
+from medcnn.training.recipe import load_train_settings
 
 
 def medcnn_train(data: Path, run_dir: Path, *options: str) -> subprocess.CompletedProcess:
@@ -104,7 +105,7 @@ def test_training_resumes_where_it_stopped(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = load_cases(shared_data / "lidc_voi", limit=12)
-    settings = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    settings = load_train_settings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
     straight = torch.load(train_fold(cases, 0, tmp_path / "straight", settings), weights_only=True)
     # the same run, interrupted in its second epoch
     calls = {"n": 0}
@@ -136,12 +137,12 @@ def test_a_run_begun_without_the_offset_is_not_resumed_with_it(
     shared_data: Path, tmp_path: Path
 ) -> None:
     cases = load_cases(shared_data / "lidc_voi", limit=8)
-    plain = TrainSettings(
+    plain = load_train_settings(
         epochs=1, max_steps_per_epoch=1, batch_size=4, threads=1, measured_offset=False
     )
     (tmp_path / "fold0").mkdir()
     train_fold(cases, 0, tmp_path / "fold0", plain).unlink()  # as if stopped after epoch 0
-    longer = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    longer = load_train_settings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
     with pytest.raises(UsageError, match="measured_offset=False"):
         train_fold(cases, 0, tmp_path / "fold0", longer)
 
@@ -169,7 +170,7 @@ def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
         "descriptors": mse,
         "segmentation": torch.tensor(0.0),
     }
-    settings = TrainSettings(aux_weight=0.5)
+    settings = load_train_settings(aux_weight=0.5)
     assert float(losses.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
     unscaled = losses.total_loss(terms, settings)
     assert float(unscaled) == pytest.approx(0.5 * (1 / 6 + 0.04), rel=1e-4)
@@ -214,7 +215,7 @@ def test_a_fold_whose_last_batch_would_hold_one_nodule_trains(
     one nodule and the measurements' offset stopped the training; 9 nodules in batches of 4
     end the same way."""
     cases = load_cases(shared_data / "lidc_voi", limit=9)
-    settings = TrainSettings(epochs=1, batch_size=4, threads=1)
+    settings = load_train_settings(epochs=1, batch_size=4, threads=1)
     weights = train_fold(cases, None, tmp_path / "fold", settings)
     assert set(torch.load(weights, weights_only=True)) == set(NoduleNet().state_dict())
 
@@ -227,5 +228,7 @@ def test_too_few_nodules_to_train_on_are_refused_before_anything_is_written(
     held_out = [c for c in cases if c.fold == cases[0].fold]
     others = [c for c in cases if c.fold != cases[0].fold][:1]
     with pytest.raises(UsageError, match="at least 2 nodules outside fold"):
-        train_fold(held_out + others, cases[0].fold, tmp_path / "fold", TrainSettings(threads=1))
+        train_fold(
+            held_out + others, cases[0].fold, tmp_path / "fold", load_train_settings(threads=1)
+        )
     assert not (tmp_path / "fold").exists()
