@@ -156,8 +156,9 @@ def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsembl
     """The verified model as the engine runs it (``medcnn.nodule.grouped``, no MONAI), and its
     metadata."""
     state, info, path = _verified_state(bundle_dir, trusted)
+    window = load_patch_spec(bundle_dir).hu_window
     try:
-        engine = GroupedEnsemble(state, hu_window=load_patch_spec(bundle_dir).hu_window)
+        engine = GroupedEnsemble(state, hu_window=window)
         with torch.inference_mode():  # a shape that does not chain fails here, not on a click
             engine(torch.zeros(1, engine.layers["stem"].in_per_member, 8, 8, 8))
     except Exception as error:
