@@ -332,15 +332,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from medcnn.bundle import default_bundle_dir
     from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer
     from medcnn.training.recipe import load_train_recipe
 
-    recipe = load_train_recipe(default_bundle_dir())  # train.json; the options override it
-    overrides = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps}
-    settings = replace(recipe.settings, **{k: v for k, v in overrides.items() if v is not None})
+    options = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps}
+    recipe = load_train_recipe(  # train.json; the options given override it
+        default_bundle_dir(), {k: v for k, v in options.items() if v is not None}
+    )
+    settings = recipe.settings
     limit = recipe.limit if args.limit is None else args.limit
     if args.source == "lidc" and args.data is None:
         args.data = recipe.data_dir

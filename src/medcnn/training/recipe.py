@@ -11,7 +11,7 @@ The patch geometry and HU window are not part of the recipe: they are the bundle
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,13 @@ def _entries(section: object, names: dict[str, str], where: str, path: Path) -> 
     return values
 
 
-def load_train_recipe(bundle_dir: Path | str | None = None) -> TrainRecipe:
+def load_train_recipe(
+    bundle_dir: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainRecipe:
     """The bundle's ``train.json`` read as plain JSON: every entry must be there, as a literal
     of its type (a ``$`` expression is refused, not run); the spec is the bundle's
-    preprocessing."""
+    preprocessing. ``overrides`` replace settings (``{"epochs": 1}``, a command-line option)
+    before they are checked, so an option can stand in for a number that could not train."""
     bundle_dir = Path(bundle_dir) if bundle_dir else default_bundle_dir()
     path = bundle_dir / "configs" / "train.json"
     try:
@@ -162,7 +165,12 @@ def load_train_recipe(bundle_dir: Path | str | None = None) -> TrainRecipe:
             )
     return TrainRecipe(
         settings=TrainSettings(
-            **settings, spec=load_patch_spec(bundle_dir), augmentation=Augmentation(**augmentation)
+            **{
+                **settings,
+                "spec": load_patch_spec(bundle_dir),
+                "augmentation": Augmentation(**augmentation),
+                **(overrides or {}),
+            }
         ),
         folds=top["folds"],
         seeds=top["seeds"],
@@ -174,4 +182,4 @@ def load_train_recipe(bundle_dir: Path | str | None = None) -> TrainRecipe:
 
 def load_train_settings(bundle_dir: Path | str | None = None, **overrides: Any) -> TrainSettings:
     """The bundle's training settings, with some entries overridden (``epochs=1``, say)."""
-    return replace(load_train_recipe(bundle_dir).settings, **overrides)
+    return load_train_recipe(bundle_dir, overrides).settings
