@@ -21,7 +21,7 @@ from medcnn.nodule.preprocessing import PatchSpec
 from medcnn.training.augmentation import Augmentation
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainSettings:
     epochs: int
     batch_size: int
