@@ -157,14 +157,15 @@ def train(args: dict) -> dict:
 
     from medcnn import distributed
     from medcnn.training.data.lidc import load_cases
-    from medcnn.training.loop import TrainSettings, train_fold
+    from medcnn.training.loop import train_fold
+    from medcnn.training.recipe import load_train_settings
 
     distributed.init_process_group()  # under torchrun: join the other ranks
 
     logging.disable(logging.INFO)
     cases = load_cases(Path(args["data"]), limit=args["limit"])
-    settings = replace(
-        TrainSettings(), epochs=1, max_steps_per_epoch=args["steps"], threads=args["threads"]
+    settings = load_train_settings(  # the shipped train.json's recipe
+        None, epochs=1, max_steps_per_epoch=args["steps"], threads=args["threads"]
     )
     fold_size = sum(1 for c in cases if c.fold != 0)
     # Warm-up: one step, so the timed run does not pay oneDNN's first-call set-up.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import platform
@@ -292,17 +291,15 @@ def random_bundle(tmp: Path, members: int) -> Path:
     """A trusted bundle with random weights; speed does not depend on the weights' values."""
     import torch
 
+    from medcnn.bundle import load_patch_spec, sign_weights
     from medcnn.nodule.network import NoduleEnsemble
 
     bundle = tmp / "random_bundle"
     shutil.copytree(REPO / "monai_bundle" / "configs", bundle / "configs")
     (bundle / "models").mkdir(parents=True)
     torch.manual_seed(0)
-    torch.save(NoduleEnsemble(n_members=members).state_dict(), bundle / "models" / "model.pt")
-    digest = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    metadata.setdefault("medcnn", {})["weights_sha256"] = digest
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    window = load_patch_spec(bundle).hu_window
+    sign_weights(bundle, NoduleEnsemble(n_members=members, hu_window=window).state_dict())
     return bundle
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,9 +18,11 @@ from medcnn.bundle import (
     load_ensemble,
     load_patch_spec,
     sha256_of,
+    sign_weights,
 )
 from medcnn.errors import ModelIntegrityError
-from medcnn.nodule.preprocessing import PatchSpec
+from medcnn.nodule.features import NAMES
+from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
 
 BUNDLE = default_bundle_dir()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
@@ -120,12 +123,21 @@ def resigned_copy(tmp_path: Path, state: dict) -> Path:
     """A bundle copy whose weights are ``state``, with its SHA-256 written into the metadata."""
     copy = tmp_path / "bundle"
     shutil.copytree(BUNDLE, copy)
-    weights = copy / "models" / "model.pt"
-    torch.save(state, weights)
-    metadata = json.loads((copy / "configs" / "metadata.json").read_text())
-    metadata["medcnn"]["weights_sha256"] = sha256_of(weights)
-    (copy / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    sign_weights(copy, state)
     return copy
+
+
+def test_signing_writes_the_weights_and_their_checksum_together(tmp_path: Path) -> None:
+    state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    copy = resigned_copy(tmp_path, {k: v + 0.0 for k, v in state.items()})
+    metadata = json.loads((copy / "configs" / "metadata.json").read_text())
+    assert metadata["medcnn"]["weights_sha256"] == sha256_of(copy / "models" / "model.pt")
+    assert {k: v for k, v in metadata.items() if k != "medcnn"} == {
+        k: v for k, v in METADATA.items() if k != "medcnn"
+    }
+    model, info = load_ensemble(copy, trusted=True)
+    assert info["weights_sha256"] == metadata["medcnn"]["weights_sha256"]
+    assert not list((copy / "models").glob("*.tmp"))
 
 
 @pytest.mark.parametrize("loader", [load_engine, load_ensemble], ids=["engine", "monai"])
@@ -161,6 +173,57 @@ def test_preprocessing_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelIntegrityError, match="spacing_mm.*not a number"):
         load_patch_spec(copy)
     assert load_patch_spec(BUNDLE) == PatchSpec(**_numbers(BUNDLE))
+
+
+def test_preprocessing_with_a_missing_number_is_refused_with_exit_code_9(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PatchSpec has no defaults: a bundle without its window does not run on someone else's."""
+    from medcnn.app.cli import main
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    config = json.loads((copy / "configs" / "inference.json").read_text())
+    del config["preprocessing"]["hu_max"]
+    (copy / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelIntegrityError, match=r"lacks preprocessing\.hu_max; write"):
+        load_patch_spec(copy)
+    argv = ["analyze", "x.nii.gz", "--point", "0", "0", "0", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--bundle", str(copy), "--trust-bundle"]) == 9
+    assert "preprocessing.hu_max" in capsys.readouterr().err
+
+
+def test_the_measurements_follow_the_bundles_window(tmp_path: Path) -> None:
+    """Edit the window in a copy of the bundle: the network's input and its measurements change
+    together, in the engine, the MONAI network and the network MONAI builds from the config, so
+    a solid 100 HU reads as 100 HU with either window."""
+    from monai.bundle import ConfigParser
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    config = json.loads((copy / "configs" / "inference.json").read_text())
+    config["preprocessing"]["hu_max"] = 600.0
+    (copy / "configs" / "inference.json").write_text(json.dumps(config))
+    hu = np.full((32, 32, 32), 100.0, dtype=np.float32)
+    mean_hu = 2 + 8 + NAMES.index("mean_hu")  # after the logit, rating and descriptors
+    inputs = []
+    for bundle in (BUNDLE, copy):
+        spec = load_patch_spec(bundle)
+        x = torch.from_numpy(np.stack([normalize_hu(hu, spec), np.ones_like(hu)]))[None]
+        inputs.append(x)
+        engine, _ = load_engine(bundle, trusted=True)
+        model, _ = load_ensemble(bundle, trusted=True)
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "inference.json"))
+        assert parser.get_parsed_content("network_def").hu_window == spec.hu_window
+        with torch.no_grad():
+            for features in (engine(x).features, model.member_outputs(x)["features"]):
+                measured = features[0, :, mean_hu]
+                torch.testing.assert_close(
+                    measured, torch.full_like(measured, 100.0), atol=0.05, rtol=0
+                )
+    assert spec.hu_window == (-1000.0, 600.0)
+    assert not torch.equal(inputs[0], inputs[1])  # the network's input changed too
 
 
 def _numbers(bundle: Path) -> dict:

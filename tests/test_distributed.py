@@ -5,7 +5,6 @@ leaves the single-process checkpoint format. Small data, a few steps: CI, not a 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from medcnn.bundle import load_patch_spec, sign_weights
 from medcnn.distributed import World, gather_in_order
 from medcnn.nodule.network import NoduleEnsemble
 from medcnn.phantom import make_phantom
@@ -44,11 +44,8 @@ def random_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(CONFIGS, bundle / "configs")
     (bundle / "models").mkdir()
     torch.manual_seed(0)
-    torch.save(NoduleEnsemble(n_members=2).state_dict(), bundle / "models" / "model.pt")
-    sha = hashlib.sha256((bundle / "models" / "model.pt").read_bytes()).hexdigest()
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    metadata.setdefault("medcnn", {})["weights_sha256"] = sha
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    window = load_patch_spec(bundle).hu_window
+    sign_weights(bundle, NoduleEnsemble(n_members=2, hu_window=window).state_dict())
     return bundle
 
 

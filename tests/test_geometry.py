@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from medcnn.bundle import load_patch_spec
 from medcnn.nodule.preprocessing import (
-    PatchSpec,
     patch_to_scan,
     resample,
     sample_patch,
@@ -16,7 +16,7 @@ from medcnn.nodule.preprocessing import (
 )
 from medcnn.volume import Volume, apply_affine, ras_point
 
-SPEC = PatchSpec()
+SPEC = load_patch_spec()  # the shipped bundle's preprocessing
 
 
 def rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:

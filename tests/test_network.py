@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from medcnn.bundle import load_patch_spec
 from medcnn.nodule.grouped import ensemble_outputs
 from medcnn.nodule.network import (
     DESCRIPTORS,
@@ -13,6 +14,8 @@ from medcnn.nodule.network import (
     member_subset,
     pixel_shuffle_3d,
 )
+
+WINDOW = load_patch_spec().hu_window  # the shipped bundle's preprocessing
 
 
 def test_nodule_net_outputs() -> None:
@@ -31,7 +34,7 @@ def test_pixel_shuffle_places_each_channel_in_its_subvoxel() -> None:
 
 
 def test_ensemble_forward_is_two_class_probabilities_and_views_share_weights() -> None:
-    model = NoduleEnsemble(n_members=3).eval()
+    model = NoduleEnsemble(n_members=3, hu_window=WINDOW).eval()
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():
         probs = model(x)
@@ -47,7 +50,7 @@ def test_the_cnn_sees_the_window_and_only_the_measurements_see_above_it() -> Non
     """HU above the window's top (input above 1) changes the brightest-HU measurement but
     nothing the CNN computes, in the plain and the grouped ensemble alike."""
     torch.manual_seed(0)
-    model = NoduleEnsemble(n_members=2).eval()
+    model = NoduleEnsemble(n_members=2, hu_window=WINDOW).eval()
     window = torch.rand(1, 2, 32, 32, 32) * 0.9
     window[:, 1] = 1.0
     dense = window.clone()

@@ -7,8 +7,11 @@ import math
 import numpy as np
 import torch
 
+from medcnn.bundle import load_patch_spec
 from medcnn.nodule.features import NAMES, nodule_features
-from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
+from medcnn.nodule.preprocessing import normalize_hu
+
+SPEC = load_patch_spec()  # the shipped bundle's preprocessing
 
 
 def _ball(radius: float, n: int = 32) -> np.ndarray:
@@ -17,8 +20,8 @@ def _ball(radius: float, n: int = 32) -> np.ndarray:
 
 
 def _measure(hu: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    window = torch.from_numpy(normalize_hu(hu, PatchSpec()))[None]
-    values = nodule_features(window, torch.from_numpy(mask)[None, None])[0, 0]
+    window = torch.from_numpy(normalize_hu(hu, SPEC))[None]
+    values = nodule_features(window, torch.from_numpy(mask)[None, None], *SPEC.hu_window)[0, 0]
     return dict(zip(NAMES, values.tolist(), strict=True))
 
 
@@ -67,4 +70,4 @@ def test_an_empty_segmentation_gives_finite_numbers() -> None:
 def test_densities_are_read_up_to_the_inputs_top_and_no_further() -> None:
     ball = _ball(5.0)
     metal = np.where(ball > 0, 3000.0, -850.0).astype(np.float32)
-    assert _measure(metal, ball)["brightest_hu"] == PatchSpec().measured_hu_max
+    assert _measure(metal, ball)["brightest_hu"] == SPEC.measured_hu_max

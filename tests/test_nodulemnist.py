@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from medcnn.app.cli import main
-from medcnn.bundle import default_bundle_dir
+from medcnn.bundle import default_bundle_dir, load_patch_spec
 from medcnn.errors import GeometryError, InputNotFoundError, UnreadableImageError
 from medcnn.nodule.network import DESCRIPTORS, NoduleNet
 from medcnn.nodule.preprocessing import (
-    PatchSpec,
-    context_box,
-    network_input,
     normalize_hu,
-    resample,
     sample_patch,
 )
-from medcnn.training.augmentation import Augmentation, random_rotation
 from medcnn.training.data import nodulemnist
 from medcnn.training.data.lidc import SOFT_MALIGNANCY, NoduleCase
 from medcnn.training.data.nodulemnist import (
@@ -35,11 +28,13 @@ from medcnn.training.data.nodulemnist import (
     load_nodulemnist3d,
     to_hu,
 )
-from medcnn.training.loop import NoduleMNISTTrainer, TrainSettings, training_example
+from medcnn.training.loop import NoduleMNISTTrainer, training_example
 from medcnn.training.losses import case_targets, loss_terms, total_loss
+from medcnn.training.recipe import load_train_settings
 from medcnn.volume import Volume
 
 SIZES = {"train": 6, "val": 2, "test": 2}
+SPEC = load_patch_spec()  # the shipped bundle's preprocessing
 
 
 def write_npz(path: Path, sizes: dict[str, int] = SIZES, seed: int = 0) -> dict[str, np.ndarray]:
@@ -68,7 +63,7 @@ def npz(tmp_path: Path) -> Path:
 
 def test_each_split_is_read_with_the_files_labels_and_no_other_targets(npz: Path) -> None:
     arrays = dict(np.load(npz))
-    splits = load_nodulemnist3d(npz, verify=False)
+    splits = load_nodulemnist3d(npz, SPEC, verify=False)
     assert list(splits) == ["train", "val", "test"]
     for split, cases in splits.items():
         assert [c.binary_label for c in cases] == arrays[f"{split}_labels"][:, 0].tolist()
@@ -81,14 +76,14 @@ def test_each_split_is_read_with_the_files_labels_and_no_other_targets(npz: Path
 
 def test_each_cube_is_1mm_centred_on_the_origin_and_the_network_sees_the_file(npz: Path) -> None:
     images = np.load(npz)["test_images"]
-    case = load_nodulemnist3d(npz, verify=False)["test"][1]
+    case = load_nodulemnist3d(npz, SPEC, verify=False)["test"][1]
     np.testing.assert_array_equal(case.center_ras, [0.0, 0.0, 0.0])
     np.testing.assert_allclose(case.image.spacing, [1.0, 1.0, 1.0])
     np.testing.assert_allclose(case.image.world_to_index(case.center_ras[None])[0], [13.5] * 3)
     corners = case.image.index_to_world(np.array([[0, 0, 0], [27, 27, 27]]))
     np.testing.assert_allclose(corners, [[-13.5] * 3, [13.5] * 3])
-    np.testing.assert_allclose(to_hu(np.array([0, 255])), [-1000.0, 400.0])
-    spec = PatchSpec()
+    np.testing.assert_allclose(to_hu(np.array([0, 255]), SPEC), SPEC.hu_window)
+    spec = SPEC
     patch = sample_patch(case.image, case.center_ras, spec)
     inner = (slice(2, 30),) * 3  # the 32 mm patch's voxels fall on the cube's own voxels
     np.testing.assert_allclose(normalize_hu(patch.hu, spec)[inner], images[1] / 255.0, atol=1e-4)
@@ -97,7 +92,7 @@ def test_each_cube_is_1mm_centred_on_the_origin_and_the_network_sees_the_file(np
 
 def test_verification_refuses_a_file_that_is_not_the_official_one(npz: Path) -> None:
     with pytest.raises(UnreadableImageError, match="MD5") as error:
-        load_nodulemnist3d(npz)
+        load_nodulemnist3d(npz, SPEC)
     message = str(error.value)
     assert OFFICIAL_MD5 in message and "6/2/2" in message and "1158/165/310" in message
 
@@ -107,92 +102,41 @@ def test_verification_tells_a_damaged_official_file_and_passes_the_official_one(
 ) -> None:
     monkeypatch.setattr(nodulemnist, "SPLIT_SIZES", dict(SIZES))
     with pytest.raises(UnreadableImageError, match="MD5 .* corrupted or modified"):
-        load_nodulemnist3d(npz)
+        load_nodulemnist3d(npz, SPEC)
     monkeypatch.setattr(nodulemnist, "OFFICIAL_MD5", file_md5(npz))
-    assert len(load_nodulemnist3d(npz)["train"]) == SIZES["train"]
+    assert len(load_nodulemnist3d(npz, SPEC)["train"]) == SIZES["train"]
 
 
 def test_files_that_are_not_nodulemnist3d_are_refused_with_one_sentence(tmp_path: Path) -> None:
     text = tmp_path / "notes.npz"
     text.write_text("not an archive\n")
     with pytest.raises(UnreadableImageError, match="not an npz archive"):
-        load_nodulemnist3d(text, verify=False)
+        load_nodulemnist3d(text, SPEC, verify=False)
     single = tmp_path / "single.npy"
     np.save(single, np.zeros((2, 28, 28, 28), np.uint8))
     with pytest.raises(UnreadableImageError, match="single NumPy array"):
-        load_nodulemnist3d(single, verify=False)
+        load_nodulemnist3d(single, SPEC, verify=False)
     truncated = tmp_path / "truncated.npz"
     write_npz(truncated)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     with pytest.raises(UnreadableImageError, match="not an npz archive"):
-        load_nodulemnist3d(truncated, verify=False)
+        load_nodulemnist3d(truncated, SPEC, verify=False)
     partial = tmp_path / "partial.npz"
     arrays = write_npz(partial)
     np.savez(partial, train_images=arrays["train_images"], train_labels=arrays["train_labels"])
     with pytest.raises(UnreadableImageError, match="lacks val_images, val_labels"):
-        load_nodulemnist3d(partial, verify=False)
+        load_nodulemnist3d(partial, SPEC, verify=False)
     flat = tmp_path / "flat.npz"
     np.savez(flat, **{k: v[:, 0] if k.endswith("images") else v for k, v in arrays.items()})
     with pytest.raises(GeometryError, match=r"\(6, 28, 28\)"):
-        load_nodulemnist3d(flat, verify=False)
+        load_nodulemnist3d(flat, SPEC, verify=False)
     with pytest.raises(InputNotFoundError, match="does not exist"):
-        load_nodulemnist3d(tmp_path / "absent.npz")
+        load_nodulemnist3d(tmp_path / "absent.npz", SPEC)
     for error in (UnreadableImageError, GeometryError, InputNotFoundError):
         assert error.exit_code > 1
 
 
-# LIDC training exactly as it was before the flags: these are the committed originals.
-
-
-def original_training_example(
-    case: NoduleCase, spec: PatchSpec, rng: np.random.Generator | None, aug: Augmentation
-) -> tuple[np.ndarray, np.ndarray]:
-    center, rotation = case.center_ras, None
-    margin, min_inplane = spec.box_margin_mm, spec.box_min_inplane_mm
-    if rng is not None:
-        center = center + rng.uniform(-aug.max_shift_mm, aug.max_shift_mm, size=3)
-        rotation = random_rotation(rng, aug.max_tilt_deg)
-        margin = rng.uniform(*aug.box_margin_mm)
-        min_inplane = rng.uniform(*aug.box_min_inplane_mm)
-    patch = sample_patch(case.image, center, spec, rotation)
-    mask = resample(case.mask.array, case.mask.affine, spec.shape, patch.affine)
-    box_spec = PatchSpec(**{**asdict(spec), "box_min_inplane_mm": min_inplane})
-    box = context_box(mask, box_spec, margin_mm=margin)
-    if rng is not None:
-        noise = rng.normal(0, aug.hu_noise, size=patch.hu.shape) + rng.uniform(-1, 1) * aug.hu_shift
-        patch = type(patch)(
-            hu=patch.hu + noise.astype(np.float32), coverage=patch.coverage, affine=patch.affine
-        )
-    return network_input(patch, box, spec), (mask * box)[None].astype(np.float32)
-
-
-def original_targets(cases: list[NoduleCase], rating3_weight: float) -> dict[str, torch.Tensor]:
-    ratings = np.array([c.rating for c in cases])
-    return {
-        "soft": torch.tensor([SOFT_MALIGNANCY[r] for r in ratings], dtype=torch.float32)[:, None],
-        "weight": torch.tensor(np.where(ratings == 3, rating3_weight, 1.0), dtype=torch.float32)[
-            :, None
-        ],
-        "rating": torch.tensor((ratings - 1) / 4.0, dtype=torch.float32)[:, None],
-        "descriptors": torch.tensor(np.stack([c.descriptors for c in cases])),
-    }
-
-
-def original_loss_terms(
-    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    seg_logits, seg_target = out["segmentation"], batch["mask"]
-    seg_prob = torch.sigmoid(seg_logits)
-    inter = (seg_prob * seg_target).sum((1, 2, 3, 4))
-    dice = 1 - (2 * inter + 1) / (seg_prob.sum((1, 2, 3, 4)) + seg_target.sum((1, 2, 3, 4)) + 1)
-    return {
-        "malignancy": F.binary_cross_entropy_with_logits(
-            out["malignancy"], batch["soft"], weight=batch["weight"]
-        ),
-        "rating": F.mse_loss(torch.sigmoid(out["rating"]), batch["rating"]),
-        "descriptors": F.mse_loss(torch.sigmoid(out["descriptors"]), batch["descriptors"]),
-        "segmentation": F.binary_cross_entropy_with_logits(seg_logits, seg_target) + dice.mean(),
-    }
+# LIDC training: what an example, its targets and its loss are.
 
 
 def lidc_style_case(rating: int, radius_mm: float, seed: int) -> NoduleCase:
@@ -218,7 +162,7 @@ def lidc_style_case(rating: int, radius_mm: float, seed: int) -> NoduleCase:
 
 
 def batch_of(cases: list[NoduleCase], targets: dict, seed: int) -> tuple[torch.Tensor, dict]:
-    settings = TrainSettings()
+    settings = load_train_settings()
     rng = np.random.default_rng(seed)
     examples = [training_example(c, settings.spec, rng, settings.augmentation) for c in cases]
     batch = dict(targets)
@@ -226,42 +170,56 @@ def batch_of(cases: list[NoduleCase], targets: dict, seed: int) -> tuple[torch.T
     return torch.from_numpy(np.stack([e[0] for e in examples])), batch
 
 
-def test_lidc_examples_targets_and_loss_are_exactly_as_before() -> None:
-    settings = TrainSettings()
+def test_a_lidc_example_is_the_windowed_nodule_its_mask_and_its_box() -> None:
+    settings = load_train_settings()
+    spec, aug = settings.spec, settings.augmentation
+    case = lidc_style_case(5, 6.0, 0)
+    x, target = training_example(case, spec, None, aug)
+    assert x.shape == (2, *spec.shape) and target.shape == (1, *spec.shape)
+    box, mask = x[1], target[0]
+    assert set(np.unique(box)) == {0.0, 1.0}
+    assert not (x[0] * (1 - box)).any() and not (mask * (1 - box)).any()  # nothing outside it
+    # the ball of 6 mm radius at 1 mm voxels, its tissue and the lung around it in the window
+    assert abs(mask.sum() - 4 / 3 * np.pi * 6.0**3) < 0.1 * 4 / 3 * np.pi * 6.0**3
+    tissue, lung = normalize_hu(np.array([40.0, -850.0]), spec)
+    assert abs(x[0][mask > 0.99].mean() - tissue) < 0.02
+    assert abs(x[0][(box > 0) & (mask == 0)].mean() - lung) < 0.02
+    inside = np.argwhere(box > 0)
+    width = inside.max(0) - inside.min(0) + 1  # the box is at least this wide in-plane
+    assert min(width[:2]) >= spec.box_min_inplane_mm / spec.spacing_mm
+    # augmented: the same draws give the same example, other draws another; the mask stays
+    same = [training_example(case, spec, np.random.default_rng(7), aug) for _ in range(2)]
+    other = training_example(case, spec, np.random.default_rng(8), aug)
+    assert all(np.array_equal(a, b) for a, b in zip(*same, strict=True))
+    assert not np.array_equal(same[0][0], other[0])
+    assert abs(same[0][1].sum() - mask.sum()) < 0.1 * mask.sum()
+
+
+def test_lidc_targets_and_loss_train_every_head() -> None:
+    settings = load_train_settings()
     cases = [lidc_style_case(r, radius, seed) for seed, (r, radius) in enumerate([(1, 3), (3, 5)])]
     cases.append(lidc_style_case(5, 8, 2))
-    spec, aug = settings.spec, settings.augmentation
-    for case in cases:
-        new_rng, old_rng = np.random.default_rng(7), np.random.default_rng(7)
-        for new, old in zip(
-            training_example(case, spec, new_rng, aug),
-            original_training_example(case, spec, old_rng, aug),
-            strict=True,
-        ):
-            assert np.array_equal(new, old)
-        assert new_rng.random() == old_rng.random()  # the same random draws, no more
-    new_targets, old_targets = case_targets(cases, 0.3), original_targets(cases, 0.3)
-    for key, value in old_targets.items():
-        assert torch.equal(new_targets[key], value), key
-    x, batch = batch_of(cases, new_targets, seed=3)
-    old_batch = {k: v for k, v in batch.items() if not k.startswith("has_")}
+    targets = case_targets(cases, settings.rating3_weight)
+    expected_soft = [SOFT_MALIGNANCY[r] for r in (1, 3, 5)]
+    np.testing.assert_allclose(targets["soft"][:, 0], expected_soft)
+    np.testing.assert_allclose(targets["weight"][:, 0], [1.0, settings.rating3_weight, 1.0])
+    np.testing.assert_allclose(targets["rating"][:, 0], [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(targets["descriptors"], np.stack([c.descriptors for c in cases]))
+    x, batch = batch_of(cases, targets, seed=3)
     torch.manual_seed(0)
     net = NoduleNet()
-    out = net(x)
-    new_terms, old_terms = loss_terms(out, batch, settings), original_loss_terms(out, old_batch)
-    assert list(new_terms) == list(old_terms)
-    for key in old_terms:
-        assert torch.equal(new_terms[key], old_terms[key]), key
-    params = list(net.parameters())
-    new_grads = torch.autograd.grad(total_loss(new_terms, settings), params, retain_graph=True)
-    old_grads = torch.autograd.grad(total_loss(old_terms, settings), params)
-    assert all(torch.equal(a, b) for a, b in zip(new_grads, old_grads, strict=True))
+    terms = loss_terms(net(x), batch, settings)
+    assert list(terms) == ["malignancy", "rating", "descriptors", "segmentation"]
+    assert all(torch.isfinite(v) and float(v.detach()) > 0 for v in terms.values())
+    total_loss(terms, settings).backward()
+    for head in (net.malignancy, net.rating, net.descriptors, net.seg_out):
+        assert float(head.weight.grad.abs().sum()) > 0
 
 
 def test_a_nodulemnist_case_trains_the_malignancy_head_only(npz: Path) -> None:
-    settings = TrainSettings()
+    settings = load_train_settings()
     lidc = [lidc_style_case(2, 4, 0), lidc_style_case(4, 7, 1)]
-    mnist = load_nodulemnist3d(npz, verify=False)["train"][:2]
+    mnist = load_nodulemnist3d(npz, settings.spec, verify=False)["train"][:2]
     cases = [lidc[0], mnist[1], lidc[1], mnist[0]]
     targets = case_targets(cases, 0.3)
     np.testing.assert_allclose(targets["soft"][:, 0], [0.1, 1.0, 0.9, 0.0])  # MNIST: the file
@@ -272,10 +230,10 @@ def test_a_nodulemnist_case_trains_the_malignancy_head_only(npz: Path) -> None:
     out = net(x)
     terms = loss_terms(out, batch, settings)
     rows = [0, 2]
-    lidc_only = original_loss_terms(
-        {k: v[rows] for k, v in out.items()}, {k: v[rows] for k, v in batch.items()}
+    lidc_only = loss_terms(
+        {k: v[rows] for k, v in out.items()}, {k: v[rows] for k, v in batch.items()}, settings
     )
-    for key in ("rating", "descriptors", "segmentation"):
+    for key in ("rating", "descriptors", "segmentation"):  # the cubes add nothing to these
         torch.testing.assert_close(terms[key], lidc_only[key], rtol=0, atol=1e-6)
     mnist_only = {k: v[[1, 3]] for k, v in batch.items()}
     terms = loss_terms({k: v[[1, 3]] for k, v in out.items()}, mnist_only, settings)
@@ -284,7 +242,7 @@ def test_a_nodulemnist_case_trains_the_malignancy_head_only(npz: Path) -> None:
 
 
 def test_train_and_evaluate_on_nodulemnist3d_end_to_end(npz: Path, tmp_path: Path) -> None:
-    settings = TrainSettings(epochs=1, batch_size=3, max_steps_per_epoch=2)
+    settings = load_train_settings(epochs=1, batch_size=3, max_steps_per_epoch=2)
     run_dir, bundle = tmp_path / "run", tmp_path / "bundle"
     summary = NoduleMNISTTrainer(
         npz, run_dir, settings, bundle, default_bundle_dir(), verify=False

@@ -7,10 +7,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnn.bundle import load_patch_spec
 from medcnn.nodule.features import NAMES
 from medcnn.nodule.network import NoduleNet
-from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
+from medcnn.nodule.preprocessing import normalize_hu
 from medcnn.training.residual_logit import MeasurementOffset, ResidualTraining
+
+SPEC = load_patch_spec()  # the shipped bundle's preprocessing
 
 
 def _balls(radii: list[float], n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,14 +21,14 @@ def _balls(radii: list[float], n: int = 32) -> tuple[torch.Tensor, torch.Tensor]
     distance = np.sqrt((grid**2).sum(0))
     masks = np.stack([(distance <= r).astype(np.float32) for r in radii])
     hu = np.where(masks > 0, 30.0, -850.0).astype(np.float32)
-    return torch.from_numpy(normalize_hu(hu, PatchSpec())), torch.from_numpy(masks)[:, None]
+    return torch.from_numpy(normalize_hu(hu, SPEC)), torch.from_numpy(masks)[:, None]
 
 
 def test_the_offset_starts_at_zero_and_sends_no_gradient_to_the_measurements() -> None:
     window, mask = _balls([3.0, 5.0, 8.0, 10.0])
     window.requires_grad_(True)
     mask.requires_grad_(True)
-    offset = MeasurementOffset()
+    offset = MeasurementOffset(SPEC.hu_window)
     shift = offset(window, mask)
     assert shift.shape == (4, 1) and bool((shift == 0).all())
     shift.sum().backward()
@@ -36,7 +39,7 @@ def test_the_offset_learns_that_larger_nodules_are_malignant() -> None:
     radii = [2.0, 3.0, 4.0, 5.0, 7.0, 8.0, 9.0, 10.0]
     window, mask = _balls(radii)
     label = torch.tensor([[0.0]] * 4 + [[1.0]] * 4)
-    offset = MeasurementOffset()
+    offset = MeasurementOffset(SPEC.hu_window)
     optimizer = torch.optim.AdamW(offset.parameters(), lr=2e-3)
     losses = []
     for _ in range(100):
@@ -52,7 +55,7 @@ def test_the_offset_learns_that_larger_nodules_are_malignant() -> None:
 def test_the_trained_logit_is_the_networks_plus_the_offset() -> None:
     torch.manual_seed(0)
     net = NoduleNet().eval()
-    residual = ResidualTraining(net, MeasurementOffset()).eval()
+    residual = ResidualTraining(net, MeasurementOffset(SPEC.hu_window)).eval()
     torch.nn.init.constant_(residual.offset.linear.bias, 0.7)
     window, mask = _balls([4.0, 6.0])
     x = torch.stack([window, torch.ones_like(window)], 1)

@@ -26,7 +26,7 @@ from monai.visualize import GradCAM
 
 import medcnn.app.analysis
 from medcnn.app.analysis import Analyzer, FileRequest
-from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sha256_of
+from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sign_weights
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
 from medcnn.nodule import inference
 from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
@@ -56,6 +56,7 @@ from medcnn.volume import Volume
 PROBABILITY_TOLERANCE = 1e-4
 HEATMAP_TOLERANCE = 1e-3
 MIN_DICE = 0.999
+SPEC = load_patch_spec()  # the shipped bundle's preprocessing
 
 
 # --- the reference: the inference path as written before the speed work ---------------------
@@ -134,7 +135,7 @@ def randomized_ensemble(n_members: int = 3, seed: int = 0) -> NoduleEnsemble:
     """Random weights, with batch-norm statistics and PReLU slopes that are not the defaults,
     so every parameter the grouped network copies matters."""
     torch.manual_seed(seed)
-    model = NoduleEnsemble(n_members=n_members)
+    model = NoduleEnsemble(n_members=n_members, hu_window=SPEC.hu_window)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm3d):
@@ -151,7 +152,7 @@ def randomized_ensemble(n_members: int = 3, seed: int = 0) -> NoduleEnsemble:
 
 
 def test_a_box_has_settled_when_no_face_moved_more_than_a_voxel() -> None:
-    spec = PatchSpec()
+    spec = SPEC
     box = box_mask(spec.shape, np.array([8, 8, 10]), np.array([24, 24, 20]))
     nudged = box_mask(spec.shape, np.array([7, 9, 10]), np.array([25, 24, 21]))
     moved = box_mask(spec.shape, np.array([8, 8, 10]), np.array([24, 24, 22]))
@@ -163,7 +164,7 @@ def test_a_box_has_settled_when_no_face_moved_more_than_a_voxel() -> None:
 
 def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> None:
     model = randomized_ensemble()
-    patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), PatchSpec())
+    patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), SPEC)
     widths = []
     real = inference.ensemble_outputs
 
@@ -172,7 +173,7 @@ def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> No
         return real(net, x)
 
     monkeypatch.setattr(inference, "ensemble_outputs", counting)
-    prediction = predict(model, patch, PatchSpec())
+    prediction = predict(model, patch, SPEC)
     assert widths[0] == 1
     assert set(widths[1:]) == {3}
     assert prediction.member_probabilities.shape == (3,)
@@ -249,9 +250,12 @@ def test_engine_refuses_weights_that_are_not_a_nodule_net() -> None:
     state = dict(randomized_ensemble(n_members=2).state_dict())
     del state["members.1.dec2.adn.N.running_var"]
     with pytest.raises(ValueError, match="member 1"):
-        GroupedEnsemble(state)
+        GroupedEnsemble(state, hu_window=SPEC.hu_window)
     with pytest.raises(ValueError, match="without members"):
-        GroupedEnsemble({k: v for k, v in state.items() if not k.startswith("members.")})
+        GroupedEnsemble(
+            {k: v for k, v in state.items() if not k.startswith("members.")},
+            hu_window=SPEC.hu_window,
+        )
 
 
 @pytest.mark.parametrize("flips", [((),), ((), (2,), (3,), (2, 3))], ids=["shipped", "flips"])
@@ -259,7 +263,7 @@ def test_fast_path_matches_reference_on_the_phantom_with_random_weights(
     flips: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(inference, "FLIPS", flips)
-    spec = PatchSpec()
+    spec = SPEC
     patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
     assert_same_answer(randomized_ensemble(), patch, spec)
 
@@ -334,10 +338,7 @@ def random_analyzer(tmp_path_factory: pytest.TempPathFactory) -> Analyzer:
     bundle = tmp_path_factory.mktemp("bundle")
     shutil.copytree(default_bundle_dir() / "configs", bundle / "configs")
     (bundle / "models").mkdir()
-    torch.save(randomized_ensemble().state_dict(), bundle / "models" / "model.pt")
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    metadata.setdefault("medcnn", {})["weights_sha256"] = sha256_of(bundle / "models" / "model.pt")
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    sign_weights(bundle, randomized_ensemble().state_dict())
     return Analyzer(bundle, trusted=True)
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +16,14 @@ import pytest
 import torch
 from nodule_tables import copy_nodules
 
-from medcnn.errors import UsageError
+from medcnn.bundle import default_bundle_dir, load_patch_spec
+from medcnn.errors import ModelIntegrityError, UsageError
 from medcnn.nodule.network import NoduleNet
 from medcnn.training import loop as training
 from medcnn.training import losses
 from medcnn.training.data.lidc import load_cases
-from medcnn.training.loop import TrainSettings, epoch_batches, train_fold
+from medcnn.training.loop import epoch_batches, train_fold
+from medcnn.training.recipe import load_train_recipe, load_train_settings
 
 
 def medcnn_train(data: Path, run_dir: Path, *options: str) -> subprocess.CompletedProcess:
@@ -104,7 +108,7 @@ def test_training_resumes_where_it_stopped(
     shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cases = load_cases(shared_data / "lidc_voi", limit=12)
-    settings = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    settings = load_train_settings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
     straight = torch.load(train_fold(cases, 0, tmp_path / "straight", settings), weights_only=True)
     # the same run, interrupted in its second epoch
     calls = {"n": 0}
@@ -136,12 +140,12 @@ def test_a_run_begun_without_the_offset_is_not_resumed_with_it(
     shared_data: Path, tmp_path: Path
 ) -> None:
     cases = load_cases(shared_data / "lidc_voi", limit=8)
-    plain = TrainSettings(
+    plain = load_train_settings(
         epochs=1, max_steps_per_epoch=1, batch_size=4, threads=1, measured_offset=False
     )
     (tmp_path / "fold0").mkdir()
     train_fold(cases, 0, tmp_path / "fold0", plain).unlink()  # as if stopped after epoch 0
-    longer = TrainSettings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
+    longer = load_train_settings(epochs=2, max_steps_per_epoch=1, batch_size=4, threads=1)
     with pytest.raises(UsageError, match="measured_offset=False"):
         train_fold(cases, 0, tmp_path / "fold0", longer)
 
@@ -169,7 +173,7 @@ def test_scaled_auxiliary_losses_weigh_a_mean_predictor_as_one() -> None:
         "descriptors": mse,
         "segmentation": torch.tensor(0.0),
     }
-    settings = TrainSettings(aux_weight=0.5)
+    settings = load_train_settings(aux_weight=0.5)
     assert float(losses.total_loss(terms, settings, scales)) == pytest.approx(1.0, rel=1e-4)
     unscaled = losses.total_loss(terms, settings)
     assert float(unscaled) == pytest.approx(0.5 * (1 / 6 + 0.04), rel=1e-4)
@@ -214,7 +218,7 @@ def test_a_fold_whose_last_batch_would_hold_one_nodule_trains(
     one nodule and the measurements' offset stopped the training; 9 nodules in batches of 4
     end the same way."""
     cases = load_cases(shared_data / "lidc_voi", limit=9)
-    settings = TrainSettings(epochs=1, batch_size=4, threads=1)
+    settings = load_train_settings(epochs=1, batch_size=4, threads=1)
     weights = train_fold(cases, None, tmp_path / "fold", settings)
     assert set(torch.load(weights, weights_only=True)) == set(NoduleNet().state_dict())
 
@@ -227,5 +231,84 @@ def test_too_few_nodules_to_train_on_are_refused_before_anything_is_written(
     held_out = [c for c in cases if c.fold == cases[0].fold]
     others = [c for c in cases if c.fold != cases[0].fold][:1]
     with pytest.raises(UsageError, match="at least 2 nodules outside fold"):
-        train_fold(held_out + others, cases[0].fold, tmp_path / "fold", TrainSettings(threads=1))
+        train_fold(
+            held_out + others, cases[0].fold, tmp_path / "fold", load_train_settings(threads=1)
+        )
     assert not (tmp_path / "fold").exists()
+
+
+BUNDLE = default_bundle_dir()
+
+
+@pytest.mark.parametrize(
+    "configs", [["train.json"], ["train.json", "multi_gpu_train.json"]], ids=["one", "torchrun"]
+)
+def test_monai_and_medcnn_train_read_one_recipe(configs: list[str]) -> None:
+    """train.json is the recipe: MONAI's run (one process or torchrun) and ``medcnn train``
+    (plain JSON, ``load_train_recipe``) get the same settings, folds and seeds from it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / name) for name in configs])
+    recipe = load_train_recipe(BUNDLE)
+    assert parser.get_parsed_content("settings") == recipe.settings
+    assert recipe.settings.spec == load_patch_spec(BUNDLE)  # the bundle's one preprocessing
+    for name in ("folds", "seeds", "limit"):
+        assert parser.get_parsed_content(name) == getattr(recipe, name), name
+    assert Path(parser.get_parsed_content("data_dir")) == recipe.data_dir
+    assert Path(parser.get_parsed_content("run_dir")) == recipe.run_dir
+
+
+def bundle_with_recipe(tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, copy)
+    path = copy / "configs" / "train.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda c: c["settings"].pop("epochs"), "lacks settings.epochs; write it there"),
+        (lambda c: c["settings"]["augmentation"].pop("hu_noise"), "settings.augmentation.hu_noise"),
+        (
+            lambda c: c["settings"].update(learning_rate="$__import__('os').getpid()"),
+            "gives settings.learning_rate as \"$__import__('os').getpid()\", not float",
+        ),
+        (lambda c: c["settings"].update(measured_offset=1), "measured_offset as 1, not bool"),
+        (lambda c: c.update(folds="0 1"), "gives folds as '0 1', not list[int]"),
+        (lambda c: c.pop("settings"), "has no settings. section"),
+    ],
+    ids=["missing", "augmentation", "expression", "not a bool", "folds", "no settings"],
+)
+def test_a_broken_recipe_is_refused_with_one_sentence(
+    tmp_path: Path, edit: Callable[[dict], None], says: str
+) -> None:
+    with pytest.raises(ModelIntegrityError) as error:
+        load_train_recipe(bundle_with_recipe(tmp_path, edit))
+    assert says in str(error.value) and "\n" not in str(error.value)
+    assert error.value.exit_code == 9
+
+
+def test_medcnn_train_reads_train_json_and_its_options_override_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refusals that come before any data is read show which numbers ``medcnn train`` used."""
+    from medcnn.app.cli import main
+
+    def recipe(config: dict) -> None:
+        config["folds"] = [4]
+        config["settings"]["epochs"] = 0
+
+    monkeypatch.setenv("MEDCNN_BUNDLE", str(bundle_with_recipe(tmp_path, recipe)))
+    run = ["train", "--data", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run")]
+    assert main(run) == 2
+    assert "epochs (--epochs) must be 1 or more, not 0" in capsys.readouterr().err
+    assert main([*run, "--epochs", "1"]) == 2  # the option stands in for train.json's 0
+    assert "at least two folds, not [4]" in capsys.readouterr().err
+    assert main([*run, "--epochs", "1", "--folds", "3", "4", "--seeds", "-1"]) == 2
+    assert "seed (--seeds) must be 0 or more, not -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

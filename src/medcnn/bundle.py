@@ -67,6 +67,26 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sign_weights(bundle_dir: Path, state: Mapping[str, torch.Tensor]) -> str:
+    """Save ``state`` as the bundle's weights and write their SHA-256 into its
+    ``metadata.json``, the one check every load makes; returns the SHA-256.
+
+    The only way MedCNN writes a bundle's weights (releases, benchmark bundles, test bundles),
+    so the file and its checksum cannot be written apart.
+    """
+    weights = Path(bundle_dir) / WEIGHTS
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    partial = weights.with_suffix(".tmp")
+    torch.save(state, partial)
+    partial.replace(weights)
+    digest = sha256_of(weights)
+    metadata = read_metadata(bundle_dir)
+    metadata.setdefault("medcnn", {})["weights_sha256"] = digest
+    metadata_path = Path(bundle_dir) / "configs" / "metadata.json"
+    metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+    return digest
+
+
 def check_trusted(bundle_dir: Path, trusted: bool) -> None:
     """Only the shipped bundle runs unless the user said another one is trusted."""
     try:
@@ -100,7 +120,9 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
     """The preprocessing definition of the bundle's ``inference.json`` (``preprocessing``).
 
     Read as plain JSON, as MONAI's ``ConfigParser`` reads a section of literal numbers; a value
-    that is not a number (a ``@`` reference or ``$`` expression) is refused, not evaluated.
+    that is not a number (a ``@`` reference or ``$`` expression) is refused, not evaluated, and
+    so is a missing one: ``PatchSpec`` has no defaults to fall back on, so a bundle cannot
+    silently run with numbers other than its own.
     """
     bundle_dir = Path(bundle_dir) if bundle_dir else default_bundle_dir()
     path = bundle_dir / "configs" / "inference.json"
@@ -113,9 +135,13 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
             f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
         ) from error
     spec = {}
+    missing = [field.name for field in fields(PatchSpec) if field.name not in values]
+    if missing:
+        raise ModelIntegrityError(
+            f"The bundle's {path} lacks preprocessing.{', preprocessing.'.join(missing)}; "
+            "write the number there (the shipped bundle's inference.json has them all)."
+        )
     for field in fields(PatchSpec):
-        if field.name not in values:
-            continue
         value = values[field.name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModelIntegrityError(
@@ -130,8 +156,9 @@ def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsembl
     """The verified model as the engine runs it (``medcnn.nodule.grouped``, no MONAI), and its
     metadata."""
     state, info, path = _verified_state(bundle_dir, trusted)
+    window = load_patch_spec(bundle_dir).hu_window
     try:
-        engine = GroupedEnsemble(state)
+        engine = GroupedEnsemble(state, hu_window=window)
         with torch.inference_mode():  # a shape that does not chain fails here, not on a click
             engine(torch.zeros(1, engine.layers["stem"].in_per_member, 8, 8, 8))
     except Exception as error:
@@ -145,8 +172,9 @@ def load_ensemble(bundle_dir: Path, trusted: bool = False) -> tuple[NoduleEnsemb
     from medcnn.nodule.network import NoduleEnsemble
 
     state, info, path = _verified_state(bundle_dir, trusted)
+    window = load_patch_spec(bundle_dir).hu_window
     try:
-        model = NoduleEnsemble(n_members=len(member_states(state)))
+        model = NoduleEnsemble(n_members=len(member_states(state)), hu_window=window)
         model.load_state_dict(state)
     except Exception as error:
         raise _not_our_model(path, error) from error

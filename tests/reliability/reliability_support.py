@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import torch
 from result_checks import nodule_result
 
 from medcnn.app.cli import main
-from medcnn.bundle import sha256_of
+from medcnn.bundle import load_patch_spec, sign_weights
 from medcnn.nodule.network import NoduleEnsemble
 from medcnn.outputs.result import Result
 
@@ -26,12 +25,8 @@ def write_random_bundle(folder: Path, n_members: int = 1, seed: int = 0) -> Path
     shutil.copytree(SHIPPED_BUNDLE / "configs", folder / "configs")
     (folder / "models").mkdir()
     torch.manual_seed(seed)
-    weights = folder / "models" / "model.pt"
-    torch.save(NoduleEnsemble(n_members=n_members).state_dict(), weights)
-    metadata_path = folder / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["medcnn"]["weights_sha256"] = sha256_of(weights)
-    metadata_path.write_text(json.dumps(metadata, indent=2))
+    window = load_patch_spec(folder).hu_window
+    sign_weights(folder, NoduleEnsemble(n_members=n_members, hu_window=window).state_dict())
     return folder
 
 

@@ -29,7 +29,7 @@ from reliability_support import (
 )
 
 from medcnn.app.batch import BatchRunner, ManifestRow, case_folder_name
-from medcnn.bundle import sha256_of
+from medcnn.bundle import sign_weights
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest, write_dicom_series
 from medcnn.volume import Volume
 
@@ -240,11 +240,7 @@ def booby_trapped_bundle(folder: Path, marker: Path) -> Path:
     weights = bundle / "models" / "model.pt"
     state = torch.load(weights, weights_only=True)
     state["members.0.payload"] = Payload(marker)
-    torch.save(state, weights)
-    metadata_path = bundle / "configs" / "metadata.json"
-    metadata = json.loads(metadata_path.read_text())
-    metadata["medcnn"]["weights_sha256"] = sha256_of(weights)  # even a matching checksum
-    metadata_path.write_text(json.dumps(metadata))
+    sign_weights(bundle, state)  # even a matching checksum
     return bundle
 
 

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=None,
-        help=f"the lidc_voi folder (with nodules.csv; default {LIDC_DATA}), or the "
+        help="the lidc_voi folder (with nodules.csv; default train.json's data_dir), or the "
         "nodulemnist3d.npz file with --source nodulemnist3d",
     )
     _add_source_options(train)
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir",
         type=Path,
         default=None,
-        help="checkpoints, logs and out-of-fold predictions (default runs/cv, or "
+        help="checkpoints, logs and out-of-fold predictions (default train.json's run_dir, or "
         "runs/nodulemnist3d with --source nodulemnist3d)",
     )
     train.add_argument(
@@ -188,29 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds",
         type=int,
         nargs="+",
-        default=[0, 1, 2, 3, 4],
+        default=None,
         help="lidc only: which folds, two or more (the release's head is fitted on each fold's "
-        "out-of-fold predictions from the others)",
+        "out-of-fold predictions from the others; default train.json's folds)",
     )
-    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument(
+        "--epochs", type=int, default=None, help="default train.json's settings.epochs"
+    )
     train.add_argument(
         "--seeds",
         type=int,
         nargs="+",
-        default=[0],
-        help="lidc only: one training of every fold per seed; all are ensembled (shipped: 0)",
+        default=None,
+        help="lidc only: one training of every fold per seed; all are ensembled (default "
+        "train.json's seeds)",
     )
     train.add_argument(
         "--limit",
         type=int,
         default=None,
-        help="use only the first N nodules (of each split with nodulemnist3d; a smoke run)",
+        help="use only the first N nodules (of each split with nodulemnist3d; a smoke run; "
+        "default train.json's limit)",
     )
     train.add_argument(
         "--max-steps",
         type=int,
         default=None,
-        help="at most this many steps per epoch (a smoke run)",
+        help="at most this many steps per epoch (a smoke run; default train.json's "
+        "settings.max_steps_per_epoch)",
     )
 
     evaluate = commands.add_parser(
@@ -327,10 +332,18 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from medcnn.bundle import default_bundle_dir
-    from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer, TrainSettings
+    from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer
+    from medcnn.training.recipe import load_train_recipe
 
+    options = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps}
+    recipe = load_train_recipe(  # train.json; the options given override it
+        default_bundle_dir(), {k: v for k, v in options.items() if v is not None}
+    )
+    settings = recipe.settings
+    limit = recipe.limit if args.limit is None else args.limit
+    if args.source == "lidc" and args.data is None:
+        args.data = recipe.data_dir
     data = _data_path(args)
-    settings = TrainSettings(epochs=args.epochs, max_steps_per_epoch=args.max_steps)
     if args.source == "nodulemnist3d":
         run_dir = args.run_dir or Path("runs/nodulemnist3d")
         release_dir = args.release_dir or run_dir / "bundle"
@@ -340,7 +353,7 @@ def run_train(args: argparse.Namespace) -> int:
             settings,
             release_dir=release_dir,
             bundle_dir=default_bundle_dir(),
-            limit=args.limit,
+            limit=limit,
             verify=not args.no_verify,
         ).run()
         print(json.dumps(summary["validation"], indent=2))
@@ -349,16 +362,16 @@ def run_train(args: argparse.Namespace) -> int:
             f"nodulemnist3d --data {data} --bundle {release_dir} --trust-bundle"
         )
         return 0
-    run_dir = args.run_dir or Path("runs/cv")
+    run_dir = args.run_dir or recipe.run_dir
     trainer = CrossValidationTrainer(
         data,
         run_dir,
-        args.folds,
+        recipe.folds if args.folds is None else args.folds,
         settings,
         release_dir=args.release_dir or run_dir / "bundle",
         bundle_dir=default_bundle_dir(),
-        limit=args.limit,
-        seeds=args.seeds,
+        limit=limit,
+        seeds=recipe.seeds if args.seeds is None else args.seeds,
     )
     summary = trainer.run()
     print(json.dumps(summary["nested"], indent=2))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from medcnn.nodule.measure import CALCIFIED_HU
-from medcnn.nodule.preprocessing import PatchSpec
 
 NAMES = (
     "log_volume",
@@ -31,14 +30,13 @@ NAMES = (
     "compactness",
 )
 GROUND_GLASS_HU = -400.0
-_WINDOW = PatchSpec()  # the network input's HU window, the bundle's preprocessing
 
 
 def nodule_features(
     window: torch.Tensor,
     segmentation: torch.Tensor,
-    hu_min: float = _WINDOW.hu_min,
-    hu_max: float = _WINDOW.hu_max,
+    hu_min: float,
+    hu_max: float,
     calcified_hu: float = CALCIFIED_HU,
     ground_glass_hu: float = GROUND_GLASS_HU,
 ) -> torch.Tensor:
@@ -49,6 +47,9 @@ def nodule_features(
     calcium keeps its real density rather than the CNN window's top. Compactness is
     volume^(2/3) over surface area: highest for a sphere, lower for a lobulated or spiculated
     outline. A member that segments nothing gets finite values.
+
+    ``hu_min`` and ``hu_max`` are the window the input was scaled with (``PatchSpec.hu_window``,
+    the bundle's preprocessing): the same numbers that made the input turn it back into HU.
     """
     hu_range = hu_max - hu_min
     calcified_window = (calcified_hu - hu_min) / hu_range

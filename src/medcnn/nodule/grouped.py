@@ -214,13 +214,19 @@ class GroupedEnsemble(nn.Module):
     """The shipped model as the engine runs it, built from a ``NoduleEnsemble``'s state dict.
 
     ``members`` picks some of the state's members (in that order), for the one-member localiser
-    and for judging a fold's patients with only the members that never saw them.
+    and for judging a fold's patients with only the members that never saw them. ``hu_window``
+    is the bundle's preprocessing window (``PatchSpec.hu_window``), which the measurements undo.
     """
 
     def __init__(
-        self, state: Mapping[str, torch.Tensor], members: Sequence[int] | None = None
+        self,
+        state: Mapping[str, torch.Tensor],
+        members: Sequence[int] | None = None,
+        *,
+        hu_window: tuple[float, float],
     ) -> None:
         super().__init__()
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         every = member_states(state)
         chosen = list(every) if members is None else list(members)
         if not chosen:
@@ -273,7 +279,9 @@ class GroupedEnsemble(nn.Module):
         if not all(0 <= i < self.n_members for i in key):
             raise IndexError(f"the ensemble has {self.n_members} members; asked for {key}")
         if key not in self._subsets:
-            self._subsets[key] = GroupedEnsemble(self._state, [self._members[i] for i in key])
+            self._subsets[key] = GroupedEnsemble(
+                self._state, [self._members[i] for i in key], hu_window=self.hu_window
+            )
         return self._subsets[key]
 
     def combine(self, features: torch.Tensor) -> torch.Tensor:
@@ -341,7 +349,8 @@ class GroupedEnsemble(nn.Module):
         # Each half-resolution voxel's 8 channels are its 2x2x2 children (a 3D pixel shuffle).
         shuffled = logits.reshape(batch * m, 2, 2, 2, n, n, n).permute(0, 4, 1, 5, 2, 6, 3)
         segmentation = torch.sigmoid(shuffled.reshape(batch, m, 2 * n, 2 * n, 2 * n))
-        features = torch.cat([heads, nodule_features(x[:, 0], segmentation)], 2)
+        measured = nodule_features(x[:, 0], segmentation, *self.hu_window)
+        features = torch.cat([heads, measured], 2)
         probability = self.combine(features)
         return GroupedOutputs(
             probability, features, segmentation, encoder.contiguous(), decoder.contiguous()
@@ -363,7 +372,7 @@ def as_engine(model: GroupedEnsemble | NoduleEnsemble) -> GroupedEnsemble:
     cached = _TWINS.get(model)
     if cached is not None and cached[0] == state:
         return cached[1]
-    twin = GroupedEnsemble(model.state_dict())
+    twin = GroupedEnsemble(model.state_dict(), hu_window=model.hu_window)
     _TWINS[model] = (state, twin)
     return twin
 

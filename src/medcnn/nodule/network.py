@@ -127,12 +127,22 @@ class NoduleEnsemble(nn.Module):
     and eight descriptors, and the size, density, calcification and shape of its segmentation
     (``medcnn.nodule.features``). With its default weights it is the plain sigmoid of the
     malignancy logit.
+
+    ``hu_window`` is the bundle's preprocessing window (``PatchSpec.hu_window``), with which the
+    measurements turn the input back into HU; the network itself sees only the scaled input.
     """
 
     n_features: int = 2 + len(DESCRIPTORS) + len(NODULE_FEATURES)
 
-    def __init__(self, n_members: int = 5, channels: tuple[int, int, int, int] = (8, 16, 32, 64)):
+    def __init__(
+        self,
+        n_members: int = 5,
+        channels: tuple[int, int, int, int] = (8, 16, 32, 64),
+        *,
+        hu_window: tuple[float, float],
+    ):
         super().__init__()
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.members = nn.ModuleList(NoduleNet(channels=channels) for _ in range(n_members))
         weight = torch.zeros(self.n_features)
         weight[0] = 1.0
@@ -141,11 +151,12 @@ class NoduleEnsemble(nn.Module):
         self.register_buffer("head_weight", weight)
         self.register_buffer("head_bias", torch.zeros(1))
 
-    @staticmethod
-    def features(out: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def features(self, out: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """(B, F): malignancy logit, rating and descriptor estimates, then the segmented
         nodule's measurements on the input ``x`` (``medcnn.nodule.features``)."""
-        measured = nodule_features(x[:, 0], torch.sigmoid(out["segmentation"]))[:, 0]
+        hu_min, hu_max = self.hu_window
+        measured = nodule_features(x[:, 0], torch.sigmoid(out["segmentation"]), hu_min, hu_max)
+        measured = measured[:, 0]
         return torch.cat([out["malignancy"], out["rating"], out["descriptors"], measured], 1)
 
     def combine(self, features: torch.Tensor) -> torch.Tensor:
@@ -183,7 +194,7 @@ class NoduleEnsemble(nn.Module):
 def member_subset(model: NoduleEnsemble, indices: list[int]) -> NoduleEnsemble:
     """A view of some members of the ensemble (shared weights, same head), for judging a
     fold's patients with only the members that never saw them."""
-    view = NoduleEnsemble(n_members=0)
+    view = NoduleEnsemble(n_members=0, hu_window=model.hu_window)
     view.members = nn.ModuleList([model.members[i] for i in indices])
     for name, buffer in model.named_buffers(recurse=False):
         setattr(view, name, buffer)

@@ -30,20 +30,29 @@ class PatchSpec:
     Channel 0 maps ``hu_min``..``hu_max`` to 0..1, the window the CNN sees (it clamps at 1), but
     keeps values up to ``measured_hu_max`` above 1: the nodule's measurements read calcium's
     real density from the same input, where the window alone would saturate it at 400 HU.
+
+    No defaults: the numbers are the bundle's (``inference.json``'s ``preprocessing``, read by
+    ``medcnn.bundle.load_patch_spec``), so that training, the network's measurements and a
+    click cannot each keep a copy of their own.
     """
 
-    size: int = 32
-    spacing_mm: float = 1.0
-    hu_min: float = -1000.0
-    hu_max: float = 400.0
-    measured_hu_max: float = 1500.0
-    box_margin_mm: float = 3.0
-    box_min_inplane_mm: float = 26.0
-    box_margin_z_mm: float = 1.0
+    size: int
+    spacing_mm: float
+    hu_min: float
+    hu_max: float
+    measured_hu_max: float
+    box_margin_mm: float
+    box_min_inplane_mm: float
+    box_margin_z_mm: float
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.size, self.size, self.size)
+
+    @property
+    def hu_window(self) -> tuple[float, float]:
+        """The HU that channel 0 maps to 0 and 1, which the network's measurements undo."""
+        return (float(self.hu_min), float(self.hu_max))
 
 
 @dataclass(frozen=True)

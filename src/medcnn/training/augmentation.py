@@ -14,12 +14,20 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Augmentation:
-    max_shift_mm: float = 2.5
-    max_tilt_deg: float = 12.0
-    hu_shift: float = 25.0
-    hu_noise: float = 15.0
-    box_margin_mm: tuple[float, float] = (1.0, 6.0)
-    box_min_inplane_mm: tuple[float, float] = (20.0, 32.0)
+    """How far a training example may vary; the numbers are ``train.json``'s
+    (``settings.augmentation``, read by ``medcnn.training.recipe``)."""
+
+    max_shift_mm: float
+    max_tilt_deg: float
+    hu_shift: float
+    hu_noise: float
+    box_margin_mm: tuple[float, float]
+    box_min_inplane_mm: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        # MONAI's ConfigParser passes JSON's lists; the ranges compare and hash as tuples.
+        for name in ("box_margin_mm", "box_min_inplane_mm"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 def random_rotation(rng: np.random.Generator, max_tilt_deg: float) -> np.ndarray:

@@ -365,7 +365,8 @@ class BundleEvaluator:
         from medcnn.bundle import read_metadata
         from medcnn.training.data.nodulemnist import load_nodulemnist3d
 
-        cases = every_nth(load_nodulemnist3d(self.data_dir, verify=self.verify)["test"], self.every)
+        splits = load_nodulemnist3d(self.data_dir, analyzer.spec, verify=self.verify)
+        cases = every_nth(splits["test"], self.every)
         check_output_folder(self.output_dir)
         rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
         summary = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,47 +34,10 @@ from medcnn.outputs.writing import check_output_folder, output_folder
 from medcnn.training.augmentation import Augmentation, random_rotation
 from medcnn.training.data.lidc import NO_FOLD, NoduleCase, labelled_rows, load_cases, split_refused
 from medcnn.training.losses import aux_scales, case_targets, loss_terms, total_loss
+from medcnn.training.recipe import TrainSettings, load_train_settings
 from medcnn.training.residual_logit import MeasurementOffset, ResidualTraining
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    rating3_weight: float = 0.3
-    aux_weight: float = 0.5
-    seg_weight: float = 1.0
-    # Off: on folds 0 and 1 it gave better descriptor estimates but a weaker malignancy logit
-    # and Dice (monai_bundle/docs/README.md, Training).
-    scaled_aux: bool = False
-    # The malignancy loss sees the logit plus what the consensus mask's measurements say
-    # (medcnn.training.residual_logit), so the logit learns what they miss. Release 0.3.0 on.
-    measured_offset: bool = True
-    seed: int = 0
-    max_steps_per_epoch: int | None = None
-    threads: int = 2
-    spec: PatchSpec = field(default_factory=PatchSpec)
-    augmentation: Augmentation = field(default_factory=Augmentation)
-
-    def __post_init__(self) -> None:
-        """Refuse, before anything trains, counts that could not work (`--epochs 0`, say)."""
-        least = {
-            "epochs": (1, " (--epochs)"),
-            "batch_size": (2, ""),
-            "seed": (0, " (--seeds)"),
-            "threads": (1, ""),
-            "max_steps_per_epoch": (1, " (--max-steps)"),
-        }
-        for name, (smallest, option) in least.items():
-            value = getattr(self, name)
-            if value is not None and value < smallest:
-                raise UsageError(
-                    f"Training's {name}{option} must be {smallest} or more, not {value}."
-                )
 
 
 def training_example(
@@ -145,7 +108,7 @@ def train_fold(
     if not any(c.has_mask for c in train):
         _segment_nothing(net)
     residual = (
-        ResidualTraining(net, MeasurementOffset())
+        ResidualTraining(net, MeasurementOffset(settings.spec.hu_window))
         if settings.measured_offset and any(c.has_mask for c in train)
         else None
     )
@@ -319,7 +282,7 @@ def train_cross_validation(
     A nodule whose point a click would refuse (its centre outside its scan, say) is left out:
     the patch there would teach the network its label on the wrong tissue.
     """
-    settings = settings or TrainSettings()
+    settings = settings or load_train_settings()
     out_dir = Path(out_dir)
     cases = load_cases(Path(data_dir), cache_dir=out_dir / "cache", limit=limit)
     cases, refused = split_refused(cases)
@@ -468,12 +431,12 @@ class NoduleMNISTTrainer:
                 "A NoduleMNIST3D model cannot replace the shipped bundle (it does not segment); "
                 "choose another --release-dir."
             )
-        splits = load_nodulemnist3d(self.data_path, verify=self.verify)
+        splits = load_nodulemnist3d(self.data_path, self.settings.spec, verify=self.verify)
         check_output_folder(self.release_dir, "--release-dir")
         output_folder(self.run_dir, "--run-dir")
         train, val = splits["train"][: self.limit], splits["val"][: self.limit]
         weights = train_fold(train, None, self.run_dir / "model", self.settings)
-        model = NoduleEnsemble(n_members=1)
+        model = NoduleEnsemble(n_members=1, hu_window=self.settings.spec.hu_window)
         model.members[0].load_state_dict(torch.load(weights, weights_only=True))
         model.eval()
         rows = evaluate_cases(model, val, self.settings.spec, progress=True)
@@ -487,12 +450,9 @@ class NoduleMNISTTrainer:
     def _write_bundle(
         self, model: NoduleEnsemble, validation: dict, threshold: float, n_train: int
     ) -> None:
-        from medcnn.bundle import sha256_of
+        from medcnn.bundle import sign_weights
 
         copy_bundle_files(self.bundle_dir, self.release_dir, ("configs",))
-        weights = self.release_dir / "models" / "model.pt"
-        weights.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), weights)
         inference_path = self.release_dir / "configs" / "inference.json"
         inference = json.loads(inference_path.read_text())
         inference["network_def"]["n_members"] = 1
@@ -513,9 +473,9 @@ class NoduleMNISTTrainer:
             }
         )
         metadata["medcnn"] = {
-            "weights_sha256": sha256_of(weights),
             "member_folds": [],
             "threshold": threshold,
             "training_source": "nodulemnist3d",
         }
         metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+        sign_weights(self.release_dir, model.state_dict())

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcnn.bundle import load_patch_spec, sha256_of
+from medcnn.bundle import load_patch_spec, sign_weights
 from medcnn.nodule.network import NoduleEnsemble
+from medcnn.nodule.preprocessing import PatchSpec
 from medcnn.training.calibration import (
     ensemble_probabilities,
     fit_logistic,
@@ -33,10 +34,12 @@ THRESHOLD = 0.5
 CHECK_EVERY = 8  # the fixed subset (every 8th nodule) that the tests re-evaluate
 
 
-def assemble(run_dirs: list[Path], folds: list[int]) -> tuple[NoduleEnsemble, list[int]]:
+def assemble(
+    run_dirs: list[Path], folds: list[int], spec: PatchSpec
+) -> tuple[NoduleEnsemble, list[int]]:
     """All fold models of all runs (seeds) as one ensemble, and each member's held-out fold."""
     paths = [(Path(d) / f"fold{f}" / "model.pt", f) for d in run_dirs for f in folds]
-    model = NoduleEnsemble(n_members=len(paths))
+    model = NoduleEnsemble(n_members=len(paths), hu_window=spec.hu_window)
     for member, (path, _) in zip(model.members, paths, strict=True):
         member.load_state_dict(torch.load(path, weights_only=True))
     return model.eval(), [f for _, f in paths]
@@ -85,7 +88,7 @@ def build_release(
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
     folds = folds or [0, 1, 2, 3, 4]
     spec = load_patch_spec(bundle_dir)
-    model, member_folds = assemble([run_dir, *(extra_run_dirs or [])], folds)
+    model, member_folds = assemble([run_dir, *(extra_run_dirs or [])], folds, spec)
     cases = load_cases(Path(data_dir), cache_dir=None if limit else run_dir / "cache", limit=limit)
     checked = {c.name for c in every_nth(cases, CHECK_EVERY)}
     cases, refused = split_refused(cases)  # what a click refuses is neither judged nor fitted
@@ -99,9 +102,7 @@ def build_release(
         {**r, "probability": float(p)}
         for r, p in zip(rows, ensemble_probabilities(head, rows), strict=True)
     ]
-    weights = bundle_dir / "models" / "model.pt"
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), weights)
+    sign_weights(bundle_dir, model.state_dict())
     summary = {
         "shipped": rounded(summarize(shipped, THRESHOLD)),
         "nested": rounded(summarize(nested, THRESHOLD)),
@@ -110,9 +111,7 @@ def build_release(
     }
     metadata_path = bundle_dir / "configs" / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
-    metadata.setdefault("medcnn", {}).update(
-        {"weights_sha256": sha256_of(weights), "member_folds": member_folds, "threshold": THRESHOLD}
-    )
+    metadata.setdefault("medcnn", {}).update({"member_folds": member_folds, "threshold": THRESHOLD})
     metadata["medcnn"]["check_subset"] = {
         "every": CHECK_EVERY,
         **rounded(summarize([r for r in shipped if r["name"] in checked], THRESHOLD)),

@@ -29,11 +29,13 @@ class MeasurementOffset(nn.Module):
     """(B, N, N, N) input channel 0 and (B, 1, N, N, N) mask -> (B, 1) logit offset.
 
     Standardised by the batch (batch norm without affine terms), starts at zero, and never
-    sends a gradient into the measurements.
+    sends a gradient into the measurements. ``hu_window`` is the input's window
+    (``PatchSpec.hu_window``), as for the network's own measurements.
     """
 
-    def __init__(self, gain: float = OFFSET_GAIN) -> None:
+    def __init__(self, hu_window: tuple[float, float], gain: float = OFFSET_GAIN) -> None:
         super().__init__()
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.gain = gain
         self.standardise = nn.BatchNorm1d(len(NAMES), affine=False)
         self.linear = nn.Linear(len(NAMES), 1)
@@ -42,7 +44,7 @@ class MeasurementOffset(nn.Module):
 
     def forward(self, window: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            measured = nodule_features(window, mask)[:, 0]
+            measured = nodule_features(window, mask, *self.hu_window)[:, 0]
         return self.gain * self.linear(self.standardise(measured))
 
 

@@ -11,10 +11,11 @@ the same training and inference code reads, under these documented assumptions:
   training's rotations and flips make the model indifferent to that), and the nodule's centre
   is the origin, the cube's centre.
 - Intensity: the file stores 0-255 without the HU window it came from. MedCNN reads 0..255 as
-  its own network window, ``PatchSpec``'s -1000..400 HU, linearly. The HU values are therefore
-  approximate, but what the network sees is exact: its first channel becomes the file's value
-  / 255, neither clipped nor stretched, which is all a model trained on this file needs. Only a
-  model trained on real scans judging these cubes depends on the guess.
+  its own network window, the bundle's ``PatchSpec.hu_window`` (-1000..400 HU), linearly. The
+  HU values are therefore approximate, but what the network sees is exact: its first channel
+  becomes the file's value / 255, neither clipped nor stretched, which is all a model trained
+  on this file needs. Only a model trained on real scans judging these cubes depends on the
+  guess.
 - Splits: MedMNIST's own. ``fold`` keeps them apart from LIDC's patient folds (0-4) with
   negative numbers: -1 train, -2 val, -3 test (``SPLIT_FOLDS``).
 - Targets: the file's label only. There is no mask, rating or descriptor, so the cases carry
@@ -41,7 +42,6 @@ SPLIT_SIZES = {"train": 1158, "val": 165, "test": 310}
 SPLIT_FOLDS = {"train": -1, "val": -2, "test": -3}
 CUBE = 28
 SPACING_MM = 1.0
-WINDOW = PatchSpec()
 DOWNLOAD_HINT = "download nodulemnist3d.npz (28x28x28) from https://medmnist.com"
 
 
@@ -60,10 +60,12 @@ def cube_affine() -> np.ndarray:
     return affine
 
 
-def to_hu(values: np.ndarray) -> np.ndarray:
-    """0..255 -> -1000..400 HU, linearly (see the module's docstring for why)."""
-    scale = (WINDOW.hu_max - WINDOW.hu_min) / 255.0
-    return (WINDOW.hu_min + np.asarray(values, dtype=np.float32) * scale).astype(np.float32)
+def to_hu(values: np.ndarray, spec: PatchSpec) -> np.ndarray:
+    """0..255 -> the network's HU window (-1000..400 HU), linearly (see the module's docstring
+    for why)."""
+    hu_min, hu_max = spec.hu_window
+    scale = (hu_max - hu_min) / 255.0
+    return (hu_min + np.asarray(values, dtype=np.float32) * scale).astype(np.float32)
 
 
 def _read_arrays(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -131,7 +133,9 @@ def _verify(path: Path, sizes: dict[str, int]) -> None:
     )
 
 
-def nodule_case(image: np.ndarray, label: int, split: str, index: int) -> NoduleCase:
+def nodule_case(
+    image: np.ndarray, label: int, split: str, index: int, spec: PatchSpec
+) -> NoduleCase:
     """One cube as a case: 1 mm voxels centred on the origin, the file's label and nothing else."""
     return NoduleCase(
         name=f"nodulemnist3d_{split}_{index:04d}",
@@ -141,14 +145,19 @@ def nodule_case(image: np.ndarray, label: int, split: str, index: int) -> Nodule
         rating=None,
         diameter_mm=float("nan"),
         descriptors=None,
-        image=Volume(to_hu(image), cube_affine(), {"source": "nodulemnist3d", "split": split}),
+        image=Volume(
+            to_hu(image, spec), cube_affine(), {"source": "nodulemnist3d", "split": split}
+        ),
         mask=None,
         source_label=int(label),
     )
 
 
-def load_nodulemnist3d(path: Path | str, verify: bool = True) -> dict[str, list[NoduleCase]]:
-    """The cases of each split (``train``, ``val``, ``test``) of a ``nodulemnist3d.npz``.
+def load_nodulemnist3d(
+    path: Path | str, spec: PatchSpec, verify: bool = True
+) -> dict[str, list[NoduleCase]]:
+    """The cases of each split (``train``, ``val``, ``test``) of a ``nodulemnist3d.npz``, its
+    0..255 read as ``spec``'s HU window (the bundle's preprocessing).
 
     ``verify`` (the default) accepts only the official file (its MD5 and split sizes), so that
     the numbers can be compared with the MedMNIST table; ``verify=False`` checks only that the
@@ -165,7 +174,7 @@ def load_nodulemnist3d(path: Path | str, verify: bool = True) -> dict[str, list[
         _verify(path, {split: len(images) for split, (images, _) in arrays.items()})
     return {
         split: [
-            nodule_case(image, label, split, i)
+            nodule_case(image, label, split, i, spec)
             for i, (image, label) in enumerate(zip(images, labels, strict=True))
         ]
         for split, (images, labels) in arrays.items()
