@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -109,7 +110,7 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
         raise ModelIntegrityError(
             f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
         ) from error
-    spec = {}
+    spec: dict[str, Any] = {}
     for field in fields(PatchSpec):
         if field.name not in values:
             continue

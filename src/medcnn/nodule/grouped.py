@@ -20,7 +20,7 @@ when it is built: a model whose weights change needs a new engine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -94,6 +94,10 @@ class _Layer(nn.Module):
     of a transposed convolution's weight), with the batch norm after it folded in and its PReLU,
     if the layer has them."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    slope: torch.Tensor | None
+
     def __init__(
         self,
         parts: Sequence[_MemberConv],
@@ -152,9 +156,10 @@ class _Layer(nn.Module):
 
 def _single(value: int | tuple[int, ...] | str) -> int:
     """A convolution's stride or padding, the same along every axis, as one number."""
-    if isinstance(value, str) or len(set(value)) != 1:
+    values = (value,) if isinstance(value, int) else value
+    if isinstance(values, str) or len(set(values)) != 1:
         raise TypeError(f"no grouped form of a convolution with {value!r}")
-    return int(value[0])
+    return int(values[0])
 
 
 class _Residual(nn.Module):
@@ -181,6 +186,10 @@ class _Residual(nn.Module):
 class _Dense(nn.Module):
     """A linear layer of every member, optionally with a PReLU, applied to each member's own
     features: (B, M, in) -> (B, M, out)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    slope: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, slope: torch.Tensor | None):
         super().__init__()
@@ -237,7 +246,10 @@ class GroupedEnsemble(nn.Module):
     head_bias: torch.Tensor
 
     def __init__(
-        self, layers: dict[str, nn.Module], combining: dict[str, torch.Tensor], n_members: int
+        self,
+        layers: Mapping[str, nn.Module],
+        combining: Mapping[str, torch.Tensor],
+        n_members: int,
     ) -> None:
         super().__init__()
         for name, layer in layers.items():
@@ -259,7 +271,7 @@ class GroupedEnsemble(nn.Module):
         # Ordinary tensors even when built inside ``torch.inference_mode``: the heatmap
         # differentiates through the head's weights.
         with torch.inference_mode(False), torch.no_grad():
-            layers = {}
+            layers: dict[str, nn.Module] = {}
             for name, child in nets[0].named_children():
                 same = [getattr(net, name) for net in nets]
                 if isinstance(child, StridedResidualUnit):

@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def evaluate_case(engine: GroupedEnsemble, case: NoduleCase, spec: PatchSpec) ->
 def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCase]:
     if not progress:
         return cases
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(cases, desc="evaluating", unit="nodule")
 
@@ -328,7 +328,9 @@ class BundleEvaluator:
             rows = evaluate_cases(analyzer.model, cases, analyzer.spec, progress=self.progress)
         else:
             rows = self._out_of_fold(analyzer, cases)
-        summary = {"judged_by": "ensemble" if self.held_out else "out_of_fold_member"}
+        summary: dict[str, Any] = {
+            "judged_by": "ensemble" if self.held_out else "out_of_fold_member"
+        }
         summary.update(summarize(rows, analyzer.threshold))
         summary["n_refused"], summary["refused"] = len(refused), refused
         output_folder(self.output_dir)
