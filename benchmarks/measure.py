@@ -71,12 +71,15 @@ def floor(args: dict) -> dict:
 
 def naive(args: dict) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import torch
     from naive import naive_analyze
 
-    from medcnn.bundle import load_ensemble, load_patch_spec
+    from medcnn.bundle import load_patch_spec, verified_weights_path
+    from medcnn.nodule.network import ensemble_from_state_dict
 
-    model, _ = load_ensemble(Path(args["bundle"]), trusted=True)
+    weights, _ = verified_weights_path(Path(args["bundle"]))
     spec = load_patch_spec(Path(args["bundle"]))
+    model = ensemble_from_state_dict(torch.load(weights, weights_only=True), spec.hu_window)
     rss = memory_mb("VmRSS")
     times, stages = [], []
     for _ in range(args["repeats"]):

@@ -2,9 +2,8 @@
 
 Load the whole scan (``LoadImage``), orient it to RAS, resample all of it to the network's 1 mm
 (``Spacing``), crop the 32^3 cube around the point, then the same inference algorithm as MedCNN
-(context-box passes, and test-time flips if ``inference.FLIPS`` has them) run the
-straightforward way, each member on its own, and MONAI's ``GradCAM`` with its own forward and
-backward per member. It is the baseline of the
+(context-box passes) run the straightforward way, each member on its own, and MONAI's
+``GradCAM`` with its own forward and backward per member. It is the baseline of the
 "naive / MedCNN" ratio; its numbers are not MedCNN's (resampling the whole scan first blurs the
 patch slightly differently).
 """
@@ -18,15 +17,15 @@ import torch
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, SpatialCrop, SpatialPad
 from monai.transforms import Spacing as SpacingTransform
 from monai.visualize import GradCAM
+from torch import nn
 
 from medcnn.nodule.inference import (
-    FLIPS,
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
     _central_component,
     box_settled,
 )
-from medcnn.nodule.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.nodule.network import NoduleEnsemble
 from medcnn.nodule.preprocessing import HU_AIR, Patch, PatchSpec, context_box, network_input
 
 
@@ -66,29 +65,41 @@ def naive_analyze(
 def _predict_member_by_member(
     model: NoduleEnsemble, patch: Patch, spec: PatchSpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    first_member = member_subset(model, [LOCALISER_MEMBER])
+    localiser = model.members[LOCALISER_MEMBER]
     with torch.inference_mode():
         box = context_box(None, spec)
         for step in range(MAX_BOX_PASSES):
-            net = first_member if step == 0 else model
             x = torch.from_numpy(network_input(patch, box, spec))[None]
-            segmentation = net.member_outputs(x)["segmentation"][0].mean(0).numpy()
+            if step == 0:
+                segmentation = torch.sigmoid(localiser(x)["segmentation"])[0, 0].numpy()
+            else:
+                segmentation = model.member_outputs(x)["segmentation"][0].mean(0).numpy()
             new_box = context_box(_central_component(segmentation), spec)
             if (step > 0 or len(model.members) == 1) and box_settled(new_box, box):
                 break
             box = new_box
         x = network_input(patch, box, spec)
-        batch = torch.from_numpy(x)[None]
-        out = model.member_outputs(torch.cat([batch.flip(d) if d else batch for d in FLIPS]))
-        probabilities = model.combine(out["features"].mean(0)).numpy()
+        out = model.member_outputs(torch.from_numpy(x)[None])
+        probabilities = model.combine(out["features"][0]).numpy()
     return probabilities, x
+
+
+class _MalignancyLogit(nn.Module):
+    """One member's malignancy logit alone, the single score GradCAM explains."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["malignancy"]
 
 
 def _gradcam(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
     batch = torch.from_numpy(x)[None]
     maps = []
     for member in model.members:
-        cam = GradCAM(nn_module=MalignancyLogit(member).eval(), target_layers="net.dec2")
+        cam = GradCAM(nn_module=_MalignancyLogit(member).eval(), target_layers="net.dec2")
         with torch.enable_grad():
             maps.append(cam(batch, class_idx=0)[0, 0].detach().numpy())
     return np.mean(maps, axis=0)

@@ -15,17 +15,25 @@ import torch
 from medcnn.bundle import (
     default_bundle_dir,
     load_engine,
-    load_ensemble,
     load_patch_spec,
     sha256_of,
     sign_weights,
 )
 from medcnn.errors import ModelIntegrityError
 from medcnn.nodule.features import NAMES
+from medcnn.nodule.network import NoduleEnsemble, ensemble_from_state_dict
 from medcnn.nodule.preprocessing import PatchSpec, normalize_hu
 
 BUNDLE = default_bundle_dir()
 METADATA = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+
+
+def shipped_ensemble() -> NoduleEnsemble:
+    """The shipped weights in ``medcnn.nodule.network``'s definition, as training exports it."""
+    state = torch.load(BUNDLE / "models" / "model.pt", weights_only=True)
+    return ensemble_from_state_dict(state, load_patch_spec(BUNDLE).hu_window)
+
+
 REPORTED = (
     "auc",
     "accuracy",
@@ -72,7 +80,7 @@ def test_weights_are_small_enough_to_commit() -> None:
 def test_the_shipped_torchscript_export_is_the_shipped_model() -> None:
     """``models/model.ts`` must be re-exported with every release of ``model.pt``."""
     scripted = torch.jit.load(str(BUNDLE / "models" / "model.ts"))
-    model, _ = load_ensemble(BUNDLE)
+    model = shipped_ensemble()
     x = torch.rand(2, 2, 32, 32, 32)
     x[1, 0] *= 1.6  # above the CNN's window: calcium, read by the measurements only
     with torch.no_grad():
@@ -97,7 +105,7 @@ def test_ckpt_export_gives_the_same_answers(tmp_path: Path) -> None:
     from medcnn.training.release import export_torchscript  # MONAI's ckpt_export, offline
 
     scripted = torch.jit.load(str(export_torchscript(BUNDLE, tmp_path / "model.ts")))
-    model, _ = load_ensemble(BUNDLE)
+    model = shipped_ensemble()
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
@@ -116,7 +124,7 @@ def tampered_copy(tmp_path: Path) -> Path:
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     copy = tampered_copy(tmp_path)
     with pytest.raises(ModelIntegrityError, match="SHA-256"):
-        load_ensemble(copy, trusted=True)
+        load_engine(copy, trusted=True)
 
 
 def resigned_copy(tmp_path: Path, state: dict) -> Path:
@@ -135,26 +143,29 @@ def test_signing_writes_the_weights_and_their_checksum_together(tmp_path: Path) 
     assert {k: v for k, v in metadata.items() if k != "medcnn"} == {
         k: v for k, v in METADATA.items() if k != "medcnn"
     }
-    model, info = load_ensemble(copy, trusted=True)
+    _, info = load_engine(copy, trusted=True)
     assert info["weights_sha256"] == metadata["medcnn"]["weights_sha256"]
     assert not list((copy / "models").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("loader", [load_engine, load_ensemble], ids=["engine", "monai"])
+@pytest.mark.parametrize("broken", ["shape", "missing"])
 def test_weights_that_are_not_the_network_are_refused_with_a_sentence(
-    tmp_path: Path, loader
+    tmp_path: Path, broken: str
 ) -> None:
-    """Both ways of loading the model refuse a signed file that is not a MedCNN ensemble."""
+    """The loader refuses a signed file that is not a MedCNN ensemble."""
     state = dict(torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
-    state["members.2.dec1.conv.weight"] = state["members.2.dec1.conv.weight"][:, :8]
+    if broken == "shape":
+        state["members.2.dec1.conv.weight"] = state["members.2.dec1.conv.weight"][:, :8]
+    else:
+        del state["members.1.dec2.adn.N.running_var"]
     with pytest.raises(ModelIntegrityError, match="cannot be loaded.*reinstall"):
-        loader(resigned_copy(tmp_path, state), trusted=True)
+        load_engine(resigned_copy(tmp_path, state), trusted=True)
 
 
-def test_the_engine_and_the_monai_network_load_the_same_model(tmp_path: Path) -> None:
-    engine, engine_info = load_engine(BUNDLE)
-    model, model_info = load_ensemble(BUNDLE)
-    assert engine_info == model_info
+def test_the_engine_runs_the_shipped_ensemble(tmp_path: Path) -> None:
+    engine, info = load_engine(BUNDLE)
+    model = shipped_ensemble()
+    assert info["weights_sha256"] == METADATA["medcnn"]["weights_sha256"]
     assert engine.n_members == len(model.members) == len(METADATA["medcnn"]["member_folds"])
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.inference_mode():
@@ -212,7 +223,8 @@ def test_the_measurements_follow_the_bundles_window(tmp_path: Path) -> None:
         x = torch.from_numpy(np.stack([normalize_hu(hu, spec), np.ones_like(hu)]))[None]
         inputs.append(x)
         engine, _ = load_engine(bundle, trusted=True)
-        model, _ = load_ensemble(bundle, trusted=True)
+        state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+        model = ensemble_from_state_dict(state, spec.hu_window)
         parser = ConfigParser()
         parser.read_config(str(bundle / "configs" / "inference.json"))
         assert parser.get_parsed_content("network_def").hu_window == spec.hu_window
@@ -235,8 +247,8 @@ def test_another_bundle_needs_an_explicit_trust_flag(tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(BUNDLE, copy)
     with pytest.raises(ModelIntegrityError, match="trust"):
-        load_ensemble(copy)
-    model, info = load_ensemble(copy, trusted=True)
+        load_engine(copy)
+    _, info = load_engine(copy, trusted=True)
     assert info["weights_sha256"] == METADATA["medcnn"]["weights_sha256"]
 
 

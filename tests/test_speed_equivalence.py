@@ -4,8 +4,8 @@ The model's cross-validated metrics are computed through ``medcnn.nodule.inferen
 speed work (members as one grouped network, the last box pass reused as the unflipped copy, GradCAM
 from the saved activations) must not move them. The straightforward implementation of the same
 steps (one member finds the box, the ensemble settles it) is kept here, as plain as it can be
-written: each member on its own, a separate network call per pass and per flip, and MONAI's
-``GradCAM`` with its own forward and backward.
+written: each member of ``medcnn.nodule.network``'s ensemble on its own, a separate network call
+per pass, and MONAI's ``GradCAM`` with its own forward and backward.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 from monai.visualize import GradCAM
+from monai_reference import MalignancyLogit, member_subset
 
 import medcnn.app.analysis
 from medcnn.app.analysis import Analyzer, FileRequest
-from medcnn.bundle import default_bundle_dir, load_ensemble, load_patch_spec, sign_weights
+from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec, sign_weights
 from medcnn.errors import InputNotFoundError, PointOutsideScanError
-from medcnn.nodule import inference
 from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
-from medcnn.nodule.grouped import GroupedEnsemble, as_engine
+from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.inference import (
     LOCALISER_MEMBER,
     MAX_BOX_PASSES,
@@ -39,7 +39,7 @@ from medcnn.nodule.inference import (
     predict,
     predict_many,
 )
-from medcnn.nodule.network import MalignancyLogit, NoduleEnsemble, member_subset
+from medcnn.nodule.network import NoduleEnsemble, ensemble_from_state_dict
 from medcnn.nodule.preprocessing import (
     PatchSpec,
     box_mask,
@@ -81,16 +81,9 @@ def reference_predict(model: NoduleEnsemble, patch, spec: PatchSpec) -> dict:
                 break
             box = new_box
         x = network_input(patch, box, spec)
-        batch = torch.from_numpy(x)[None]
-        flips = inference.FLIPS
-        out = model.member_outputs(torch.cat([batch.flip(d) if d else batch for d in flips]))
-        segs = [
-            s.flip([d - 1 for d in dims]) if dims else s
-            for s, dims in zip(out["segmentation"].mean(1, keepdim=True), flips, strict=True)
-        ]
-        features = out["features"].mean(0)
-        probabilities = model.combine(features).numpy()
-        segmentation = torch.stack(segs).mean(0)[0].numpy()
+        out = model.member_outputs(torch.from_numpy(x)[None])
+        probabilities = model.combine(out["features"][0]).numpy()
+        segmentation = out["segmentation"][0].mean(0).numpy()
     return {"probabilities": probabilities, "segmentation": segmentation, "x": x, "passes": passes}
 
 
@@ -110,9 +103,12 @@ def reference_heatmap(model: NoduleEnsemble, x: np.ndarray) -> np.ndarray:
 # --- comparison --------------------------------------------------------------------------------
 
 
-def assert_same_answer(model: NoduleEnsemble, patch, spec: PatchSpec) -> None:
+def assert_same_answer(
+    model: NoduleEnsemble, engine: GroupedEnsemble, patch, spec: PatchSpec
+) -> None:
+    """The engine (``engine``, the click's) answers as the plain ensemble (``model``) does."""
     expected = reference_predict(model, patch, spec)
-    fast = predict(model, patch, spec)
+    fast = predict(engine, patch, spec)
     assert fast.box_passes == expected["passes"]
     np.testing.assert_array_equal(fast.network_input, expected["x"])
     np.testing.assert_allclose(
@@ -125,10 +121,10 @@ def assert_same_answer(model: NoduleEnsemble, patch, spec: PatchSpec) -> None:
     else:
         assert not fast_mask.any()
     np.testing.assert_allclose(fast.segmentation, expected["segmentation"], atol=1e-4)
-    heat = malignancy_heatmap(model, fast.network_input, fast.activations)
+    heat = malignancy_heatmap(engine, fast.network_input, fast.activations)
     assert np.abs(heat - reference_heatmap(model, expected["x"])).max() < HEATMAP_TOLERANCE
     # Without the saved activations, the heatmap runs the network itself: the same map.
-    assert np.abs(heat - malignancy_heatmap(model, fast.network_input)).max() < 1e-6
+    assert np.abs(heat - malignancy_heatmap(engine, fast.network_input)).max() < 1e-6
 
 
 def randomized_ensemble(n_members: int = 3, seed: int = 0) -> NoduleEnsemble:
@@ -163,17 +159,17 @@ def test_a_box_has_settled_when_no_face_moved_more_than_a_voxel() -> None:
 
 
 def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> None:
-    model = randomized_ensemble()
+    engine = GroupedEnsemble.of(randomized_ensemble())
     patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), SPEC)
     widths = []
-    real = inference.ensemble_outputs
+    real = GroupedEnsemble.forward
 
     def counting(net, x):
         widths.append(net.n_members)
         return real(net, x)
 
-    monkeypatch.setattr(inference, "ensemble_outputs", counting)
-    prediction = predict(model, patch, SPEC)
+    monkeypatch.setattr(GroupedEnsemble, "forward", counting)
+    prediction = predict(engine, patch, SPEC)
     assert widths[0] == 1
     assert set(widths[1:]) == {3}
     assert prediction.member_probabilities.shape == (3,)
@@ -181,12 +177,12 @@ def test_the_first_pass_runs_one_member_and_the_judgement_all(monkeypatch) -> No
 
 @pytest.mark.parametrize("batch", [1, 4], ids=["grouped", "member_by_member"])
 def test_engine_network_is_the_monai_members_run_one_by_one(batch: int) -> None:
-    """One input runs grouped, a batch member by member: both are the MONAI-built members."""
+    """One input runs grouped, a batch member by member: both are the members run alone."""
     model = randomized_ensemble()
     x = torch.rand(batch, 2, 32, 32, 32)
     with torch.inference_mode():
         expected = model.member_outputs(x)
-        out = as_engine(model)(x)
+        out = GroupedEnsemble.of(model)(x)
     for key in ("probability", "features", "segmentation", "encoder", "decoder"):
         torch.testing.assert_close(getattr(out, key), expected[key], atol=2e-5, rtol=1e-4)
 
@@ -194,7 +190,7 @@ def test_engine_network_is_the_monai_members_run_one_by_one(batch: int) -> None:
 def test_engine_network_has_no_batch_norm_and_needs_no_monai() -> None:
     """The click's network is built from the weights alone, batch norms folded in; a fresh
     process that analyses a point never imports MONAI (a third of a cold click)."""
-    engine = as_engine(randomized_ensemble())
+    engine = GroupedEnsemble.of(randomized_ensemble())
     assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in engine.modules())
     code = (
         "import sys, numpy as np\n"
@@ -211,25 +207,28 @@ def test_engine_network_has_no_batch_norm_and_needs_no_monai() -> None:
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_engine_network_follows_changed_weights() -> None:
+def test_engine_network_is_a_copy_taken_when_it_is_built() -> None:
+    """Built once (at load): later changes to the model's weights are not the engine's."""
     model = randomized_ensemble(n_members=2)
-    first = as_engine(model)
-    assert as_engine(model) is first
-    model.load_state_dict(randomized_ensemble(n_members=2, seed=1).state_dict())
-    second = as_engine(model)
-    assert second is not first
     x = torch.rand(1, 2, 32, 32, 32)
+    first = GroupedEnsemble.of(model)
     with torch.inference_mode():
+        before = model.member_outputs(x)["features"]
+        model.load_state_dict(randomized_ensemble(n_members=2, seed=1).state_dict())
+        torch.testing.assert_close(first(x).features, before, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(
-            second(x).features, model.member_outputs(x)["features"], atol=1e-5, rtol=1e-5
+            GroupedEnsemble.of(model)(x).features,
+            model.member_outputs(x)["features"],
+            atol=1e-5,
+            rtol=1e-5,
         )
     with pytest.raises(ValueError, match="eval mode"):
-        as_engine(model.train())
+        GroupedEnsemble.of(model.train())
 
 
 def test_engine_subsets_are_the_member_subset_views() -> None:
     model = randomized_ensemble(n_members=3)
-    engine = as_engine(model)
+    engine = GroupedEnsemble.of(model)
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.inference_mode():
         for indices in ([0, 2], [2], [1, 0]):
@@ -246,41 +245,38 @@ def test_engine_subsets_are_the_member_subset_views() -> None:
         engine.subset([3])
 
 
-def test_engine_refuses_weights_that_are_not_a_nodule_net() -> None:
-    state = dict(randomized_ensemble(n_members=2).state_dict())
-    del state["members.1.dec2.adn.N.running_var"]
-    with pytest.raises(ValueError, match="member 1"):
-        GroupedEnsemble(state, hu_window=SPEC.hu_window)
+def test_engine_refuses_an_ensemble_without_members() -> None:
     with pytest.raises(ValueError, match="without members"):
-        GroupedEnsemble(
-            {k: v for k, v in state.items() if not k.startswith("members.")},
-            hu_window=SPEC.hu_window,
-        )
+        GroupedEnsemble.of(NoduleEnsemble(n_members=0, hu_window=SPEC.hu_window).eval())
+    with pytest.raises(ValueError, match="without members"):
+        GroupedEnsemble.of(randomized_ensemble(n_members=2)).subset([])
 
 
-@pytest.mark.parametrize("flips", [((),), ((), (2,), (3,), (2, 3))], ids=["shipped", "flips"])
-def test_fast_path_matches_reference_on_the_phantom_with_random_weights(
-    flips: tuple, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(inference, "FLIPS", flips)
+def test_fast_path_matches_reference_on_the_phantom_with_random_weights() -> None:
     spec = SPEC
     patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
-    assert_same_answer(randomized_ensemble(), patch, spec)
+    model = randomized_ensemble()
+    assert_same_answer(model, GroupedEnsemble.of(model), patch, spec)
 
 
 @pytest.fixture(scope="module")
-def shipped() -> tuple[NoduleEnsemble, PatchSpec]:
+def shipped() -> tuple[NoduleEnsemble, GroupedEnsemble, PatchSpec]:
+    """The shipped weights as the plain ensemble and as the click loads them (``load_engine``)."""
     bundle = default_bundle_dir()
     if not (bundle / "models" / "model.pt").exists():
         pytest.skip(f"no trained weights in {bundle} yet (the release puts them there)")
-    model, _ = load_ensemble(bundle)
-    return model, load_patch_spec()
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    return (
+        ensemble_from_state_dict(state, SPEC.hu_window),
+        load_engine(bundle)[0],
+        load_patch_spec(),
+    )
 
 
 def test_fast_path_matches_reference_with_the_shipped_model_on_the_phantom(shipped) -> None:
-    model, spec = shipped
+    model, engine, spec = shipped
     patch = sample_patch(synthetic_chest(), np.asarray(NODULE_CENTER_RAS), spec)
-    assert_same_answer(model, patch, spec)
+    assert_same_answer(model, engine, patch, spec)
 
 
 @pytest.mark.data
@@ -288,13 +284,14 @@ def test_fast_path_matches_reference_with_the_shipped_model_on_real_nodules(
     shipped, shared_data
 ) -> None:
     """Nodules of every size class from the real data, and the full lung1 CT."""
-    model, spec = shipped
+    model, engine, spec = shipped
     cases = load_cases(shared_data / "lidc_voi", limit=60)
     chosen = sorted(cases, key=lambda c: c.diameter_mm)[::6]
     for case in chosen:
-        assert_same_answer(model, sample_patch(case.image, case.center_ras, spec), spec)
+        assert_same_answer(model, engine, sample_patch(case.image, case.center_ras, spec), spec)
     lung1 = read_scan(shared_data / "ct" / "lung1" / "lung1_image.nrrd")
-    assert_same_answer(model, sample_patch(lung1, np.array([21.86, 120.54, -611.5]), spec), spec)
+    lung1_patch = sample_patch(lung1, np.array([21.86, 120.54, -611.5]), spec)
+    assert_same_answer(model, engine, lung1_patch, spec)
 
 
 # --- reading only around the point -------------------------------------------------------------
@@ -484,13 +481,15 @@ def test_reading_around_the_point_of_the_real_series(
 # --- nodules judged together, as ``medcnn batch`` does -----------------------------------------
 
 
-def assert_judged_together_as_alone(model: NoduleEnsemble, patches: list, spec: PatchSpec) -> None:
+def assert_judged_together_as_alone(
+    engine: GroupedEnsemble, patches: list, spec: PatchSpec
+) -> None:
     """``predict_many`` and ``malignancy_heatmaps`` give every nodule its ``predict`` answer."""
-    together = predict_many(model, patches, spec)
-    heats = malignancy_heatmaps(model, [p.activations for p in together], spec.shape)
+    together = predict_many(engine, patches, spec)
+    heats = malignancy_heatmaps(engine, [p.activations for p in together], spec.shape)
     assert heats.shape == (len(patches), *spec.shape)
     for patch, joint, heat in zip(patches, together, heats, strict=True):
-        alone = predict(model, patch, spec)
+        alone = predict(engine, patch, spec)
         assert joint.box_passes == alone.box_passes
         np.testing.assert_array_equal(joint.network_input, alone.network_input)
         np.testing.assert_allclose(
@@ -500,30 +499,30 @@ def assert_judged_together_as_alone(model: NoduleEnsemble, patches: list, spec: 
             rtol=0,
         )
         np.testing.assert_allclose(joint.segmentation, alone.segmentation, atol=1e-4)
-        expected = malignancy_heatmap(model, alone.network_input, alone.activations)
+        expected = malignancy_heatmap(engine, alone.network_input, alone.activations)
         assert np.abs(heat - expected).max() < HEATMAP_TOLERANCE
 
 
 def test_nodules_judged_together_get_the_answers_they_get_alone(shipped) -> None:
-    model, spec = shipped
+    _, engine, spec = shipped
     chest = synthetic_chest()
     centre = np.asarray(NODULE_CENTER_RAS)
     # The nodule, points beside it and lung far from it: their boxes settle after different
     # numbers of passes, so the batch shrinks between passes.
     points = (centre, centre + [-6.0, -6.0, 0.0], centre + [0.0, -12.0, 3.0], centre + [0, 30, 0])
     patches = [sample_patch(chest, point, spec) for point in points]
-    assert len({p.box_passes for p in predict_many(model, patches, spec)}) > 1
-    assert_judged_together_as_alone(model, patches, spec)
+    assert len({p.box_passes for p in predict_many(engine, patches, spec)}) > 1
+    assert_judged_together_as_alone(engine, patches, spec)
     # Random weights, whose boxes settle at once: every parameter the batch path uses counts.
-    assert_judged_together_as_alone(randomized_ensemble(), patches, spec)
+    assert_judged_together_as_alone(GroupedEnsemble.of(randomized_ensemble()), patches, spec)
 
 
 @pytest.mark.data
 def test_real_nodules_judged_together_get_the_answers_they_get_alone(shipped, shared_data) -> None:
-    model, spec = shipped
+    _, engine, spec = shipped
     cases = sorted(load_cases(shared_data / "lidc_voi", limit=40), key=lambda c: c.diameter_mm)
     patches = [sample_patch(c.image, c.center_ras, spec) for c in cases[::5]]
-    assert_judged_together_as_alone(model, patches, spec)
+    assert_judged_together_as_alone(engine, patches, spec)
 
 
 def test_analyzing_files_together_writes_what_analyzing_each_writes(

@@ -5,7 +5,7 @@ so MedCNN loads only the bundle it ships, or one the user explicitly marks as tr
 weights whose SHA-256 matches the bundle's ``metadata.json``, with ``weights_only=True``.
 
 A click reads the bundle without MONAI (``load_engine``, ``load_patch_spec``): importing it is a
-third of a cold click. Training, export and the tests build the MONAI network (``load_ensemble``).
+third of a cold click.
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from medcnn.errors import ModelIntegrityError
-from medcnn.nodule.grouped import GroupedEnsemble, member_states
+from medcnn.nodule.grouped import GroupedEnsemble
+from medcnn.nodule.network import ensemble_from_state_dict
 from medcnn.nodule.preprocessing import PatchSpec
-
-if TYPE_CHECKING:
-    from medcnn.nodule.network import NoduleEnsemble
 
 WEIGHTS = Path("models") / "model.pt"
 
@@ -134,7 +132,7 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
         raise ModelIntegrityError(
             f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
         ) from error
-    spec = {}
+    spec: dict[str, Any] = {}
     missing = [field.name for field in fields(PatchSpec) if field.name not in values]
     if missing:
         raise ModelIntegrityError(
@@ -153,32 +151,18 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
 
 
 def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsemble, dict]:
-    """The verified model as the engine runs it (``medcnn.nodule.grouped``, no MONAI), and its
-    metadata."""
+    """The verified model as the engine runs it (``medcnn.nodule.grouped``), and its metadata.
+
+    Loaded into ``medcnn.nodule.network``'s definition, which checks every key and shape, then
+    regrouped once, here rather than on a click.
+    """
     state, info, path = _verified_state(bundle_dir, trusted)
     window = load_patch_spec(bundle_dir).hu_window
     try:
-        engine = GroupedEnsemble(state, hu_window=window)
-        with torch.inference_mode():  # a shape that does not chain fails here, not on a click
-            engine(torch.zeros(1, engine.layers["stem"].in_per_member, 8, 8, 8))
+        engine = GroupedEnsemble.of(ensemble_from_state_dict(state, window))
     except Exception as error:
         raise _not_our_model(path, error) from error
     return engine, info
-
-
-def load_ensemble(bundle_dir: Path, trusted: bool = False) -> tuple[NoduleEnsemble, dict]:
-    """The verified model as MONAI-built ``NoduleEnsemble`` in eval mode (for training, export
-    and tests), and its metadata."""
-    from medcnn.nodule.network import NoduleEnsemble
-
-    state, info, path = _verified_state(bundle_dir, trusted)
-    window = load_patch_spec(bundle_dir).hu_window
-    try:
-        model = NoduleEnsemble(n_members=len(member_states(state)), hu_window=window)
-        model.load_state_dict(state)
-    except Exception as error:
-        raise _not_our_model(path, error) from error
-    return model.eval(), info
 
 
 def _verified_state(

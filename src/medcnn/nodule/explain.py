@@ -15,20 +15,15 @@ and scaled to [0, 1] as MONAI's normaliser does, but the right way up (``_scaled
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcnn.nodule.grouped import GroupedEnsemble, as_engine, ensemble_outputs
-
-if TYPE_CHECKING:
-    from medcnn.nodule.network import NoduleEnsemble
+from medcnn.nodule.grouped import GroupedEnsemble
 
 
 def malignancy_heatmap(
-    model: GroupedEnsemble | NoduleEnsemble,
+    engine: GroupedEnsemble,
     x: np.ndarray,
     activations: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> np.ndarray:
@@ -39,19 +34,18 @@ def malignancy_heatmap(
     """
     if activations is None:
         with torch.inference_mode():
-            out = ensemble_outputs(model, torch.from_numpy(x)[None])
+            out = engine(torch.from_numpy(x)[None])
         activations = (out.encoder, out.decoder)
-    return malignancy_heatmaps(model, [activations], x.shape[1:])[0]
+    return malignancy_heatmaps(engine, [activations], x.shape[1:])[0]
 
 
 def malignancy_heatmaps(
-    model: GroupedEnsemble | NoduleEnsemble,
+    engine: GroupedEnsemble,
     activations: list[tuple[torch.Tensor, torch.Tensor]],
     spatial: tuple[int, ...],
 ) -> np.ndarray:
     """The maps of several inputs at once, (B, *spatial): each exactly ``malignancy_heatmap``'s,
     since every input's logit depends on its own activations only."""
-    engine = as_engine(model)
     encoder = torch.cat([a[0] for a in activations])
     decoder = torch.cat([a[1] for a in activations])
     heat = _member_gradcams(engine, encoder, decoder, tuple(spatial)).mean(1).numpy()

@@ -19,32 +19,25 @@ The box passes run the members together as one grouped network (``medcnn.nodule.
 last box pass, whose input is the judged input itself, is the judgement: the same numbers as
 running each member on its own, at a fraction of the cost.
 
-Test-time flips (``FLIPS``) are off in the shipped model, a measured choice: on the patient
-folds of ``lidc_voi`` the three flipped copies changed the cross-validated AUC by less than
-0.002 and Dice by 0.003-0.006, and cost as much network time as everything else together.
-Setting ``FLIPS`` to several axis tuples turns them on.
+No test-time flips, a measured choice: on the patient folds of ``lidc_voi`` three flipped
+copies changed the cross-validated AUC by less than 0.002 and Dice by 0.003-0.006, and cost as
+much network time as everything else together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from medcnn.nodule.grouped import GroupedEnsemble, GroupedOutputs, as_engine, ensemble_outputs
+from medcnn.nodule.grouped import GroupedEnsemble, GroupedOutputs
 from medcnn.nodule.measure import component_nearest_centre
 from medcnn.nodule.preprocessing import Patch, PatchSpec, context_box, network_input
-
-if TYPE_CHECKING:
-    from medcnn.nodule.network import NoduleEnsemble
 
 MAX_BOX_PASSES = 4
 LOCALISER_MEMBER = 0
 SETTLED_WITHIN_VOXELS = 1
-# The unflipped input only; ((), (2,), (3,), (2, 3)) would add three flipped copies.
-FLIPS: tuple[tuple[int, ...], ...] = ((),)
 
 
 @dataclass(frozen=True)
@@ -58,7 +51,7 @@ class Prediction:
     patch: Patch
     box_passes: int
     activations: tuple[torch.Tensor, torch.Tensor] | None = None
-    """The unflipped input's deepest encoder and ``dec2`` feature maps (grouped layout), from
+    """The judged input's deepest encoder and ``dec2`` feature maps (grouped layout), from
     which ``explain`` computes the heatmap without running the network again."""
 
     @property
@@ -71,49 +64,21 @@ class Prediction:
         return float(self.member_probabilities.std())
 
 
-def _with_flips(
-    engine: GroupedEnsemble, x: np.ndarray, unflipped: GroupedOutputs | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, GroupedOutputs]:
-    """Member features and probabilities, and the mean segmentation, over the flipped copies.
-
-    ``unflipped`` is the last context-box pass's answer when it ran on this very input, so only
-    the three flipped copies still need the network (a batch, where the members run faster one
-    by one than grouped). Returns the unflipped copy's outputs too: the heatmap's activations.
-    """
-    batch = torch.from_numpy(x)[None]
-    if unflipped is None:
-        unflipped = ensemble_outputs(engine, batch)
-    segmentations, features = unflipped.segmentation, unflipped.features
-    if len(FLIPS) > 1:
-        flipped = ensemble_outputs(engine, torch.cat([batch.flip(dims) for dims in FLIPS[1:]]))
-        segmentations = torch.cat([segmentations, flipped.segmentation])
-        features = torch.cat([features, flipped.features])
-    segs = [
-        s.flip([d - 1 for d in dims]) if dims else s
-        for s, dims in zip(segmentations.mean(1, keepdim=True), FLIPS, strict=True)
-    ]
-    features = features.mean(0)
-    probabilities = engine.combine(features)
-    segmentation = torch.stack(segs).mean(0)[0]
-    return features.numpy(), probabilities.numpy(), segmentation.numpy(), unflipped
-
-
 @torch.inference_mode()
-def predict(model: GroupedEnsemble | NoduleEnsemble, patch: Patch, spec: PatchSpec) -> Prediction:
+def predict(engine: GroupedEnsemble, patch: Patch, spec: PatchSpec) -> Prediction:
     """The ensemble's answer for a patch cut with ``sample_patch``."""
-    return predict_many(model, [patch], spec)[0]
+    return predict_many(engine, [patch], spec)[0]
 
 
 @torch.inference_mode()
 def predict_many(
-    model: GroupedEnsemble | NoduleEnsemble, patches: list[Patch], spec: PatchSpec
+    engine: GroupedEnsemble, patches: list[Patch], spec: PatchSpec
 ) -> list[Prediction]:
     """The answers for several patches, the same as ``predict`` on each, computed together.
 
     Each context-box pass runs the nodules whose box has not settled yet as one batch, which
     is what makes ``medcnn batch`` faster per nodule than one click at a time.
     """
-    engine = as_engine(model)
     boxes = [context_box(None, spec) for _ in patches]
     settled: list[GroupedOutputs | None] = [None] * len(patches)
     passes = [0] * len(patches)
@@ -122,7 +87,7 @@ def predict_many(
         # Every pending nodule is at the same pass: all at the first, or all past it.
         net = localiser(engine) if passes[pending[0]] == 0 else engine
         inputs = np.stack([network_input(patches[i], boxes[i], spec) for i in pending])
-        out = ensemble_outputs(net, torch.from_numpy(inputs))
+        out = net(torch.from_numpy(inputs))
         still = []
         for row, i in enumerate(pending):
             passes[i] += 1
@@ -139,10 +104,17 @@ def predict_many(
     predictions = []
     for i, patch in enumerate(patches):
         x = network_input(patch, boxes[i], spec)
-        features, probabilities, segmentation, unflipped = _with_flips(engine, x, settled[i])
-        activations = (unflipped.encoder, unflipped.decoder)
+        judged = settled[i] or engine(torch.from_numpy(x)[None])
         predictions.append(
-            Prediction(probabilities, features, segmentation, x, patch, passes[i], activations)
+            Prediction(
+                judged.probability[0].numpy(),
+                judged.features[0].numpy(),
+                judged.segmentation[0].mean(0).numpy(),
+                x,
+                patch,
+                passes[i],
+                (judged.encoder, judged.decoder),
+            )
         )
     return predictions
 

@@ -2,13 +2,22 @@
 
 One network, not two: the segmentation decoder and the malignancy head share an encoder, so the
 masks of all 811 training nodules (rating 3 included) teach the features the classifier uses, and
-one forward pass on a laptop CPU answers both questions. Built from MONAI's blocks.
+one forward pass on a laptop CPU answers both questions.
+
+Defined here once, in plain PyTorch, for everything that builds it: training, the bundle's
+``network_def``, the TorchScript export and a click (``medcnn.nodule.grouped`` regroups these
+modules' weights for speed). A click never imports MONAI, a third of a cold start. The blocks
+are MONAI's ``Convolution`` and ``ResidualUnit`` as the network uses them, with their submodule
+names, so the state dict is the one the MONAI-built network of releases up to 0.3.4 saved
+(``tests/monai_reference.py`` holds that construction and checks the two agree).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
+
 import torch
-from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 from medcnn.nodule.features import NAMES as NODULE_FEATURES
@@ -24,6 +33,44 @@ DESCRIPTORS = (
     "subtlety",
     "texture",
 )
+
+
+class ConvBlock(nn.Sequential):
+    """A 3x3x3 convolution (transposed to double the size), batch norm, PReLU; ``conv``,
+    ``adn.N`` and ``adn.A`` as MONAI's ``Convolution(norm="batch", act="prelu")`` names them."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, transposed: bool = False
+    ) -> None:
+        conv: nn.Module
+        if transposed:  # output_padding makes the output exactly ``stride`` times the input
+            conv = nn.ConvTranspose3d(
+                in_channels, out_channels, 3, stride, padding=1, output_padding=stride - 1
+            )
+        else:
+            conv = nn.Conv3d(in_channels, out_channels, 3, stride, padding=1)
+        norm_act = nn.Sequential(
+            OrderedDict([("N", nn.BatchNorm3d(out_channels)), ("A", nn.PReLU())])
+        )
+        super().__init__(OrderedDict([("conv", conv), ("adn", norm_act)]))
+
+
+class StridedResidualUnit(nn.Module):
+    """Two ``ConvBlock``s, the first strided, plus a strided 3x3x3 convolution of the input:
+    MONAI's ``ResidualUnit(strides=2, subunits=2)``, with its names (``conv.unit0``,
+    ``conv.unit1``, ``residual``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
+        super().__init__()
+        units = [
+            ("unit0", ConvBlock(in_channels, out_channels, stride)),
+            ("unit1", ConvBlock(out_channels, out_channels)),
+        ]
+        self.conv = nn.Sequential(OrderedDict(units))
+        self.residual = nn.Conv3d(in_channels, out_channels, 3, stride, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.residual(x)
 
 
 class NoduleNet(nn.Module):
@@ -43,30 +90,14 @@ class NoduleNet(nn.Module):
     ) -> None:
         super().__init__()
         c0, c1, c2, c3 = channels
-
-        def down(cin: int, cout: int) -> nn.Module:
-            return ResidualUnit(3, cin, cout, strides=2, subunits=2, norm="batch", act="prelu")
-
-        def up(cin: int, cout: int) -> nn.Module:
-            return Convolution(
-                3,
-                cin,
-                cout,
-                strides=2,
-                kernel_size=3,
-                norm="batch",
-                act="prelu",
-                is_transposed=True,
-            )
-
-        self.stem = Convolution(3, in_channels, c0, kernel_size=3, norm="batch", act="prelu")
-        self.enc1 = down(c0, c1)
-        self.enc2 = down(c1, c2)
-        self.enc3 = down(c2, c3)
-        self.up3 = up(c3, c2)
-        self.dec2 = Convolution(3, 2 * c2, c2, kernel_size=3, norm="batch", act="prelu")
-        self.up2 = up(c2, c1)
-        self.dec1 = Convolution(3, 2 * c1, c1, kernel_size=3, norm="batch", act="prelu")
+        self.stem = ConvBlock(in_channels, c0)
+        self.enc1 = StridedResidualUnit(c0, c1)
+        self.enc2 = StridedResidualUnit(c1, c2)
+        self.enc3 = StridedResidualUnit(c2, c3)
+        self.up3 = ConvBlock(c3, c2, stride=2, transposed=True)
+        self.dec2 = ConvBlock(2 * c2, c2)
+        self.up2 = ConvBlock(c2, c1, stride=2, transposed=True)
+        self.dec1 = ConvBlock(2 * c1, c1)
         # Full-resolution segmentation without a full-resolution decoder: each half-resolution
         # voxel predicts its 2x2x2 children (a 3D pixel shuffle), which keeps training on CPUs fast.
         self.seg_out = nn.Conv3d(c1, 8, kernel_size=1)
@@ -96,22 +127,25 @@ class NoduleNet(nn.Module):
         }
 
 
-class MalignancyLogit(nn.Module):
-    """The malignancy logit alone, the single score that class-activation maps explain."""
-
-    def __init__(self, net: NoduleNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["malignancy"]
-
-
 def pixel_shuffle_3d(x: torch.Tensor) -> torch.Tensor:
-    """(B, 8, n, n, n) -> (B, 1, 2n, 2n, 2n): channel (a, b, c) becomes sub-voxel (a, b, c)."""
-    b, _, d, h, w = x.shape
-    x = x.reshape(b, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
-    return x.reshape(b, 1, 2 * d, 2 * h, 2 * w)
+    """(B, 8 * K, n, n, n) -> (B, K, 2n, 2n, 2n): channel 8k + (a, b, c) of each group of eight
+    becomes sub-voxel (a, b, c) of output channel k (one channel a member when grouped)."""
+    b, c, d, h, w = x.shape
+    x = x.reshape(b, c // 8, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c // 8, 2 * d, 2 * h, 2 * w)
+
+
+def combined_probability(
+    features: torch.Tensor,
+    feature_mean: torch.Tensor,
+    feature_std: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The combining head, a logistic regression: member features (..., F) -> calibrated
+    probabilities (...)."""
+    z = (features - feature_mean) / feature_std
+    return torch.sigmoid(z @ head_weight + head_bias)
 
 
 class NoduleEnsemble(nn.Module):
@@ -140,7 +174,7 @@ class NoduleEnsemble(nn.Module):
         channels: tuple[int, int, int, int] = (8, 16, 32, 64),
         *,
         hu_window: tuple[float, float],
-    ):
+    ) -> None:
         super().__init__()
         self.hu_window = (float(hu_window[0]), float(hu_window[1]))
         self.members = nn.ModuleList(NoduleNet(channels=channels) for _ in range(n_members))
@@ -160,16 +194,20 @@ class NoduleEnsemble(nn.Module):
         return torch.cat([out["malignancy"], out["rating"], out["descriptors"], measured], 1)
 
     def combine(self, features: torch.Tensor) -> torch.Tensor:
-        z = (features - self.feature_mean) / self.feature_std
-        return torch.sigmoid(z @ self.head_weight + self.head_bias)
+        return combined_probability(
+            features, self.feature_mean, self.feature_std, self.head_weight, self.head_bias
+        )
 
     @torch.jit.export
     def member_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per member: ``probability`` (B, M), ``features`` (B, M, F),
         ``segmentation`` probabilities (B, M, N, N, N); and the members' ``encoder`` and
         ``decoder`` feature maps side by side along the channels (B, M * C, ...)."""
-        probabilities, features, segmentations = [], [], []
-        encoders, decoders = [], []
+        probabilities: list[torch.Tensor] = []
+        features: list[torch.Tensor] = []
+        segmentations: list[torch.Tensor] = []
+        encoders: list[torch.Tensor] = []
+        decoders: list[torch.Tensor] = []
         for member in self.members:
             out = member(x)
             f = self.features(out, x)
@@ -191,11 +229,13 @@ class NoduleEnsemble(nn.Module):
         return torch.cat([1 - malignant, malignant], 1)
 
 
-def member_subset(model: NoduleEnsemble, indices: list[int]) -> NoduleEnsemble:
-    """A view of some members of the ensemble (shared weights, same head), for judging a
-    fold's patients with only the members that never saw them."""
-    view = NoduleEnsemble(n_members=0, hu_window=model.hu_window)
-    view.members = nn.ModuleList([model.members[i] for i in indices])
-    for name, buffer in model.named_buffers(recurse=False):
-        setattr(view, name, buffer)
-    return view.eval()
+def ensemble_from_state_dict(
+    state: Mapping[str, torch.Tensor], hu_window: tuple[float, float]
+) -> NoduleEnsemble:
+    """The ensemble these weights are for (as many members as they hold), with them loaded and
+    in eval mode; ``hu_window`` is the bundle's preprocessing window. A key or shape that is
+    not the network's raises (``load_state_dict``)."""
+    members = {key.split(".")[1] for key in state if key.startswith("members.")}
+    model = NoduleEnsemble(n_members=len(members), hu_window=hu_window)
+    model.load_state_dict(state)
+    return model.eval()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medcnn.errors import UsageError
-from medcnn.nodule.grouped import GroupedEnsemble, as_engine
+from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.inference import predict
 from medcnn.nodule.measure import longest_axial_diameter_mm, nodule_on_scan, volume_ml
 from medcnn.nodule.preprocessing import PatchSpec, patch_to_scan, sample_patch
@@ -40,18 +40,15 @@ from medcnn.volume import Volume
 
 if TYPE_CHECKING:
     from medcnn.app.analysis import Analyzer
-    from medcnn.nodule.network import NoduleEnsemble
 
 EPS = 1e-6
 log = logging.getLogger(__name__)
 
 
-def evaluate_case(
-    model: GroupedEnsemble | NoduleEnsemble, case: NoduleCase, spec: PatchSpec
-) -> dict:
+def evaluate_case(engine: GroupedEnsemble, case: NoduleCase, spec: PatchSpec) -> dict:
     """Probability, logit and segmentation quality for one nodule."""
     patch = sample_patch(case.image, case.center_ras, spec)
-    prediction = predict(model, patch, spec)
+    prediction = predict(engine, patch, spec)
     seg = patch_to_scan(prediction.segmentation, patch, case.image, spec)
     nodule = nodule_on_scan(seg, case.image, seg.world_to_index(case.center_ras[None])[0])
     full = np.zeros(case.image.shape, dtype=bool)
@@ -77,13 +74,13 @@ def evaluate_case(
 def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCase]:
     if not progress:
         return cases
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(cases, desc="evaluating", unit="nodule")
 
 
 def out_of_fold(
-    model: GroupedEnsemble | NoduleEnsemble,
+    engine: GroupedEnsemble,
     member_folds: list[int],
     cases: list[NoduleCase],
     spec: PatchSpec,
@@ -92,7 +89,6 @@ def out_of_fold(
     """Every case judged by the members whose training left out the case's fold."""
     rows = []
     iterator = _with_progress(cases, progress)
-    engine = as_engine(model)
     views = {
         fold: engine.subset([i for i, f in enumerate(member_folds) if f == fold])
         for fold in set(member_folds)
@@ -105,13 +101,13 @@ def out_of_fold(
 
 
 def evaluate_cases(
-    model: GroupedEnsemble | NoduleEnsemble,
+    engine: GroupedEnsemble,
     cases: list[NoduleCase],
     spec: PatchSpec,
     progress: bool = False,
 ) -> list[dict]:
     """Every case judged by the whole model: for a held-out split that no member has seen."""
-    return [evaluate_case(model, case, spec) for case in _with_progress(cases, progress)]
+    return [evaluate_case(engine, case, spec) for case in _with_progress(cases, progress)]
 
 
 def summarize_benchmark(rows: list[dict], threshold: float) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from medcnn import distributed
 from medcnn.errors import UsageError
+from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import NoduleEnsemble, NoduleNet
 from medcnn.nodule.preprocessing import (
     PatchSpec,
@@ -439,7 +440,7 @@ class NoduleMNISTTrainer:
         model = NoduleEnsemble(n_members=1, hu_window=self.settings.spec.hu_window)
         model.members[0].load_state_dict(torch.load(weights, weights_only=True))
         model.eval()
-        rows = evaluate_cases(model, val, self.settings.spec, progress=True)
+        rows = evaluate_cases(GroupedEnsemble.of(model), val, self.settings.spec, progress=True)
         write_rows(rows, self.run_dir / "val_predictions.csv")
         validation = rounded(summarize_benchmark(rows, THRESHOLD))
         self._write_bundle(model, validation, THRESHOLD, n_train=len(train))

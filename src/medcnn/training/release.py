@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from medcnn.bundle import load_patch_spec, sign_weights
+from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import NoduleEnsemble
 from medcnn.nodule.preprocessing import PatchSpec
 from medcnn.training.calibration import (
@@ -61,8 +62,8 @@ def rounded(summary: dict) -> dict:
 
 
 def export_torchscript(bundle_dir: Path, target: Path | None = None) -> Path:
-    """``models/model.ts`` (or ``target``) from ``models/model.pt``, MONAI's way, so the two
-    never drift apart."""
+    """``models/model.ts`` (or ``target``) from ``models/model.pt``, MONAI's way (the bundle's
+    ``network_def`` scripted), so the two never drift apart."""
     from monai.bundle import ckpt_export
 
     target = target or bundle_dir / "models" / "model.ts"
@@ -92,7 +93,7 @@ def build_release(
     cases = load_cases(Path(data_dir), cache_dir=None if limit else run_dir / "cache", limit=limit)
     checked = {c.name for c in every_nth(cases, CHECK_EVERY)}
     cases, refused = split_refused(cases)  # what a click refuses is neither judged nor fitted
-    rows = out_of_fold(model, member_folds, cases, spec, progress=True)
+    rows = out_of_fold(GroupedEnsemble.of(model), member_folds, cases, spec, progress=True)
     write_rows(rows, run_dir / "oof_raw.csv")
     nested = nested_head_probabilities(rows)
     binary = [r for r in rows if r["label"] is not None]
