@@ -184,7 +184,9 @@ class Analyzer:
             network = time.perf_counter() - started
             started = time.perf_counter()
             heats = malignancy_heatmaps(
-                self.model, [p.activations for p in predictions], self.spec.shape
+                self.model,
+                [p.activations for p in predictions],  # type: ignore[misc]  # kept by predict_many
+                self.spec.shape,
             )
             heatmap = time.perf_counter() - started
         except Exception:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcnn import distributed
-from medcnn.app.analysis import FileRequest
+from medcnn.app.analysis import Analyzer, FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
 from medcnn.outputs.result import LUNG_NODULE_MALIGNANCY, summary_columns
 from medcnn.outputs.writing import output_folder
@@ -74,7 +74,7 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
                     f"The manifest {path} lacks the column(s) {', '.join(missing)}; its header "
                     "must be image,r,a,s (and optionally id)."
                 )
-            rows = []
+            rows: list[ManifestRow] = []
             for raw in reader:
                 extra = [v.strip() for v in raw.pop(None, None) or []]  # beyond the header
                 row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
@@ -147,7 +147,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        analyzer: object,
+        analyzer: Analyzer,
         manifest: Path | str,
         output_dir: Path | str,
         progress: bool = True,

@@ -12,15 +12,19 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from medcnn import __version__
 from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError
+
+if TYPE_CHECKING:
+    from medcnn.app.analysis import Analyzer
 
 EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: exit code 2, one sentence
+    def error(self, message: str) -> NoReturn:  # argparse's own errors: exit code 2, one sentence
         self.print_usage(sys.stderr)
         raise UsageError(f"{message}; run `{self.prog} --help` for the options.")
 
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _analyzer(args: argparse.Namespace) -> object:
+def _analyzer(args: argparse.Namespace) -> Analyzer:
     from medcnn.app.analysis import Analyzer
 
     return Analyzer(args.bundle, trusted=args.trust_bundle)

@@ -194,8 +194,12 @@ class NoduleEnsemble(nn.Module):
         return torch.cat([out["malignancy"], out["rating"], out["descriptors"], measured], 1)
 
     def combine(self, features: torch.Tensor) -> torch.Tensor:
-        return combined_probability(
-            features, self.feature_mean, self.feature_std, self.head_weight, self.head_bias
+        return combined_probability(  # buffers: TorchScript cannot script their annotations
+            features,
+            self.feature_mean,  # type: ignore[arg-type]
+            self.feature_std,  # type: ignore[arg-type]
+            self.head_weight,  # type: ignore[arg-type]
+            self.head_bias,  # type: ignore[arg-type]
         )
 
     @torch.jit.export

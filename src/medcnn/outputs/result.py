@@ -34,7 +34,7 @@ _TASK_SUMMARY = {LUNG_NODULE_MALIGNANCY: ("diameter_mm", "volume_ml")}
 @cache
 def result_schema() -> dict:
     """The JSON Schema of ``result.json`` (draft 2020-12), as shipped inside the package."""
-    text = resources.files("medcnn").joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
+    text = resources.files("medcnn").joinpath("schemas").joinpath(SCHEMA_FILE).read_text("utf-8")
     return json.loads(text)
 
 
@@ -58,7 +58,7 @@ class Point:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Point:
-        return cls(tuple(data["ras"]), tuple(data["lps"]), data.get("given_as", "RAS"))  # type: ignore[arg-type]
+        return cls(tuple(data["ras"]), tuple(data["lps"]), data.get("given_as", "RAS"))
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class Result:
             task=task,
             probability=data["probability"],
             uncertainty=data["uncertainty"],
-            probability_interval=tuple(data["probability_interval"]),  # type: ignore[arg-type]
+            probability_interval=tuple(data["probability_interval"]),
             member_probabilities=tuple(data["member_probabilities"]),
             threshold=data["threshold"],
             label=data["label"],

@@ -74,7 +74,7 @@ def evaluate_case(engine: GroupedEnsemble, case: NoduleCase, spec: PatchSpec) ->
 def _with_progress(cases: list[NoduleCase], progress: bool) -> Iterable[NoduleCase]:
     if not progress:
         return cases
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm
 
     return tqdm(cases, desc="evaluating", unit="nodule")
 

@@ -165,7 +165,8 @@ def train_fold(
                 [settings.seed, fold if fold is not None else 99, epoch, here.rank]
             )
         trainee.train()
-        started, sums, seen = time.time(), {}, 0
+        sums: dict[str, float] = {}
+        started, seen = time.time(), 0
         for index in epoch_batches(order, settings.batch_size, smallest)[:steps_per_epoch]:
             if parallel:
                 index = _rank_share(index, here)
@@ -268,6 +269,7 @@ def _segment_nothing(net: NoduleNet) -> None:
     """
     with torch.no_grad():
         net.seg_out.weight.zero_()
+        assert net.seg_out.bias is not None  # the output convolution has a bias
         net.seg_out.bias.fill_(-10.0)
 
 
