@@ -1,0 +1,1 @@
+"""The chest radiograph task: pneumonia or not, on a whole frontal radiograph, with a heatmap."""
