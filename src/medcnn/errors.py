@@ -87,6 +87,13 @@ class OutputError(MedCNNError):
     exit_code = 13
 
 
+class NotRadiographError(MedCNNError):
+    """The image is not a frontal chest radiograph the X-ray model can judge (a CT or MR volume, a
+    lateral view, several frames, a colour photograph, or too small)."""
+
+    exit_code = 14
+
+
 class CancelledError(MedCNNError):
     """The user cancelled the analysis."""
 
@@ -106,6 +113,7 @@ USER_ERRORS: tuple[type[MedCNNError], ...] = (
     BatchIncompleteError,
     NoTissueAtPointError,
     OutputError,
+    NotRadiographError,
     CancelledError,
 )
 

@@ -1,7 +1,8 @@
-"""Radiographs in: one 2D image, brighter where denser, with its pixel spacing when known.
+"""Radiographs in: one 2D image, brighter where denser, on its own pixel grid.
 
 PNG and JPEG (grey or RGB) are read through Pillow. Every reader returns a ``Radiograph`` whose
-``pixels`` are (rows, columns) float32, row 0 at the top of the film as displayed.
+``grid`` keeps the input's own pixel grid and world geometry, so that a heatmap written on it
+overlays the input exactly (in 3D Slicer too).
 """
 
 from __future__ import annotations
@@ -13,24 +14,48 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medcnn.errors import UnreadableImageError
+from medcnn.volume import LPS_TO_RAS, Volume
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Radiograph:
-    """A radiograph's pixels (rows, columns), brighter where denser, and what is known of it."""
+    """A radiograph on its own pixel grid.
 
-    pixels: np.ndarray
-    # (row, column) spacing in mm where the file states it, else None.
-    spacing_mm: tuple[float, float] | None = None
-    source_format: str = ""
+    ``grid.array`` is (columns, rows, 1), the axis order of ITK and 3D Slicer (i along a row,
+    j down the columns), and ``grid.affine`` maps those indices to RAS mm exactly as the input
+    file places them (for a PNG or JPEG, as ITK and Slicer do: origin 0, spacing 1 mm unless
+    known, i to the patient's left in LPS). Values are brighter where denser, float32.
+    """
+
+    grid: Volume
+    source_format: str
+    spacing_known: bool = False
     metadata: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(rows, columns) as displayed, row 0 at the top."""
+        return self.grid.array[:, :, 0].T
 
     @property
     def shape(self) -> tuple[int, int]:
-        rows, columns = self.pixels.shape
-        return int(rows), int(columns)
+        """(rows, columns)."""
+        columns, rows, _ = self.grid.shape
+        return rows, columns
+
+
+def picture_affine(row_spacing: float = 1.0, column_spacing: float = 1.0) -> np.ndarray:
+    """Where ITK (and so 3D Slicer) puts a 2D picture: origin 0, identity direction in LPS."""
+    return LPS_TO_RAS @ np.diag([column_spacing, row_spacing, 1.0, 1.0])
+
+
+def from_pixels(pixels: np.ndarray, affine: np.ndarray, source_format: str, **kwargs) -> Radiograph:
+    """A ``Radiograph`` of (rows, columns) pixels placed by ``affine``."""
+    grid = np.ascontiguousarray(np.asarray(pixels, dtype=np.float32).T[:, :, None])
+    return Radiograph(grid=Volume(grid, affine), source_format=source_format, **kwargs)
 
 
 def read_picture(path: Path) -> Radiograph:
@@ -47,8 +72,6 @@ def read_picture(path: Path) -> Radiograph:
         raise UnreadableImageError(
             f"{path} cannot be read as a PNG or JPEG image ({error}); check the file."
         ) from error
-    return Radiograph(
-        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-        source_format=Path(path).suffix.lower().lstrip("."),
-        metadata={"mode": mode},
+    return from_pixels(
+        pixels, picture_affine(), Path(path).suffix.lower().lstrip("."), metadata={"mode": mode}
     )
