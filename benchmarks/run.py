@@ -295,7 +295,7 @@ def random_bundle(tmp: Path, members: int) -> Path:
     from medcnn.nodule.network import NoduleEnsemble
 
     bundle = tmp / "random_bundle"
-    shutil.copytree(REPO / "monai_bundle" / "configs", bundle / "configs")
+    shutil.copytree(REPO / "monai_bundle" / "lung_nodule_ct" / "configs", bundle / "configs")
     (bundle / "models").mkdir(parents=True)
     torch.manual_seed(0)
     window = load_patch_spec(bundle).hu_window
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.random_members:
             bundle, model = random_bundle(tmp, args.random_members), "random weights"
         else:
-            bundle = (args.bundle or REPO / "monai_bundle").resolve()
+            bundle = (args.bundle or REPO / "monai_bundle" / "lung_nodule_ct").resolve()
             model = str(bundle)
         from medcnn.bundle import load_engine
 

@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-MODEL_CARD = Path(__file__).resolve().parents[1] / "monai_bundle" / "docs" / "README.md"
+MODEL_CARD = (
+    Path(__file__).resolve().parents[1] / "monai_bundle" / "lung_nodule_ct" / "docs" / "README.md"
+)
 
 
 def readme_table(after: str, document: Path = README) -> list[list[str]]:

@@ -266,7 +266,7 @@ def test_monai_bundle_run_on_a_manifest(phantom: dict, tmp_path: Path) -> None:
             "monai.bundle",
             "run",
             "--config_file",
-            str(repo / "monai_bundle" / "configs" / "inference.json"),
+            str(repo / "monai_bundle" / "lung_nodule_ct" / "configs" / "inference.json"),
             "--manifest",
             str(manifest),
             "--output_dir",

@@ -20,7 +20,7 @@ from medcnn.nodule.network import NoduleEnsemble
 from medcnn.phantom import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "monai_bundle" / "configs"
+CONFIGS = REPO / "monai_bundle" / "lung_nodule_ct" / "configs"
 
 
 def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:

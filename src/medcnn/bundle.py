@@ -29,22 +29,58 @@ from medcnn.nodule.preprocessing import PatchSpec
 WEIGHTS = Path("models") / "model.pt"
 
 
-def default_bundle_dir() -> Path:
-    """The shipped bundle: beside the source tree (a checkout or the Slicer extension) or
-    installed under ``<prefix>/share/medcnn``; ``MEDCNN_BUNDLE`` overrides for developers."""
-    if os.environ.get("MEDCNN_BUNDLE"):
-        return Path(os.environ["MEDCNN_BUNDLE"]).resolve()
+# The shipped models, each a bundle folder of this name in the bundles folder.
+NODULE_MODEL = "lung_nodule_ct"
+XRAY_MODEL = "chest_xray_pneumonia"
+
+
+def bundles_dir() -> Path:
+    """The folder of the shipped bundles: beside the source tree (a checkout or the Slicer
+    extension) or installed under ``<prefix>/share/medcnn``."""
     for candidate in (
         Path(__file__).resolve().parents[2] / "monai_bundle",
         Path(__file__).resolve().parent / "monai_bundle",
         Path(sys.prefix) / "share" / "medcnn" / "monai_bundle",
     ):
-        if (candidate / "configs" / "metadata.json").exists():
+        if any(candidate.glob("*/configs/metadata.json")):
             return candidate
     raise ModelIntegrityError(
-        "The MedCNN model bundle was not found; reinstall MedCNN or set MEDCNN_BUNDLE to the "
-        "monai_bundle folder."
+        "The MedCNN model bundles were not found; reinstall MedCNN or set MEDCNN_BUNDLE to a "
+        "model's bundle folder."
     )
+
+
+def installed_models() -> dict[str, Path]:
+    """Each shipped model's name and bundle folder, in name order."""
+    return {
+        folder.name: folder
+        for folder in sorted(bundles_dir().iterdir())
+        if (folder / "configs" / "metadata.json").exists()
+    }
+
+
+def model_of(bundle_dir: Path) -> str:
+    """The model a bundle is (``metadata.json``'s ``medcnn.model``); bundles that do not say
+    are of the lung nodule model, the only one before release 0.5."""
+    try:
+        return str(read_metadata(bundle_dir).get("medcnn", {}).get("model", NODULE_MODEL))
+    except ModelIntegrityError:
+        return NODULE_MODEL
+
+
+def default_bundle_dir(model: str = NODULE_MODEL) -> Path:
+    """The bundle of ``model``: the shipped one, or ``MEDCNN_BUNDLE`` where that bundle is of
+    the same model (for developers: a retrained bundle replaces the shipped one)."""
+    override = os.environ.get("MEDCNN_BUNDLE")
+    if override and model_of(Path(override)) == model:
+        return Path(override).resolve()
+    models = installed_models()
+    if model not in models:
+        raise ModelIntegrityError(
+            f"The MedCNN model {model} is not installed (installed: "
+            f"{', '.join(models) or 'none'}); reinstall MedCNN."
+        )
+    return models[model].resolve()
 
 
 def read_metadata(bundle_dir: Path) -> dict:
@@ -87,11 +123,13 @@ def sign_weights(bundle_dir: Path, state: Mapping[str, torch.Tensor]) -> str:
 
 def check_trusted(bundle_dir: Path, trusted: bool) -> None:
     """Only the shipped bundle runs unless the user said another one is trusted."""
+    if trusted:
+        return
     try:
-        shipped = default_bundle_dir()
+        shipped = default_bundle_dir(model_of(Path(bundle_dir)))
     except ModelIntegrityError:
         shipped = None
-    if not trusted and (shipped is None or Path(bundle_dir).resolve() != shipped):
+    if Path(bundle_dir).resolve() != shipped:
         raise ModelIntegrityError(
             f"The bundle {bundle_dir} is not the one MedCNN ships; bundles can run code, so pass "
             "--trust-bundle if you trust it."

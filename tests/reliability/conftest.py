@@ -4,7 +4,7 @@ success paths, and the synthetic phantom.
 Failure paths test the engine's error handling, not the model, so they run on a bundle with one
 randomly initialised member (``tmp_bundle``), loaded with the trust flag as any other bundle
 must be. Success paths that a user sees end to end use the shipped model (``shipped_analyzer``),
-skipped with the reason while ``monai_bundle/models/model.pt`` is absent.
+skipped with the reason while ``monai_bundle/lung_nodule_ct/models/model.pt`` is absent.
 """
 
 from __future__ import annotations

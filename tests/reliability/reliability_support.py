@@ -16,7 +16,7 @@ from medcnn.nodule.network import NoduleEnsemble
 from medcnn.outputs.result import Result
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_BUNDLE = REPO / "monai_bundle"
+SHIPPED_BUNDLE = REPO / "monai_bundle" / "lung_nodule_ct"
 SHIPPED_WEIGHTS = SHIPPED_BUNDLE / "models" / "model.pt"
 
 

@@ -15,6 +15,8 @@ import pytest
 from MedCNNLib.InstallLogic import readRequirements
 from slicer_test_support import EXTENSION, REPO
 
+from medcnn.bundle import installed_models
+
 LIB = EXTENSION / "MedCNNLib"
 QT_MODULES = {"qt", "ctk", "PythonQt", "qSlicerBaseQTCorePythonQt", "slicer.qSlicer"}
 
@@ -144,8 +146,11 @@ def test_module_cmake_builds_tests_and_ships_engine_and_bundle():
     installs = [[expand(arg) for arg in args] for name, args in commands if name == "install"]
     engine, bundle = (Path(args[1]).resolve() for args in installs)
     assert engine == REPO / "src" / "medcnn" and (engine / "app" / "worker.py").is_file()
-    assert bundle == REPO / "monai_bundle" and (bundle / "configs" / "metadata.json").is_file()
-    # the engine finds its bundle as medcnn/monai_bundle (medcnn.bundle.default_bundle_dir)
+    assert bundle == REPO / "monai_bundle"
+    assert {p.parent.parent.name for p in bundle.glob("*/configs/metadata.json")} == set(
+        installed_models()
+    )
+    # the engine finds its bundles in medcnn/monai_bundle (medcnn.bundle.bundles_dir)
     destinations = [args[args.index("DESTINATION") + 1] for args in installs]
     assert destinations[1] == destinations[0] + "/medcnn/monai_bundle"
 

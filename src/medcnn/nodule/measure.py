@@ -37,7 +37,7 @@ The gate on aerated lung removes the dark spill at the edge; what is left betwee
 0.5 is mostly the nodule's own rim, which the LIDC consensus masks take in. The two numbers
 were chosen together on ``lidc_voi``'s five patient folds, as the middle of a flat optimum of
 mean Dice (0.802, against 0.792 at 0.5 and -800, higher on every fold); the grid of thresholds
-and gates is in the model card (``monai_bundle/docs/README.md``).
+and gates is in the model card (``monai_bundle/lung_nodule_ct/docs/README.md``).
 """
 
 

@@ -327,7 +327,7 @@ class CrossValidationTrainer:
     """``train.json``'s runner: train the fold models, then assemble a release bundle from them.
 
     The release goes to ``release_dir``, a copy of the shipped bundle's configs with the new
-    weights and numbers; copy it over ``monai_bundle/`` to ship it.
+    weights and numbers; copy it over ``monai_bundle/lung_nodule_ct/`` to ship it.
     """
 
     def __init__(

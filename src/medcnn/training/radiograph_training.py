@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,9 @@ class RadiographRecipe:
     augmentation: RadiographAugmentation
 
 
-def augment(images: torch.Tensor, spec: RadiographAugmentation, generator: torch.Generator
-            ) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, spec: RadiographAugmentation, generator: torch.Generator
+) -> torch.Tensor:
     """Random rotation, scale and shift in one resampling, then gamma, contrast and cut-outs.
 
     The cut-outs blank random rectangles, often over the edges and corners where film markers
@@ -83,7 +85,9 @@ def augment(images: torch.Tensor, spec: RadiographAugmentation, generator: torch
     out = ((out - 0.5) * contrast + 0.5).clamp(0, 1)
     size = images.shape[-1]
     side = max(1, int(spec.cutout_size * size))
-    for i in torch.nonzero(torch.rand(batch, generator=generator) < spec.cutout_probability)[:, 0].tolist():
+    for i in torch.nonzero(torch.rand(batch, generator=generator) < spec.cutout_probability)[
+        :, 0
+    ].tolist():
         top, left = torch.randint(-side // 2, size - side // 2, (2,), generator=generator).tolist()
         out[i, :, max(0, top) : top + side, max(0, left) : left + side] = float(out[i].mean())
     return out
@@ -94,8 +98,9 @@ def network_input(images: torch.Tensor, architecture: str) -> torch.Tensor:
     network's the same radiograph at 64 x 64 in three channels."""
     if architecture == "medcnn":
         return images
-    small = F.interpolate(images, size=(64, 64), mode="bilinear", antialias=True,
-                          align_corners=False)
+    small = F.interpolate(
+        images, size=(64, 64), mode="bilinear", antialias=True, align_corners=False
+    )
     return small.expand(-1, 3, -1, -1)
 
 
@@ -107,8 +112,9 @@ def build_network(architecture: str, channels: tuple[int, ...], dropout: float) 
     raise ValueError(f"Unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}.")
 
 
-def training_indices(cache: RadiographCache, fold: int | None, sources: tuple[str, ...],
-                     nih_repeat: int) -> np.ndarray:
+def training_indices(
+    cache: RadiographCache, fold: int | None, sources: tuple[str, ...], nih_repeat: int
+) -> np.ndarray:
     """The epoch's radiographs: training split of ``sources`` outside ``fold`` (all of them when
     ``fold`` is None), NIH repeated."""
     chosen = (cache.split == "train") & np.isin(cache.source, sources)
@@ -129,7 +135,7 @@ def train_member(
     architecture: str,
     channels: tuple[int, ...],
     dropout: float,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> Path:
     """Train one member, resuming from ``checkpoint.pt``; returns its ``model.pt``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +152,9 @@ def train_member(
     index = training_indices(cache, fold, sources, recipe.nih_repeat)
     steps_per_epoch = len(index) // recipe.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, recipe.learning_rate, total_steps=recipe.epochs * steps_per_epoch,
+        optimizer,
+        recipe.learning_rate,
+        total_steps=recipe.epochs * steps_per_epoch,
         pct_start=0.15,
     )
     generator = torch.Generator().manual_seed(seed)
@@ -175,27 +183,39 @@ def train_member(
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
-        log(f"{out_dir.name} epoch {epoch + 1}/{recipe.epochs} loss {total / steps_per_epoch:.4f} "
-            f"{time.time() - began:.0f} s")
+        log(
+            f"{out_dir.name} epoch {epoch + 1}/{recipe.epochs} loss {total / steps_per_epoch:.4f} "
+            f"{time.time() - began:.0f} s"
+        )
         partial = checkpoint.with_suffix(".tmp")
-        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                    "epoch": epoch + 1}, partial)
+        torch.save(
+            {
+                "net": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "epoch": epoch + 1,
+            },
+            partial,
+        )
         partial.replace(checkpoint)
     logits = predict_logits(net, cache, architecture)
     np.savez(out_dir / "predictions.npz", logits=logits)
     partial = final.with_suffix(".tmp")
     torch.save(net.state_dict(), partial)
     partial.replace(final)
-    (out_dir / "member.json").write_text(json.dumps(
-        {"fold": fold, "sources": list(sources), "architecture": architecture}, indent=2) + "\n")
+    (out_dir / "member.json").write_text(
+        json.dumps({"fold": fold, "sources": list(sources), "architecture": architecture}, indent=2)
+        + "\n"
+    )
     checkpoint.unlink(missing_ok=True)
     return final
 
 
 @torch.no_grad()
-def predict_logits(net: torch.nn.Module, cache: RadiographCache, architecture: str,
-                   batch_size: int = 256) -> np.ndarray:
+def predict_logits(
+    net: torch.nn.Module, cache: RadiographCache, architecture: str, batch_size: int = 256
+) -> np.ndarray:
     """The member's logit for every radiograph of the cache."""
     net.eval()
     out = []

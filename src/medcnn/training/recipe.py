@@ -31,7 +31,7 @@ class TrainSettings:
     aux_weight: float
     seg_weight: float
     # Off in the shipped recipe: on folds 0 and 1 it gave better descriptor estimates but a
-    # weaker malignancy logit and Dice (monai_bundle/docs/README.md, Training).
+    # weaker malignancy logit and Dice (monai_bundle/lung_nodule_ct/docs/README.md, Training).
     scaled_aux: bool
     # The malignancy loss sees the logit plus what the consensus mask's measurements say
     # (medcnn.training.residual_logit), so the logit learns what they miss. Release 0.3.0 on.

@@ -124,5 +124,7 @@ class RadiographEnsemble(nn.Module):
 
     def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(members, B) calibrated probabilities and the members' mean GradCAM (B, h, w)."""
-        logits, heatmaps = zip(*(member.logit_and_heatmap(x) for member in self.members))
+        logits, heatmaps = zip(
+            *(member.logit_and_heatmap(x) for member in self.members), strict=True
+        )
         return self.calibrated(torch.stack(logits)), torch.stack(heatmaps).mean(dim=0)

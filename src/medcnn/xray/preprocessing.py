@@ -38,7 +38,9 @@ def to_model_input(pixels: np.ndarray, spec: RadiographSpec) -> torch.Tensor:
     input in 0..1."""
     image = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32)
     if image.ndim != 2:
-        raise ValueError(f"A radiograph is one 2D image, not an array of shape {tuple(image.shape)}.")
+        raise ValueError(
+            f"A radiograph is one 2D image, not an array of shape {tuple(image.shape)}."
+        )
     resized = F.interpolate(
         image[None, None], size=spec.shape, mode="bilinear", align_corners=False, antialias=True
     )[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def build_cache(data_root: Path, spec: RadiographSpec, cache_path: Path) -> Radi
     return _from_arrays(arrays)
 
 
-def _from_arrays(arrays) -> RadiographCache:
+def _from_arrays(arrays: Mapping[str, np.ndarray]) -> RadiographCache:
     return RadiographCache(
         images=torch.from_numpy(np.asarray(arrays["images"])),
         labels=torch.from_numpy(np.asarray(arrays["labels"])),
