@@ -24,9 +24,9 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS = (
     ("medcnn", "medcnn.errors", "medcnn.stages", "medcnn.volume", "medcnn.distributed"),
     ("medcnn.reading", "medcnn.phantom"),
-    ("medcnn.nodule",),
+    ("medcnn.nodule", "medcnn.xray"),
     ("medcnn.bundle", "medcnn.outputs"),
-    ("medcnn.app.analysis",),
+    ("medcnn.app.analysis", "medcnn.app.radiograph_analysis", "medcnn.app.engine"),
     ("medcnn.training",),
     ("medcnn.app", "medcnn.__main__"),
 )

@@ -25,6 +25,8 @@ from medcnn.errors import ModelIntegrityError
 from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import ensemble_from_state_dict
 from medcnn.nodule.preprocessing import PatchSpec
+from medcnn.xray.network import RadiographEnsemble
+from medcnn.xray.preprocessing import RadiographSpec
 
 WEIGHTS = Path("models") / "model.pt"
 
@@ -152,15 +154,16 @@ def verified_weights_path(bundle_dir: Path) -> tuple[Path, str]:
     return path, actual
 
 
-def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
-    """The preprocessing definition of the bundle's ``inference.json`` (``preprocessing``).
+def _preprocessing(bundle_dir: Path | str | None, spec_type: type, model: str) -> Any:
+    """The preprocessing definition of the bundle's ``inference.json`` (``preprocessing``), as
+    ``spec_type`` (``PatchSpec``, ``RadiographSpec``).
 
     Read as plain JSON, as MONAI's ``ConfigParser`` reads a section of literal numbers; a value
     that is not a number (a ``@`` reference or ``$`` expression) is refused, not evaluated, and
-    so is a missing one: ``PatchSpec`` has no defaults to fall back on, so a bundle cannot
-    silently run with numbers other than its own.
+    so is a missing one: the spec has no defaults to fall back on, so a bundle cannot silently
+    run with numbers other than its own.
     """
-    bundle_dir = Path(bundle_dir) if bundle_dir else default_bundle_dir()
+    bundle_dir = Path(bundle_dir) if bundle_dir else default_bundle_dir(model)
     path = bundle_dir / "configs" / "inference.json"
     try:
         values = json.loads(path.read_text()).get("preprocessing", {})
@@ -171,13 +174,13 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
             f"The bundle's {path} cannot be read ({error}); reinstall MedCNN."
         ) from error
     spec: dict[str, Any] = {}
-    missing = [field.name for field in fields(PatchSpec) if field.name not in values]
+    missing = [field.name for field in fields(spec_type) if field.name not in values]
     if missing:
         raise ModelIntegrityError(
             f"The bundle's {path} lacks preprocessing.{', preprocessing.'.join(missing)}; "
             "write the number there (the shipped bundle's inference.json has them all)."
         )
-    for field in fields(PatchSpec):
+    for field in fields(spec_type):
         value = values[field.name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ModelIntegrityError(
@@ -185,7 +188,52 @@ def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
                 "number; write the number there."
             )
         spec[field.name] = value
-    return PatchSpec(**spec)
+    return spec_type(**spec)
+
+
+def load_patch_spec(bundle_dir: Path | str | None = None) -> PatchSpec:
+    """The lung nodule model's patch geometry and HU window."""
+    return _preprocessing(bundle_dir, PatchSpec, NODULE_MODEL)
+
+
+def load_radiograph_spec(bundle_dir: Path | str | None = None) -> RadiographSpec:
+    """The chest X-ray model's input size and intensity scaling."""
+    return _preprocessing(bundle_dir, RadiographSpec, XRAY_MODEL)
+
+
+def network_arguments(bundle_dir: Path) -> dict[str, Any]:
+    """The literal arguments of the bundle's ``network_def`` (its ``_target_`` and references
+    left out), read as JSON: what the network is built with, by training as by a click."""
+    path = Path(bundle_dir) / "configs" / "inference.json"
+    try:
+        section = json.loads(path.read_text())["network_def"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelIntegrityError(
+            f"The bundle's {path} has no readable network_def ({error}); reinstall MedCNN."
+        ) from error
+    return {
+        key: value
+        for key, value in section.items()
+        if not key.startswith("_") and not (isinstance(value, str) and value[:1] in "@$")
+    }
+
+
+def load_radiograph_model(
+    bundle_dir: Path, trusted: bool = False
+) -> tuple[RadiographEnsemble, dict]:
+    """The verified chest X-ray ensemble, in eval mode, and its metadata."""
+    state, info, path = _verified_state(bundle_dir, trusted)
+    arguments = network_arguments(bundle_dir)
+    try:
+        model = RadiographEnsemble(
+            int(arguments["n_members"]),
+            tuple(int(c) for c in arguments["channels"]),
+            float(arguments["dropout"]),
+        )
+        model.load_state_dict(state)
+    except Exception as error:
+        raise _not_our_model(path, error) from error
+    return model.eval(), info
 
 
 def load_engine(bundle_dir: Path, trusted: bool = False) -> tuple[GroupedEnsemble, dict]:
@@ -218,6 +266,7 @@ def _verified_state(
     except Exception as error:
         raise _not_our_model(path, error) from error
     info = {
+        "id": model_of(Path(bundle_dir)),
         "name": metadata.get("name", "medcnn"),
         "version": metadata.get("version", "unknown"),
         "weights_sha256": sha,

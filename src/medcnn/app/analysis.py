@@ -42,6 +42,7 @@ from medcnn.outputs.result import (
     OutputFiles,
     Point,
     Result,
+    label_for,
 )
 from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
 from medcnn.reading import ScanRegion, read_scan
@@ -66,10 +67,12 @@ class FileRequest:
     """One click of a batch: ``analyze_file``'s arguments."""
 
     image: Path | str
-    point: Sequence[float]
+    point: Sequence[float] | None
     out_dir: Path | str
     lps: bool = False
     overlay: bool = False
+    # Why the engine chose this model, for result.json (None: the caller chose the analyzer).
+    chosen_because: str | None = None
 
 
 def software_versions() -> dict[str, str]:
@@ -86,7 +89,12 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def checked_point(point: Sequence[float], lps: bool) -> np.ndarray:
+def checked_point(point: Sequence[float] | None, lps: bool) -> np.ndarray:
+    if point is None:
+        raise UsageError(
+            "The lung nodule model judges the nodule at a point of a CT; give its position with "
+            "--point R A S (millimetres, RAS)."
+        )
     values = np.asarray(point, dtype=float).reshape(-1)
     if values.size != 3 or not np.all(np.isfinite(values)):
         raise UsageError(
@@ -130,12 +138,13 @@ class Analyzer:
     def analyze_file(
         self,
         image: Path | str,
-        point: Sequence[float],
+        point: Sequence[float] | None,
         out_dir: Path | str,
         lps: bool = False,
         progress: Progress | None = None,
         series_uid: str | None = None,
         overlay: bool = False,
+        chosen_because: str | None = None,
     ) -> Result:
         """Read a scan, analyse the point, write the outputs; returns the result as written.
 
@@ -148,6 +157,7 @@ class Analyzer:
         timings: dict[str, float] = {}
         scan = self._read(image, point_ras, series_uid, timings, overlay)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
+        analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
         result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay)
         report(stages.DONE.name, stages.DONE.fraction)
@@ -200,7 +210,9 @@ class Analyzer:
             request = requests[index]
             try:
                 started = time.perf_counter()
-                analysis = self._finish(scan, point_ras, prediction, heat)
+                analysis = self._chosen(
+                    self._finish(scan, point_ras, prediction, heat), request.chosen_because
+                )
                 timings["network"] = network / len(ready)
                 timings["heatmap"] = heatmap / len(ready) + time.perf_counter() - started
                 outcomes[index] = self._write(
@@ -218,7 +230,12 @@ class Analyzer:
     def _analyze_alone(self, request: FileRequest) -> Result | Exception:
         try:
             return self.analyze_file(
-                request.image, request.point, request.out_dir, request.lps, overlay=request.overlay
+                request.image,
+                request.point,
+                request.out_dir,
+                request.lps,
+                overlay=request.overlay,
+                chosen_because=request.chosen_because,
             )
         except Exception as error:
             return error
@@ -265,7 +282,10 @@ class Analyzer:
         ras = tuple(round(float(v), 4) for v in point_ras)
         lps = tuple(round(float(v), 4) for v in point_ras * np.array([-1, -1, 1]))
         model = ModelInfo(
-            self.model_info["name"], self.model_info["version"], self.model_info["weights_sha256"]
+            self.model_info["name"],
+            self.model_info["version"],
+            self.model_info["weights_sha256"],
+            self.model_info["id"],
         )
         result = Result(
             task=LUNG_NODULE_MALIGNANCY,
@@ -277,7 +297,7 @@ class Analyzer:
             ),
             member_probabilities=tuple(round(float(p), 6) for p in members),
             threshold=self.threshold,
-            label="malignant" if probability >= self.threshold else "benign",
+            label=label_for(LUNG_NODULE_MALIGNANCY, probability, self.threshold),
             findings=NoduleFindings(
                 point=Point(ras, lps),  # type: ignore[arg-type]
                 diameter_mm=round(longest_axial_diameter_mm(segmentation), 3),
@@ -298,6 +318,14 @@ class Analyzer:
             warnings=tuple(warnings),
         )
         return Analysis(result, heatmap, segmentation, scan)
+
+    @staticmethod
+    def _chosen(analysis: Analysis, chosen_because: str | None) -> Analysis:
+        """The analysis with the engine's reason for choosing this model in its result."""
+        if chosen_because is None:
+            return analysis
+        model = replace(analysis.result.model, chosen_because=chosen_because)
+        return replace(analysis, result=replace(analysis.result, model=model))
 
     def _write(
         self,
@@ -344,8 +372,10 @@ class Analyzer:
         return write_outputs(
             out_dir,
             result,
-            analysis.heatmap,
-            analysis.segmentation,
+            {
+                HEATMAP: (analysis.heatmap, np.float32),
+                SEGMENTATION: (analysis.segmentation, np.uint8),
+            },
             before_result=finish_timings,
             pictures=pictures,
         )

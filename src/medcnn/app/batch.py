@@ -1,4 +1,9 @@
-"""Many points in many scans: a manifest in, ``predictions.csv`` out, in the manifest's order.
+"""Many images: a manifest in, ``predictions.csv`` out, in the manifest's order.
+
+A row with a point (``r,a,s``) judges the nodule there in a CT; a row without one judges a
+whole chest radiograph (``medcnn.app.engine`` chooses the model per row, and each row's
+``result.json`` says which). The table has the same columns for every row; a radiograph's
+leaves the point and the nodule's measurements empty.
 
 A case that fails does not stop the others: its ``error`` column says why, and the run ends
 with a non-zero exit code. Each case's files go to a folder whose name is derived from its
@@ -9,8 +14,8 @@ The manifest is read forgivingly but never guessed at: column names ignore case 
 rows whose fields are all empty (spreadsheets export them) are skipped; a row with more
 non-empty fields than the header (usually an unquoted comma in a path) fails on its own with a
 sentence, as does a row without an image or with a point that is not three numbers. A manifest
-that cannot be read at all, has no header with ``image,r,a,s`` or no rows stops the run before
-any case.
+that cannot be read at all, has no ``image`` column, only some of ``r,a,s`` or no rows stops
+the run before any case.
 """
 
 from __future__ import annotations
@@ -18,33 +23,38 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from medcnn import distributed
-from medcnn.app.analysis import Analyzer, FileRequest
+from medcnn.app.analysis import FileRequest
 from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
-from medcnn.outputs.result import LUNG_NODULE_MALIGNANCY, summary_columns
+from medcnn.outputs.result import Result, table_columns
 from medcnn.outputs.writing import output_folder
 
-REQUIRED_COLUMNS = ("image", "r", "a", "s")
+REQUIRED_COLUMNS = ("image",)
+POINT_COLUMNS = ("r", "a", "s")
 # Nodules analysed together: each context-box pass runs them as one batch through the network.
 # Eight took about 1.3 times less time per nodule than one at a time on 2 cores; sixteen gained
 # nothing more that could be told from the noise (benchmarks/README.md).
 GROUP_SIZE = 8
-# A manifest gives points, so a batch judges nodules: its table shows that task's summary of
-# result.json (medcnn.outputs.result.summary_columns).
-TASK = LUNG_NODULE_MALIGNANCY
+# The table shows every task's summary of result.json (medcnn.outputs.result.table_columns).
 PREDICTION_COLUMNS = (
     "id",
     "image",
-    "r",
-    "a",
-    "s",
-    *summary_columns(TASK),
+    *POINT_COLUMNS,
+    *table_columns(),
     "output_dir",
     "error",
 )
+
+
+class Analyzes(Protocol):
+    """What the runner drives: the engine (every model) or one model's analyzer."""
+
+    def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]: ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,8 @@ class ManifestRow:
 
 
 def read_manifest(path: Path | str) -> list[ManifestRow]:
-    """Rows of ``image,r,a,s`` (optional ``id``); image paths relative to the manifest."""
+    """Rows of ``image`` (optional ``id``, and ``r,a,s`` for a CT's nodule); image paths
+    relative to the manifest."""
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(
@@ -69,10 +80,13 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
             reader = csv.DictReader(handle)
             columns = [c.strip().lower() for c in (reader.fieldnames or [])]
             missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            some_point = [c for c in POINT_COLUMNS if c in columns]
+            if some_point and len(some_point) < len(POINT_COLUMNS):
+                missing += [c for c in POINT_COLUMNS if c not in columns]
             if missing:
                 raise UsageError(
                     f"The manifest {path} lacks the column(s) {', '.join(missing)}; its header "
-                    "must be image,r,a,s (and optionally id)."
+                    "must be image (and optionally id, and r,a,s for nodules in CTs)."
                 )
             rows: list[ManifestRow] = []
             for raw in reader:
@@ -89,7 +103,7 @@ def read_manifest(path: Path | str) -> list[ManifestRow]:
             "permissions."
         ) from error
     if not rows:
-        raise UsageError(f"The manifest {path} has no rows; add one line per nodule.")
+        raise UsageError(f"The manifest {path} has no rows; add one line per image (and point).")
     return rows
 
 
@@ -108,7 +122,7 @@ def _manifest_row(
         id=row.get("id") or str(index + 1),
         image=image,
         image_path=(path.parent / image) if image else path.parent / "",
-        point=(row["r"], row["a"], row["s"]),
+        point=(row.get("r", ""), row.get("a", ""), row.get("s", "")),
         problem=problem,
     )
 
@@ -119,7 +133,10 @@ def case_folder_name(row: ManifestRow) -> str:
     return f"{row.index + 1:05d}_{safe}"
 
 
-def parse_point(row: ManifestRow) -> tuple[float, float, float]:
+def parse_point(row: ManifestRow) -> tuple[float, float, float] | None:
+    """The row's point, or None where it gives none (a radiograph)."""
+    if not any(row.point):
+        return None
     try:
         return tuple(float(v) for v in row.point)  # type: ignore[return-value]
     except ValueError as error:
@@ -143,11 +160,12 @@ def write_predictions(rows: list[dict], path: Path) -> None:
 
 
 class BatchRunner:
-    """Runs an ``Analyzer`` over a manifest; ``rank``/``world_size`` shard it (torchrun)."""
+    """Runs the engine (or one model's analyzer) over a manifest; under ``torchrun`` each rank
+    takes its share."""
 
     def __init__(
         self,
-        analyzer: Analyzer,
+        analyzer: Analyzes,
         manifest: Path | str,
         output_dir: Path | str,
         progress: bool = True,

@@ -1,4 +1,4 @@
-"""The ``medcnn`` command: analyze, batch, demo, train, evaluate.
+"""The ``medcnn`` command: analyze, batch, demo, models, train, evaluate.
 
 Every failure a user can cause ends here as one sentence on stderr and a documented exit code
 (``medcnn exit-codes`` lists them); ``--verbose`` adds the traceback.
@@ -18,7 +18,8 @@ from medcnn import __version__
 from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError
 
 if TYPE_CHECKING:
-    from medcnn.app.analysis import Analyzer
+    from medcnn.app.engine import Engine
+    from medcnn.outputs.result import Result
 
 EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
 
@@ -34,7 +35,7 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
         "--bundle",
         type=Path,
         default=None,
-        help="a MONAI bundle folder to use instead of the shipped one",
+        help="a MONAI bundle folder to use instead of the shipped one of the same model",
     )
     parser.add_argument(
         "--trust-bundle",
@@ -80,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="medcnn",
         description=(
-            "MedCNN: judge a lung nodule at a point in a chest CT: probability of malignancy with "
-            "its uncertainty, segmentation with diameter and volume, and a heatmap of what the "
-            "network looked at."
+            "MedCNN: trained CNNs for medical images (medcnn models lists them): a lung nodule "
+            "at a point in a chest CT (probability of malignancy, segmentation, diameter, "
+            "volume) and pneumonia on a chest radiograph, each with its uncertainty and a "
+            "heatmap of what the network looked at."
         ),
         epilog=EPILOG,
     )
@@ -94,22 +96,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = commands.add_parser(
         "analyze",
-        help="analyse one nodule in one scan",
-        description="Analyse the nodule at a point. Writes result.json, heatmap.nii.gz and "
-        "segmentation.nii.gz into --out (all or nothing).",
+        help="analyse a nodule in a CT, or a chest radiograph",
+        description="With --point, analyse the nodule at that point of a CT (lung nodule "
+        "model): writes result.json, heatmap.nii.gz and segmentation.nii.gz. Without, analyse "
+        "a whole chest radiograph (chest X-ray model): writes result.json, heatmap.nii.gz on "
+        "the radiograph's pixels and, for PNG or JPEG, heatmap.png of its size. All files or "
+        "none; result.json says which model answered and why.",
         epilog=EPILOG,
     )
     analyze.add_argument(
-        "image", type=Path, help="the CT: a DICOM folder or file, NIfTI, NRRD or MHA"
+        "image",
+        type=Path,
+        help="a CT (DICOM folder or file, NIfTI, NRRD, MHA) or a radiograph (DICOM, PNG, JPEG, "
+        "single-slice NIfTI, NRRD, MHA)",
     )
     analyze.add_argument(
         "--point",
         nargs=3,
         type=float,
-        required=True,
+        default=None,
         metavar=("R", "A", "S"),
-        help="the nodule's position in world millimetres, RAS as 3D Slicer "
-        "shows it (LPS with --lps)",
+        help="for a CT: the nodule's position in world millimetres, RAS as 3D Slicer "
+        "shows it (LPS with --lps); a radiograph takes none",
+    )
+    analyze.add_argument(
+        "--model",
+        default=None,
+        help="the model to use (medcnn models lists them); by default the input decides",
     )
     analyze.add_argument(
         "--lps", action="store_true", help="the point is in LPS (DICOM/ITK) instead of RAS"
@@ -123,15 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--overlay",
         action="store_true",
-        help="also write overlay.png: the heatmap and outline on the slice",
+        help="also write overlay.png: the heatmap (and a nodule's outline) over the image",
     )
     _add_bundle_options(analyze)
 
     batch = commands.add_parser(
         "batch",
         help="analyse every row of a manifest CSV",
-        description="MANIFEST has the columns image,r,a,s (optional id); image paths are "
-        "relative to the manifest. Writes DIR/predictions.csv in the manifest's order and each "
+        description="MANIFEST has the column image (optional id, and r,a,s for a nodule's "
+        "point in a CT; a radiograph's row leaves them empty); image paths are relative to the "
+        "manifest. Writes DIR/predictions.csv in the manifest's order and each "
         "case's files under DIR/cases/. A failed case is reported in its error column and the "
         "exit code is 11.",
         epilog=EPILOG,
@@ -150,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="analyse the synthetic phantom (the embedded default input)",
-        description="Generate MedCNN's synthetic CT phantom (not a patient) as a DICOM series "
-        "and NIfTI, analyse its nodule, and say where the outputs are.",
+        help="analyse the synthetic examples (the embedded default inputs)",
+        description="Generate MedCNN's synthetic examples (not patients): a CT phantom as a "
+        "DICOM series and NIfTI, and a synthetic chest radiograph; analyse each with its "
+        "model and say where the outputs are.",
         epilog=EPILOG,
     )
     demo.add_argument("--out", type=Path, default=Path("medcnn_demo"), help="output folder")
@@ -253,23 +268,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_bundle_options(evaluate)
 
+    models = commands.add_parser(
+        "models",
+        help="list the installed models",
+        description="List the installed models: name, task, input, version and headline "
+        "metrics; --path prints each model's bundle folder (for python -m monai.bundle run).",
+        epilog=EPILOG,
+    )
+    models.add_argument(
+        "--path", action="store_true", help="print each model's name and bundle folder only"
+    )
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
     return parser
 
 
-def _analyzer(args: argparse.Namespace) -> Analyzer:
-    from medcnn.app.analysis import Analyzer
+def _engine(args: argparse.Namespace) -> Engine:
+    from medcnn.app.engine import Engine
 
-    return Analyzer(args.bundle, trusted=args.trust_bundle)
+    return Engine(args.bundle, trusted=args.trust_bundle)
+
+
+def answer_line(result: Result) -> str:
+    """A result in one line: the answer, the members' range and a nodule's size."""
+    low, high = result.probability_interval
+    line = (
+        f"{result.label}: probability of {result.label_positive} {result.probability:.3f} "
+        f"(members {low:.3f}-{high:.3f})"
+    )
+    if result.findings is not None:
+        nodule = result.nodule
+        line += f", diameter {nodule.diameter_mm:.1f} mm, volume {nodule.volume_ml:.3f} mL"
+    return line
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    analyzer = _analyzer(args)
+    from medcnn.app.engine import choose_model
+    from medcnn.outputs.writing import check_output_folder
+
+    choose_model(args.image, args.point, args.model)  # a mismatch is refused before loading
+    check_output_folder(args.out)
+    engine = _engine(args)
 
     def report(stage: str, fraction: float) -> None:
         logging.getLogger("medcnn").info("%3d%% %s", int(fraction * 100), stage)
 
-    result = analyzer.analyze_file(
+    result = engine.analyze_file(
         args.image,
         args.point,
         args.out,
@@ -277,13 +320,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         progress=report,
         series_uid=args.series_uid,
         overlay=args.overlay,
+        model=args.model,
     )
-    low, high = result.probability_interval
-    print(
-        f"{result.label}: probability of malignancy {result.probability:.3f} "
-        f"(members {low:.3f}-{high:.3f}), diameter {result.nodule.diameter_mm:.1f} mm, "
-        f"volume {result.nodule.volume_ml:.3f} mL"
-    )
+    print(answer_line(result))
+    print(f"model: {result.model.id} ({result.model.chosen_because})")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"outputs in {args.out}")
@@ -295,7 +335,7 @@ def run_batch(args: argparse.Namespace) -> int:
 
     group_size = GROUP_SIZE if args.group_size is None else args.group_size
     runner = BatchRunner(
-        _analyzer(args),
+        _engine(args),
         args.manifest,
         args.out,
         progress=not args.no_progress,
@@ -403,6 +443,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace) -> int:
+    from medcnn.app.models import describe_models
+
+    for line in describe_models(paths_only=args.path):
+        print(line)
+    return 0
+
+
 def run_exit_codes(args: argparse.Namespace) -> int:
     for code, meaning in sorted(EXIT_CODES.items()):
         print(f"{code:>4}  {meaning}")
@@ -415,6 +463,7 @@ COMMANDS = {
     "demo": run_demo,
     "train": run_train,
     "evaluate": run_evaluate,
+    "models": run_models,
     "exit-codes": run_exit_codes,
 }
 

@@ -88,8 +88,46 @@ def overlay_png(
     return Path(path)
 
 
+def radiograph_overlay_png(pixels: np.ndarray, heatmap: np.ndarray, path: Path, title: str) -> Path:
+    """A radiograph (rows, columns) beside itself with its heatmap over it, as displayed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, columns = pixels.shape
+    low, high = np.percentile(pixels, [0.5, 99.5])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4 * rows / columns + 0.4), dpi=110)
+    for ax in axes:
+        ax.imshow(pixels, cmap="gray", vmin=low, vmax=max(high, low + 1e-6))
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].set_title("radiograph", fontsize=9)
+    axes[1].imshow(np.ma.masked_less(heatmap, 0.05), cmap="inferno", vmin=0, vmax=1, alpha=0.5)
+    axes[1].set_title("heatmap (pneumonia class)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    try:
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def heatmap_png(heatmap: np.ndarray, path: Path) -> Path:
+    """The heatmap (rows, columns), 0..1, as a grey 8-bit picture of the same size: for a PNG
+    or JPEG input, a file any image tool lays over it pixel for pixel."""
+    from PIL import Image
+
+    grey = np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
+    Image.fromarray(grey).save(path)
+    return Path(path)
+
+
 def overlay_title(result: Result) -> str:
-    """The picture's title: the answer and the nodule's measurements."""
+    """The picture's title: the answer and, for a nodule, its measurements."""
+    if result.findings is None:
+        return f"P({result.label_positive}) {result.probability:.2f} +- {result.uncertainty:.2f}"
     nodule = result.nodule
     return (
         f"P(malignant) {result.probability:.2f} +- {result.uncertainty:.2f}, "

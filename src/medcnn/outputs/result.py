@@ -22,13 +22,22 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 LUNG_NODULE_MALIGNANCY = "lung_nodule_malignancy"
-TASKS = (LUNG_NODULE_MALIGNANCY,)
+CHEST_XRAY_PNEUMONIA = "chest_xray_pneumonia"
+TASKS = (LUNG_NODULE_MALIGNANCY, CHEST_XRAY_PNEUMONIA)
+# The label each task gives at or above its threshold, and below it.
+LABELS = {
+    LUNG_NODULE_MALIGNANCY: ("malignant", "benign"),
+    CHEST_XRAY_PNEUMONIA: ("pneumonia", "no pneumonia"),
+}
 SCHEMA_FILE = "result.schema.json"
 
 # The columns of a batch's table, per task, after its own identifying columns: the answer
 # first, then the task's measurements.
 _COMMON_SUMMARY = ("probability", "uncertainty", "label")
-_TASK_SUMMARY = {LUNG_NODULE_MALIGNANCY: ("diameter_mm", "volume_ml")}
+_TASK_SUMMARY: dict[str, tuple[str, ...]] = {
+    LUNG_NODULE_MALIGNANCY: ("diameter_mm", "volume_ml"),
+    CHEST_XRAY_PNEUMONIA: (),
+}
 
 
 @cache
@@ -43,6 +52,19 @@ def summary_columns(task: str) -> tuple[str, ...]:
     if task not in _TASK_SUMMARY:
         raise ValueError(f"Unknown task {task!r}; known: {', '.join(TASKS)}.")
     return _COMMON_SUMMARY + _TASK_SUMMARY[task]
+
+
+def table_columns() -> tuple[str, ...]:
+    """The summary columns of a table that holds results of any task (``medcnn batch``'s):
+    the common ones, then each task's own in task order; a task without a column leaves it
+    empty."""
+    own = [key for task in TASKS for key in _TASK_SUMMARY[task]]
+    return _COMMON_SUMMARY + tuple(dict.fromkeys(own))
+
+
+def label_for(task: str, probability: float, threshold: float) -> str:
+    positive, negative = LABELS[task]
+    return positive if probability >= threshold else negative
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,8 @@ class OutputFiles:
     heatmap: str | None = None
     segmentation: str | None = None
     overlay: str | None = None
+    # The heatmap as a grey picture of the input's width and height (PNG and JPEG inputs).
+    heatmap_png: str | None = None
 
     def to_json(self) -> dict[str, str]:
         names = {
@@ -138,6 +162,7 @@ class OutputFiles:
             "heatmap": self.heatmap,
             "segmentation": self.segmentation,
             "overlay": self.overlay,
+            "heatmap_png": self.heatmap_png,
         }
         return {key: name for key, name in names.items() if name is not None}
 
@@ -148,21 +173,38 @@ class OutputFiles:
             heatmap=data.get("heatmap"),
             segmentation=data.get("segmentation"),
             overlay=data.get("overlay"),
+            heatmap_png=data.get("heatmap_png"),
         )
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """The model that answered: its description, version and weights, and, where MedCNN chose
+    it among the installed models, which one (``id``, its bundle's name) and why."""
+
     name: str
     version: str
     weights_sha256: str
+    id: str | None = None
+    chosen_because: str | None = None
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256}
+        data = {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256}
+        if self.id is not None:
+            data["id"] = self.id
+        if self.chosen_because is not None:
+            data["chosen_because"] = self.chosen_because
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelInfo:
-        return cls(data["name"], data["version"], data["weights_sha256"])
+        return cls(
+            data["name"],
+            data["version"],
+            data["weights_sha256"],
+            data.get("id"),
+            data.get("chosen_because"),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,6 +227,11 @@ class Result:
     warnings: tuple[str, ...] = ()
     timings_s: dict[str, float] | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def label_positive(self) -> str:
+        """The label of the task's positive class ("malignant", "pneumonia")."""
+        return LABELS[self.task][0]
 
     @property
     def nodule(self) -> NoduleFindings:
@@ -249,6 +296,8 @@ class Result:
         )
 
     def summary(self) -> dict[str, Any]:
-        """The values of ``summary_columns(task)``, for a batch's table."""
+        """The values of ``table_columns()``, for a batch's table: this task's summary, the
+        other tasks' columns empty."""
         data = self.to_json()
-        return {key: data[key] for key in summary_columns(self.task)}
+        own = summary_columns(self.task)
+        return {key: data[key] if key in own else "" for key in table_columns()}

@@ -22,10 +22,10 @@ from medcnn.outputs.result import Result
 from medcnn.volume import Volume
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
-OVERLAY = "overlay.png"
-# Pictures an analysis may add; one an earlier run left and this one did not draw is removed,
-# so the folder holds what its result.json lists.
-PICTURES = (OVERLAY,)
+OVERLAY, HEATMAP_PNG = "overlay.png", "heatmap.png"
+# Every file an analysis of any model may write beside result.json; one an earlier run left
+# and this one did not write is removed, so the folder holds what its result.json lists.
+OUTPUT_FILES = (HEATMAP, SEGMENTATION, OVERLAY, HEATMAP_PNG)
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
@@ -73,13 +73,12 @@ def nifti_image(volume: Volume, dtype: type) -> nib.Nifti1Image:
 def write_outputs(
     out_dir: Path,
     result: Result,
-    heatmap: Volume,
-    segmentation: Volume,
+    volumes: Mapping[str, tuple[Volume, type]],
     before_result: Callable[[Result], Result] | None = None,
     pictures: Mapping[str, Callable[[Path], object]] | None = None,
 ) -> Result:
-    """Write ``result.json``, ``heatmap.nii.gz``, ``segmentation.nii.gz`` and any pictures
-    atomically; returns the result as written.
+    """Write ``result.json``, the NIfTI ``volumes`` (file name to volume and data type: the
+    heatmap, the segmentation) and any pictures atomically; returns the result as written.
 
     ``pictures`` maps a file name to a function that draws it at the path given (the overlay):
     drawn with the other files in the hidden folder, so a picture that fails leaves nothing.
@@ -99,17 +98,17 @@ def write_outputs(
             "you can write to."
         ) from error
     try:
-        nib.save(nifti_image(heatmap, np.float32), staging / HEATMAP)
-        nib.save(nifti_image(segmentation, np.uint8), staging / SEGMENTATION)
+        for name, (volume, dtype) in volumes.items():
+            nib.save(nifti_image(volume, dtype), staging / name)
         for name, draw in pictures.items():
             draw(staging / name)
         if before_result is not None:
             result = before_result(result)
         (staging / RESULT).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         out_dir.mkdir(exist_ok=True)
-        for name in (HEATMAP, SEGMENTATION, *pictures, RESULT):
+        for name in (*volumes, *pictures, RESULT):
             os.replace(staging / name, out_dir / name)
-        for name in set(PICTURES) - set(pictures):
+        for name in set(OUTPUT_FILES) - set(volumes) - set(pictures):
             (out_dir / name).unlink(missing_ok=True)
     except OSError as error:
         raise OutputError(

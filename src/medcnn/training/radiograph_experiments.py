@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from medcnn.bundle import load_radiograph_spec, network_arguments
 from medcnn.training.data.radiographs import build_cache
 from medcnn.training.radiograph_training import (
     RadiographAugmentation,
     RadiographRecipe,
     train_member,
 )
-from medcnn.xray.preprocessing import RadiographSpec
 
 FOLDS = (0, 1, 2, 3, 4)
 
@@ -53,13 +53,9 @@ def load_recipe(bundle_dir: Path) -> RadiographRecipe:
     return RadiographRecipe(**settings)
 
 
-def load_spec(bundle_dir: Path) -> RadiographSpec:
-    values = read_config(bundle_dir, "inference.json")["preprocessing"]
-    return RadiographSpec(**{k: v for k, v in values.items() if not k.startswith("_")})
-
-
 def network_args(bundle_dir: Path) -> dict:
-    values = read_config(bundle_dir, "inference.json")["network_def"]
+    """A member's arguments: the bundle's ``network_def``'s, less the number of members."""
+    values = network_arguments(bundle_dir)
     return {"channels": tuple(values["channels"]), "dropout": float(values["dropout"])}
 
 
@@ -69,7 +65,7 @@ def member_dir(run_dir: Path, experiment: str, fold: int | None) -> Path:
 
 def run(data_root: Path, run_dir: Path, bundle_dir: Path, names: list[str]) -> None:
     recipe = load_recipe(bundle_dir)
-    spec = load_spec(bundle_dir)
+    spec = load_radiograph_spec(bundle_dir)
     cache = build_cache(data_root, spec, run_dir / f"cache-{spec.size}.npz")
     log_path = run_dir / "train.log"
 

@@ -1,0 +1,156 @@
+"""Every installed model behind one door: which model an input needs, and running it.
+
+The input decides. A point in a 3D scan goes to the lung nodule model; a 2D radiograph, which
+has no point, to the chest X-ray model. ``--model`` names one; a mismatch (a point on a
+radiograph, a CT without a point) is refused in one sentence before anything is read.
+Each model is loaded the first time it is needed and kept, so a worker or a batch pays for it
+once. ``result.json`` says which model answered and why (``model.id``, ``model.chosen_because``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from medcnn.app.analysis import Analyzer, FileRequest, Progress
+from medcnn.app.radiograph_analysis import RadiographAnalyzer
+from medcnn.bundle import NODULE_MODEL, XRAY_MODEL, installed_models, model_of
+from medcnn.errors import UsageError
+from medcnn.outputs.result import Result
+from medcnn.reading.dimensions import is_two_dimensional
+
+# What each model takes, in the words the refusals and ``medcnn models`` use.
+NEEDS_POINT = {NODULE_MODEL: True, XRAY_MODEL: False}
+ANALYZERS: dict[str, type] = {NODULE_MODEL: Analyzer, XRAY_MODEL: RadiographAnalyzer}
+
+
+class ModelAnalyzer(Protocol):
+    def analyze_file(
+        self,
+        image: Path | str,
+        point: Sequence[float] | None,
+        out_dir: Path | str,
+        lps: bool = False,
+        progress: Progress | None = None,
+        series_uid: str | None = None,
+        overlay: bool = False,
+        chosen_because: str | None = None,
+    ) -> Result: ...
+
+    def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]: ...
+
+
+def choose_model(
+    image: Path | str, point: Sequence[float] | None, model: str | None = None
+) -> tuple[str, str]:
+    """The model for an input, and why, in a sentence for ``result.json``."""
+    two_d = is_two_dimensional(image)
+    if model is not None:
+        if model not in NEEDS_POINT:
+            raise UsageError(
+                f"There is no model {model!r}; choose one of {', '.join(NEEDS_POINT)} "
+                "(medcnn models lists them)."
+            )
+        wanted = model
+    elif point is not None:
+        wanted = NODULE_MODEL
+    elif two_d is False:
+        raise UsageError(
+            f"{image} is a 3D scan: the lung nodule model judges a nodule at a point; give it "
+            "with --point R A S."
+        )
+    else:
+        wanted = XRAY_MODEL
+    if NEEDS_POINT[wanted] and point is None:
+        raise UsageError(
+            f"The {wanted} model judges a nodule at a point; give it with --point R A S."
+        )
+    if not NEEDS_POINT[wanted] and point is not None:
+        raise UsageError(
+            f"The {wanted} model judges a whole radiograph and takes no point; leave out --point."
+        )
+    if NEEDS_POINT[wanted] and two_d is True:
+        raise UsageError(
+            f"{image} is a 2D radiograph, which the {XRAY_MODEL} model judges whole; leave out "
+            "--point (and --model)."
+        )
+    if model is not None:
+        return wanted, f"--model {model} was given"
+    if wanted == NODULE_MODEL:
+        return wanted, "a point was given in a 3D scan"
+    return wanted, "no point was given and the image is a 2D radiograph"
+
+
+class Engine:
+    """The installed models, each loaded on first use.
+
+    ``bundle`` replaces the shipped bundle of the model it is (``--bundle``, with
+    ``trusted``)."""
+
+    def __init__(self, bundle: Path | str | None = None, trusted: bool = False) -> None:
+        self.bundle = Path(bundle).resolve() if bundle else None
+        self.trusted = trusted
+        self._loaded: dict[str, ModelAnalyzer] = {}
+
+    def analyzer(self, model: str) -> ModelAnalyzer:
+        if model not in self._loaded:
+            if model not in installed_models() and model_of_bundle(self.bundle) != model:
+                raise UsageError(
+                    f"The model {model} is not installed (installed: "
+                    f"{', '.join(installed_models())}); reinstall MedCNN."
+                )
+            bundle = self.bundle if model_of_bundle(self.bundle) == model else None
+            self._loaded[model] = ANALYZERS[model](bundle, trusted=self.trusted)
+        return self._loaded[model]
+
+    def analyze_file(
+        self,
+        image: Path | str,
+        point: Sequence[float] | None,
+        out_dir: Path | str,
+        lps: bool = False,
+        progress: Progress | None = None,
+        series_uid: str | None = None,
+        overlay: bool = False,
+        model: str | None = None,
+    ) -> Result:
+        """Choose the model for the input, run it, write its files; the result as written."""
+        chosen, because = choose_model(image, point, model)
+        return self.analyzer(chosen).analyze_file(
+            image, point, out_dir, lps, progress, series_uid, overlay, chosen_because=because
+        )
+
+    def analyze_files(
+        self, requests: Sequence[FileRequest], model: str | None = None
+    ) -> list[Result | Exception]:
+        """Each request through the model it needs, those of one model together."""
+        outcomes: list[Result | Exception | None] = [None] * len(requests)
+        by_model: dict[str, list[tuple[int, FileRequest]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                chosen, because = choose_model(request.image, request.point, model)
+            except Exception as error:
+                outcomes[index] = error
+                continue
+            with_reason = FileRequest(
+                request.image,
+                request.point,
+                request.out_dir,
+                request.lps,
+                request.overlay,
+                chosen_because=because,
+            )
+            by_model.setdefault(chosen, []).append((index, with_reason))
+        for chosen, group in by_model.items():
+            try:
+                answers = self.analyzer(chosen).analyze_files([r for _, r in group])
+            except Exception as error:  # the model itself cannot load: each of its rows says so
+                answers = [error] * len(group)
+            for (index, _), answer in zip(group, answers, strict=True):
+                outcomes[index] = answer
+        return outcomes  # type: ignore[return-value]
+
+
+def model_of_bundle(bundle: Path | None) -> str | None:
+    return model_of(bundle) if bundle is not None else None

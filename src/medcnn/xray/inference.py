@@ -1,0 +1,60 @@
+"""The radiograph model's answer: the members' probabilities and where they looked.
+
+A radiograph goes through the ensemble whole (``preprocessing.to_model_input``); several go as
+one batch (``predict_radiographs``, for ``medcnn batch``). The heatmap is the members' mean
+GradCAM on the network's grid, scaled so that its brightest cell is 1 (GradCAM's usual
+per-image scale: it shows where the network looked, not how sure it is; the probability says
+that), then resized onto the radiograph's own pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medcnn.reading.radiograph import Radiograph
+from medcnn.xray.network import RadiographEnsemble
+from medcnn.xray.preprocessing import RadiographSpec, to_image_grid, to_model_input
+
+
+@dataclass(frozen=True)
+class RadiographPrediction:
+    member_probabilities: np.ndarray
+    # (rows, columns) of the radiograph, 0..1, brightest where the network looked.
+    heatmap: np.ndarray
+
+    @property
+    def probability(self) -> float:
+        return float(self.member_probabilities.mean())
+
+    @property
+    def uncertainty(self) -> float:
+        """The members' standard deviation: how much models trained on different patients
+        disagree."""
+        return float(self.member_probabilities.std())
+
+
+@torch.inference_mode()
+def predict_radiographs(
+    model: RadiographEnsemble, radiographs: list[Radiograph], spec: RadiographSpec
+) -> list[RadiographPrediction]:
+    """Every radiograph's prediction, the network run once over all of them."""
+    inputs = torch.stack([to_model_input(r.pixels, spec) for r in radiographs])
+    members, heatmaps = model.explain(inputs)
+    peaks = heatmaps.amax(dim=(1, 2), keepdim=True)
+    heatmaps = torch.where(peaks > 0, heatmaps / peaks.clamp_min(1e-12), heatmaps)
+    return [
+        RadiographPrediction(
+            member_probabilities=members[:, i].numpy().astype(float),
+            heatmap=np.clip(to_image_grid(heatmaps[i], *radiograph.shape), 0.0, 1.0),
+        )
+        for i, radiograph in enumerate(radiographs)
+    ]
+
+
+def predict_radiograph(
+    model: RadiographEnsemble, radiograph: Radiograph, spec: RadiographSpec
+) -> RadiographPrediction:
+    return predict_radiographs(model, [radiograph], spec)[0]
