@@ -26,6 +26,9 @@ ANALYZERS: dict[str, type] = {NODULE_MODEL: Analyzer, XRAY_MODEL: RadiographAnal
 
 
 class ModelAnalyzer(Protocol):
+    model_info: dict
+    threshold: float
+
     def analyze_file(
         self,
         image: Path | str,
@@ -103,6 +106,23 @@ class Engine:
             bundle = self.bundle if model_of_bundle(self.bundle) == model else None
             self._loaded[model] = ANALYZERS[model](bundle, trusted=self.trusted)
         return self._loaded[model]
+
+    def load_all(self) -> None:
+        """Load every installed model now (a worker, so that no click pays for it)."""
+        for model in installed_models():
+            if model in ANALYZERS:
+                self.analyzer(model)
+
+    def describe(self) -> list[dict]:
+        """The loaded models, as the worker's ``ready`` line lists them."""
+        return [
+            {
+                **{k: analyzer.model_info[k] for k in ("id", "name", "version", "weights_sha256")},
+                "threshold": analyzer.threshold,
+                "needs_point": NEEDS_POINT[model],
+            }
+            for model, analyzer in self._loaded.items()
+        ]
 
     def analyze_file(
         self,

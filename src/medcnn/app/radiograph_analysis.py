@@ -107,7 +107,7 @@ class RadiographAnalyzer:
         outcomes: list[Result | Exception | None] = [None] * len(requests)
         ready: list[tuple[int, Radiograph, dict[str, float], float]] = []
         for index, request in enumerate(requests):
-            total_start, timings = time.perf_counter(), {}
+            total_start, timings = time.perf_counter(), dict[str, float]()
             try:
                 refuse_point(request.point)
                 ready.append((index, self._read(request.image, timings), timings, total_start))

@@ -1,6 +1,6 @@
 """The persistent process behind 3D Slicer and other viewers: ``python -m medcnn.app.worker``.
 
-Importing torch and loading the verified model take seconds; a viewer that paid them on every
+Importing torch and loading the verified models take seconds; a viewer that paid them on every
 click would feel broken. The worker pays them once, then answers requests one at a time for as
 long as its parent keeps it. It never imports anything of Slicer: it is the engine's edge, like
 the command line, and turns ``MedCNNError`` into messages and exit codes the same way.
@@ -12,14 +12,17 @@ On start, at once (before the slow imports), the engine's vocabulary, so that a 
 import the engine or repeat its names and numbers: the protocol version, the progress stages in
 order with a title for each, and the exit codes by name::
 
-    {"event": "hello", "protocol": 1,
+    {"event": "hello", "protocol": 2,
      "stages": [{"name": "reading", "title": "Reading the scan"}, ...],
      "exit_codes": {"success": 0, "internal_error": 1, "usage": 2, ..., "cancelled": 130}}
 
-then, once the model is loaded::
+then, once every installed model is loaded::
 
-    {"event": "ready", "pid": 1234, "model": {"name": ..., "version": ..., "weights_sha256": ...,
-     "threshold": ...}, "software": {"medcnn": ..., "monai": ..., "torch": ..., ...}}
+    {"event": "ready", "pid": 1234,
+     "models": [{"id": "lung_nodule_ct", "name": ..., "version": ..., "weights_sha256": ...,
+                 "threshold": ..., "needs_point": true}, {"id": "chest_xray_pneumonia", ...}],
+     "model": {...the first of "models"...},
+     "software": {"medcnn": ..., "monai": ..., "torch": ..., ...}}
 
 or, when the engine cannot start (dependencies missing, model bundle failing its check)::
 
@@ -31,6 +34,10 @@ Requests, one JSON object per stdin line::
 
     {"id": "7", "image": "/tmp/scan.nrrd", "point": [21.9, 120.5, -611.5], "lps": false,
      "out": "/tmp/results/7"}                        # optional: "series_uid": "1.2.3..."
+    {"id": "9", "image": "/tmp/chest.nrrd", "out": "/tmp/results/9"}   # a radiograph: no point
+                                                     # optional: "model": "chest_xray_pneumonia"
+
+The input decides the model as on the command line (``medcnn.app.engine``); ``model`` names one.
     {"id": "8", "command": "quit"}                   # or end of stdin: exit 0
 
 Answers, all carrying the request's ``id``, in this order::
@@ -66,7 +73,7 @@ log = logging.getLogger("medcnn.app.worker")
 
 INTERNAL_ERROR = 1
 BAD_REQUEST = 2
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Channel:
@@ -109,12 +116,18 @@ def parse_request(line: str) -> tuple[str | None, dict]:
     request_id = None if request.get("id") is None else str(request["id"])
     if request.get("command") is not None:
         return request_id, request
-    missing = [key for key in ("id", "image", "point", "out") if key not in request]
+    missing = [key for key in ("id", "image", "out") if key not in request]
     if missing:
         raise BadRequest(f"The request lacks {', '.join(missing)}.", request_id)
-    point = request["point"]
-    if not isinstance(point, list) or len(point) != 3:
-        raise BadRequest("The request's point must be a list of three numbers.", request_id)
+    point = request.get("point")
+    if point is not None and (not isinstance(point, list) or len(point) != 3):
+        raise BadRequest(
+            "The request's point must be a list of three numbers, or absent for a radiograph.",
+            request_id,
+        )
+    model = request.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("The request's model must be a model's name.", request_id)
     return request_id, request
 
 
@@ -167,10 +180,11 @@ def answer(
         options = {"series_uid": request["series_uid"]} if request.get("series_uid") else {}
         result = analyzer.analyze_file(
             request["image"],
-            request["point"],
+            request.get("point"),
             request["out"],
             lps=bool(request.get("lps", False)),
             progress=progress,
+            model=request.get("model"),
             **options,
         )
     except error_types as error:
@@ -205,11 +219,14 @@ def hello() -> dict[str, Any]:
 
 
 def load_analyzer(bundle: str | None, trusted: bool) -> tuple[Any, tuple, Callable[[], dict]]:
-    """Import the engine and load the model: the slow part, done once."""
-    from medcnn.app.analysis import Analyzer, software_versions
+    """Import the engine and load every installed model: the slow part, done once."""
+    from medcnn.app.analysis import software_versions
+    from medcnn.app.engine import Engine
     from medcnn.errors import MedCNNError
 
-    return Analyzer(bundle, trusted=trusted), (MedCNNError,), software_versions
+    engine = Engine(bundle, trusted=trusted)
+    engine.load_all()
+    return engine, (MedCNNError,), software_versions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load the model:\n%s", traceback.format_exc())
         channel.send(event="fatal", message=str(error), exit_code=exit_code)
         return exit_code
-    model = {k: analyzer.model_info[k] for k in ("name", "version", "weights_sha256", "threshold")}
-    log.info("ready: %s %s (pid %d)", model["name"], model["version"], os.getpid())
-    channel.send(event="ready", pid=os.getpid(), model=model, software=software_versions())
+    models = analyzer.describe()
+    log.info("ready: %s (pid %d)", ", ".join(m["id"] for m in models), os.getpid())
+    channel.send(
+        event="ready", pid=os.getpid(), models=models, model=models[0], software=software_versions()
+    )
     return serve(analyzer, sys.stdin, channel, error_types)
 
 

@@ -14,18 +14,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcnn.bundle import load_radiograph_spec, network_arguments, sign_weights
 from medcnn.training.calibration import fit_logistic
-from medcnn.training.data.radiographs import RadiographCache
+from medcnn.training.data.radiographs import RadiographCache, all_records, build_cache
 from medcnn.training.metrics import (
     bootstrap_interval,
     brier_score,
     expected_calibration_error,
-    reliability_bins,
     roc_auc,
-    roc_curve,
     threshold_metrics,
 )
+from medcnn.training.radiograph_evaluation import (
+    LabelledRadiograph,
+    member_probabilities,
+    plot_curves,
+    summarize,
+)
 from medcnn.training.radiograph_experiments import EXPERIMENTS, member_dir
+from medcnn.training.release import export_torchscript
+from medcnn.xray.network import RadiographEnsemble
 
 # The heatmap's border band: the outer cells of the network's 16 x 16 map on each side, where
 # film markers, text and collimation edges sit. Its share of the heatmap is compared with its
@@ -151,7 +158,9 @@ def evaluate(run_dir: Path, cache: RadiographCache) -> dict:
 
 
 @torch.no_grad()
-def heatmap_border_share(model: torch.nn.Module, cache: RadiographCache, index: np.ndarray) -> dict:
+def heatmap_border_share(
+    model: RadiographEnsemble, cache: RadiographCache, index: np.ndarray
+) -> dict:
     """How much of the heatmap falls in the border band, against the band's share of the area:
     a model that read film markers or collimation edges would put its weight there."""
     shares = []
@@ -170,14 +179,129 @@ def heatmap_border_share(model: torch.nn.Module, cache: RadiographCache, index: 
     }
 
 
-def curves(labels: np.ndarray, probabilities: np.ndarray) -> dict:
-    fpr, tpr = roc_curve(labels.astype(bool), probabilities)
-    return {
-        "fpr": fpr.tolist(),
-        "tpr": tpr.tolist(),
-        "reliability": reliability_bins(labels, probabilities),
-    }
-
-
 def write_report(report: dict, path: Path) -> None:
     path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+CHECK_EVERY = 10  # the fixed subset (every 10th test radiograph) that the tests re-evaluate
+
+
+def round_floats(value: object, digits: int = 4) -> object:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: round_floats(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [round_floats(v, digits) for v in value]
+    return value
+
+
+def assemble(
+    run_dir: Path, bundle_dir: Path, calibration: tuple[float, float]
+) -> RadiographEnsemble:
+    """The ``both`` experiment's fold members as the shipped ensemble, calibration installed."""
+    arguments = network_arguments(bundle_dir)
+    folds = EXPERIMENTS["both"].folds
+    model = RadiographEnsemble(len(folds), tuple(arguments["channels"]), arguments["dropout"])
+    for member, fold in zip(model.members, folds, strict=True):
+        path = member_dir(run_dir, "both", fold) / "model.pt"
+        member.load_state_dict(torch.load(path, weights_only=True))
+    model.calibration.copy_(torch.tensor(calibration))  # type: ignore[operator]
+    return model.eval()
+
+
+def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
+    """Evaluate every experiment, assemble and sign the shipped ensemble, and write its
+    numbers into ``metadata.json`` and its plots into ``docs/images``."""
+    spec = load_radiograph_spec(bundle_dir)
+    cache = build_cache(data_root, spec, run_dir / f"cache-{spec.size}.npz")
+    report = evaluate(run_dir, cache)
+    both = report["experiments"]["both"]
+    threshold = both["threshold"]
+    model = assemble(run_dir, bundle_dir, tuple(both["calibration"]))
+    records = all_records(data_root)
+    test = [LabelledRadiograph(r.path, r.label, r.patient) for r in records if r.split == "test"]
+    nih = [
+        LabelledRadiograph(r.path, r.label, r.patient, r.fold) for r in records if r.source == "nih"
+    ]
+    # Shipped numbers through the click's own path: the ensemble on Kermany's test split; on
+    # NIH, each radiograph judged by the member that never saw its fold.
+    test_members, _ = member_probabilities(model, spec, test)
+    test_probability = test_members.mean(axis=1)
+    test_labels = np.array([r.label for r in test])
+    nih_members, _ = member_probabilities(model, spec, nih)
+    nih_probability = np.array([row[r.fold] for row, r in zip(nih_members, nih, strict=True)])
+    nih_labels = np.array([r.label for r in nih])
+    per_fold = {
+        str(f): roc_auc(
+            nih_labels[[r.fold == f for r in nih]].astype(bool),
+            nih_probability[[r.fold == f for r in nih]],
+        )
+        for f in EXPERIMENTS["both"].folds
+    }
+    eval_metrics = {
+        "kermany_test": summarize(
+            test_labels, test_probability, [r.patient for r in test], threshold
+        ),
+        "nih_cv": {
+            **summarize(nih_labels, nih_probability, [r.patient for r in nih], threshold),
+            "auc_per_fold": per_fold,
+            "auc_worst_fold": min(per_fold.values()),
+        },
+        "uncertainty_mean_kermany_test": float(test_members.std(axis=1).mean()),
+    }
+    border = {
+        "kermany_test": heatmap_border_share(model, cache, np.flatnonzero(cache.split == "test")),
+        "nih": heatmap_border_share(model, cache, np.flatnonzero(cache.source == "nih")),
+    }
+    checked = list(range(0, len(test), CHECK_EVERY))
+    check_subset = {
+        "every": CHECK_EVERY,
+        "images": [str(test[i].path.relative_to(data_root)) for i in checked],
+        **summarize(
+            test_labels[checked],
+            test_probability[checked],
+            [test[i].patient for i in checked],
+            threshold,
+        ),
+        "mean_probability": float(test_probability[checked].mean()),
+    }
+    metadata_path = bundle_dir / "configs" / "metadata.json"
+    draft = bundle_dir / "configs" / "metadata.json.draft"
+    metadata = json.loads((draft if draft.exists() else metadata_path).read_text())
+    metadata["eval_metrics"] = round_floats(eval_metrics)
+    metadata["medcnn"].update(
+        {
+            "threshold": threshold,
+            "calibration": round_floats(list(both["calibration"]), 6),
+            "member_folds": list(EXPERIMENTS["both"].folds),
+            "check_subset": round_floats(check_subset),
+            "heatmap_border": round_floats(border),
+            "experiments": round_floats(report["experiments"]),
+        }
+    )
+    metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
+    draft.unlink(missing_ok=True)
+    sign_weights(bundle_dir, model.state_dict())
+    export_torchscript(bundle_dir)
+    founding = report["experiments"].get("founding")
+    curves = {
+        "MedCNN, Kermany test": (test_labels, test_probability),
+        "MedCNN, NIH 5-fold CV": (nih_labels, nih_probability),
+    }
+    if founding is not None:
+        founding_logits = member_logits(run_dir, "founding")
+        calibrated = np.mean(
+            [calibrate(v, tuple(founding["calibration"])) for v in founding_logits.values()], axis=0
+        )
+        test_mask = cache.split == "test"
+        curves["founding CNN, Kermany test"] = (
+            cache.labels.numpy()[test_mask],
+            calibrated[test_mask],
+        )
+    plot_curves(curves, bundle_dir / "docs" / "images", threshold)
+    write_report(
+        {"eval_metrics": eval_metrics, **report, "heatmap_border": border},
+        run_dir / "release_report.json",
+    )
+    return metadata

@@ -111,20 +111,21 @@ class RadiographEnsemble(nn.Module):
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.calibration[0] * logits + self.calibration[1])
+        a, b = self.calibration[0], self.calibration[1]  # type: ignore[index]
+        return torch.sigmoid(a * logits + b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (B, 2) of no pneumonia and pneumonia, as MONAI bundles give."""
-        probability = self.member_probabilities(x).mean(dim=0)
+        probability = self.explain(x)[0].mean(dim=0)
         return torch.stack([1 - probability, probability], dim=1)
 
-    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(members, B) calibrated probabilities."""
-        return torch.stack([self.calibrated(member(x)) for member in self.members])
-
+    @torch.jit.export
     def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(members, B) calibrated probabilities and the members' mean GradCAM (B, h, w)."""
-        logits, heatmaps = zip(
-            *(member.logit_and_heatmap(x) for member in self.members), strict=True
-        )
+        logits: list[torch.Tensor] = []
+        heatmaps: list[torch.Tensor] = []
+        for member in self.members:
+            logit, heatmap = member.logit_and_heatmap(x)  # type: ignore[operator]
+            logits.append(logit)
+            heatmaps.append(heatmap)
         return self.calibrated(torch.stack(logits)), torch.stack(heatmaps).mean(dim=0)

@@ -131,7 +131,7 @@ def build_cache(data_root: Path, spec: RadiographSpec, cache_path: Path) -> Radi
     }
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     partial = cache_path.with_name(cache_path.name + ".partial.npz")
-    np.savez(partial, **arrays)
+    np.savez(partial, **arrays)  # type: ignore[arg-type]
     partial.replace(cache_path)
     return _from_arrays(arrays)
 

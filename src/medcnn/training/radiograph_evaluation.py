@@ -1,0 +1,196 @@
+"""Judging chest radiographs through the click's own path: reader, preprocessing, ensemble.
+
+Used by the release (Kermany's test split, the NIH folds) and by
+``medcnn evaluate --model chest_xray_pneumonia --held-out --data DIR``, where ``DIR`` is laid
+out like ``xray/nih``: ``labels.csv`` with ``image`` (relative to ``DIR``), ``label``
+(``pneumonia``, or anything else for no pneumonia; 1/0 also read) and optional ``patient_id``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medcnn.errors import InputNotFoundError, MedCNNError, UsageError
+from medcnn.reading.radiograph import read_radiograph
+from medcnn.training.metrics import (
+    bootstrap_interval,
+    brier_score,
+    expected_calibration_error,
+    reliability_bins,
+    roc_auc,
+    roc_curve,
+    threshold_metrics,
+)
+from medcnn.xray.inference import predict_radiographs
+from medcnn.xray.network import RadiographEnsemble
+from medcnn.xray.preprocessing import RadiographSpec
+
+BATCH = 32
+POSITIVE = ("pneumonia", "1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class LabelledRadiograph:
+    path: Path
+    label: int
+    patient: str
+    fold: int = -1
+
+
+def read_labels(data_dir: Path) -> list[LabelledRadiograph]:
+    """The radiographs of a folder's ``labels.csv``."""
+    path = Path(data_dir) / "labels.csv"
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"{path} does not exist; a radiograph folder needs labels.csv with the columns "
+            "image and label (and optionally patient_id)."
+        )
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise UsageError(f"{path} needs the columns image and label; add them.")
+    return [
+        LabelledRadiograph(
+            path=Path(data_dir) / row["image"],
+            label=int(row["label"].strip().lower() in POSITIVE),
+            patient=row.get("patient_id") or row["image"],
+            fold=int(row["fold"]) if row.get("fold", "").strip().isdigit() else -1,
+        )
+        for row in rows
+    ]
+
+
+def member_probabilities(
+    model: RadiographEnsemble, spec: RadiographSpec, records: list[LabelledRadiograph]
+) -> tuple[np.ndarray, list[str]]:
+    """(images, members) calibrated probabilities through the click's path, and per image the
+    error that stopped it ("" if none; its row is NaN)."""
+    out = np.full((len(records), len(model.members)), np.nan)
+    errors = [""] * len(records)
+    for start in range(0, len(records), BATCH):
+        chunk = list(range(start, min(start + BATCH, len(records))))
+        read = []
+        for i in chunk:
+            try:
+                read.append((i, read_radiograph(records[i].path)))
+            except MedCNNError as error:
+                errors[i] = str(error)
+        if read:
+            predictions = predict_radiographs(model, [r for _, r in read], spec)
+            for (i, _), prediction in zip(read, predictions, strict=True):
+                out[i] = prediction.member_probabilities
+    return out, errors
+
+
+def summarize(
+    labels: np.ndarray, probabilities: np.ndarray, patients: list[str], threshold: float
+) -> dict:
+    """AUC with a 95 % patient-bootstrap interval, the calls at the threshold, calibration."""
+    labels = np.asarray(labels, bool)
+    return {
+        "n": int(len(labels)),
+        "n_pneumonia": int(labels.sum()),
+        "auc": roc_auc(labels, probabilities),
+        "auc_ci95": bootstrap_interval(labels, probabilities, roc_auc, patients),
+        "threshold": threshold,
+        **threshold_metrics(labels, probabilities, threshold),
+        "brier": brier_score(labels, probabilities),
+        "ece": expected_calibration_error(labels, probabilities),
+    }
+
+
+def plot_curves(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, threshold: float
+) -> list[Path]:
+    """``roc.png`` and ``reliability.png`` of one or more labelled sets (name to labels and
+    probabilities)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
+    for name, (labels, probs) in curves.items():
+        fpr, tpr = roc_curve(labels.astype(bool), probs)
+        ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {roc_auc(labels.astype(bool), probs):.3f})")
+        at = threshold_metrics(labels, probs, threshold)
+        ax.plot(1 - at["specificity"], at["sensitivity"], "o", color="black", ms=4)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+    ax.set(
+        xlabel="1 - specificity",
+        ylabel="sensitivity",
+        title=f"ROC (dots: threshold {threshold:.2f})",
+    )
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    roc_path = out_dir / "roc.png"
+    fig.savefig(roc_path)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.5, label="perfect calibration")
+    for name, (labels, probs) in curves.items():
+        bins = [b for b in reliability_bins(labels, probs) if b["count"]]
+        ax.plot(
+            [b["predicted"] for b in bins],
+            [b["observed"] for b in bins],
+            "o-",
+            label=f"{name} (Brier {brier_score(labels.astype(bool), probs):.3f})",
+        )
+    ax.set(
+        xlabel="predicted probability of pneumonia",
+        ylabel="observed fraction pneumonia",
+        title="Reliability",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    reliability_path = out_dir / "reliability.png"
+    fig.savefig(reliability_path)
+    plt.close(fig)
+    return [roc_path, reliability_path]
+
+
+def evaluate_folder(
+    data_dir: Path, out_dir: Path, model: RadiographEnsemble, spec: RadiographSpec, threshold: float
+) -> dict:
+    """The whole ensemble on a labelled folder: ``metrics.json``, ``predictions.csv``,
+    ``roc.png`` and ``reliability.png`` in ``out_dir``."""
+    records = read_labels(data_dir)
+    members, errors = member_probabilities(model, spec, records)
+    probability = members.mean(axis=1)
+    judged = np.isfinite(probability)
+    labels = np.array([r.label for r in records])
+    metrics = summarize(
+        labels[judged],
+        probability[judged],
+        [r.patient for r, j in zip(records, judged, strict=True) if j],
+        threshold,
+    )
+    metrics["not_judged"] = int((~judged).sum())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "patient_id", "label", "probability", "uncertainty", "error"])
+        for record, row, error in zip(records, members, errors, strict=True):
+            finite = np.isfinite(row).all()
+            writer.writerow(
+                [
+                    record.path.relative_to(data_dir),
+                    record.patient,
+                    record.label,
+                    f"{row.mean():.6f}" if finite else "",
+                    f"{row.std():.6f}" if finite else "",
+                    error,
+                ]
+            )
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_curves({"held-out": (labels[judged], probability[judged])}, out_dir, threshold)
+    return metrics
