@@ -45,6 +45,15 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--model",
+        default="lung_nodule_ct",
+        choices=("lung_nodule_ct", "chest_xray_pneumonia"),
+        help=f"{what} (default lung_nodule_ct)",
+    )
+
+
 SOURCES = ("lidc", "nodulemnist3d")
 LIDC_DATA = Path("../shared/data/lidc_voi")
 
@@ -182,12 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
         "one-member benchmark bundle (it does not segment) to evaluate on the test split.",
         epilog=EPILOG,
     )
+    _add_model_option(train, "the model to train")
     train.add_argument(
         "--data",
         type=Path,
         default=None,
-        help="the lidc_voi folder (with nodules.csv; default train.json's data_dir), or the "
-        "nodulemnist3d.npz file with --source nodulemnist3d",
+        help="the lidc_voi folder (with nodules.csv; default train.json's data_dir), the "
+        "nodulemnist3d.npz file with --source nodulemnist3d, or for the chest X-ray model the "
+        "xray folder (kermany/ and nih/)",
+    )
+    train.add_argument(
+        "--experiments",
+        nargs="+",
+        default=None,
+        help="chest X-ray model only: comparisons to train besides the release's members "
+        "(founding, children, adults; see the model card)",
     )
     _add_source_options(train)
     train.add_argument(
@@ -247,12 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         "predictions.csv.",
         epilog=EPILOG,
     )
+    _add_model_option(evaluate, "the model to evaluate")
     evaluate.add_argument(
         "--data",
         type=Path,
         default=None,
-        help=f"the lidc_voi folder (default {LIDC_DATA}), or the nodulemnist3d.npz file with "
-        "--source nodulemnist3d",
+        help=f"the lidc_voi folder (default {LIDC_DATA}), the nodulemnist3d.npz file with "
+        "--source nodulemnist3d, or for the chest X-ray model a folder with labels.csv (image, "
+        "label, optional patient_id; laid out like xray/nih)",
     )
     _add_source_options(evaluate)
     evaluate.add_argument("--out", type=Path, default=Path("medcnn_evaluation"))
@@ -348,33 +368,64 @@ def run_batch(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from medcnn.app.analysis import Analyzer
-    from medcnn.app.demo import ensure_phantom
+    from medcnn.app.demo import ensure_phantom, ensure_radiograph_phantom
+    from medcnn.app.engine import Engine
+    from medcnn.bundle import NODULE_MODEL, XRAY_MODEL, installed_models
 
-    phantom = ensure_phantom()
-    analyzer = Analyzer()
-    result = analyzer.analyze_file(
-        phantom["dicom_dir"], phantom["nodule_center_ras"], args.out, overlay=True
-    )
-    out = Path(args.out).resolve()
-    print("MedCNN demo on a SYNTHETIC phantom (not a patient; research use only)")
-    print(f"  input (DICOM series): {phantom['dicom_dir']}")
-    print(f"  input (NIfTI):        {phantom['nifti']}")
-    print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
-    print(
-        f"  probability of malignancy {result.probability:.3f} ({result.label}), "
-        f"diameter {result.nodule.diameter_mm:.1f} mm, volume {result.nodule.volume_ml:.3f} mL"
-    )
-    print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
-    print(
-        "To see them in 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz "
-        "and segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
-        "the heatmap as foreground with the 'Inferno' or 'Hot' colour map."
-    )
+    engine = Engine()
+    print("MedCNN demo on SYNTHETIC images (not patients; research use only)")
+    if NODULE_MODEL in installed_models():
+        phantom = ensure_phantom()
+        out = Path(args.out).resolve() / "ct_nodule"
+        result = engine.analyze_file(
+            phantom["dicom_dir"], phantom["nodule_center_ras"], out, overlay=True
+        )
+        print(f"CT phantom, {NODULE_MODEL} model:")
+        print(f"  input (DICOM series): {phantom['dicom_dir']}")
+        print(f"  input (NIfTI):        {phantom['nifti']}")
+        print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
+        print(f"  {answer_line(result)}")
+        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
+        print(
+            "  In 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz and "
+            "segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
+            "the heatmap as foreground with the 'Inferno' or 'Hot' colour map."
+        )
+    if XRAY_MODEL in installed_models():
+        image = ensure_radiograph_phantom()
+        out = Path(args.out).resolve() / "chest_xray"
+        result = engine.analyze_file(image, None, out, overlay=True)
+        print(f"Synthetic chest radiograph, {XRAY_MODEL} model (a drawing: its answer shows the")
+        print("  mechanics, not the model's accuracy):")
+        print(f"  input (PNG): {image}")
+        print(f"  {answer_line(result)}")
+        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
+    return 0
+
+
+def run_train_radiographs(args: argparse.Namespace) -> int:
+    from medcnn.bundle import XRAY_MODEL, default_bundle_dir
+    from medcnn.training.radiograph_experiments import RadiographTraining, read_config
+
+    bundle = default_bundle_dir(XRAY_MODEL)
+    config = read_config(bundle, "train.json")
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    run_dir = args.run_dir or Path(config["run_dir"])
+    metadata = RadiographTraining(
+        args.data or Path(config["data_root"]),
+        run_dir,
+        bundle,
+        args.release_dir or run_dir / "bundle",
+        args.experiments or (),
+        overrides,
+    ).run()
+    print(json.dumps(metadata["eval_metrics"], indent=2))
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.model == "chest_xray_pneumonia":
+        return run_train_radiographs(args)
     from medcnn.bundle import default_bundle_dir
     from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer
     from medcnn.training.recipe import load_train_recipe
@@ -424,6 +475,19 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medcnn.training.evaluation import BundleEvaluator, json_safe
+
+    if args.model == "chest_xray_pneumonia":
+        from medcnn.training.radiograph_evaluation import FolderEvaluator
+
+        if args.data is None or not args.held_out:
+            raise UsageError(
+                "The chest X-ray model is evaluated on a labelled folder of other patients: "
+                "give --held-out --data DIR (DIR/labels.csv with image and label)."
+            )
+        metrics = FolderEvaluator(args.data, args.out, args.bundle, args.trust_bundle).run()
+        print(json.dumps(json_safe(metrics), indent=2))
+        print(f"metrics.json, predictions.csv, roc.png and reliability.png in {args.out}")
+        return 0
 
     summary = BundleEvaluator(
         _data_path(args),

@@ -1,7 +1,8 @@
-"""The embedded default input: a synthetic CT phantom the project makes itself.
+"""The embedded default inputs: a synthetic CT phantom and a synthetic chest radiograph.
 
-A real scan cannot ship in the repository, so ``medcnn demo`` and the bundle's default run
-analyse a generated phantom (lung-like background, one nodule), clearly labelled synthetic.
+Real images cannot ship in the repository, so ``medcnn demo`` and each bundle's default run
+analyse generated ones (a lung-like CT with one nodule; a drawn radiograph with an opacity),
+clearly labelled synthetic.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from pathlib import Path
 
 from medcnn.phantom import make_phantom
+from medcnn.radiograph_phantom import write_radiograph_phantom
 
 
 def phantom_dir() -> Path:
@@ -33,4 +35,22 @@ def demo_manifest(directory: Path | None = None) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["id", "image", "r", "a", "s"])
         writer.writerow(["synthetic_phantom", Path(info["dicom_dir"]).name, r, a, s])
+    return manifest
+
+
+def ensure_radiograph_phantom(directory: Path | None = None) -> Path:
+    """The synthetic chest radiograph (PNG), generated once and reused."""
+    return write_radiograph_phantom(
+        Path(directory) if directory else phantom_dir().parent / "radiograph"
+    )
+
+
+def demo_radiograph_manifest(directory: Path | None = None) -> Path:
+    """A one-row manifest (no point) pointing at the synthetic radiograph."""
+    image = ensure_radiograph_phantom(directory)
+    manifest = image.parent / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image"])
+        writer.writerow(["synthetic_radiograph", image.name])
     return manifest

@@ -194,3 +194,26 @@ def evaluate_folder(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     plot_curves({"held-out": (labels[judged], probability[judged])}, out_dir, threshold)
     return metrics
+
+
+class FolderEvaluator:
+    """``evaluate.json``'s runner and ``medcnn evaluate --model chest_xray_pneumonia``: the
+    shipped ensemble on a labelled folder, as a click judges each radiograph."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        output_dir: Path | str,
+        bundle_dir: Path | str | None = None,
+        trusted: bool = False,
+    ) -> None:
+        self.data_dir, self.output_dir = Path(data_dir), Path(output_dir)
+        self.bundle_dir, self.trusted = bundle_dir, trusted
+
+    def run(self) -> dict:
+        from medcnn.app.radiograph_analysis import RadiographAnalyzer
+
+        analyzer = RadiographAnalyzer(self.bundle_dir, trusted=self.trusted)
+        return evaluate_folder(
+            self.data_dir, self.output_dir, analyzer.model, analyzer.spec, analyzer.threshold
+        )
