@@ -22,8 +22,15 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 # One click end to end (``app.analysis``) sits below training, whose evaluation judges every
 # nodule through exactly that path; the commands sit on top of both.
 LAYERS = (
-    ("medcnn", "medcnn.errors", "medcnn.stages", "medcnn.volume", "medcnn.distributed"),
-    ("medcnn.reading", "medcnn.phantom"),
+    (
+        "medcnn",
+        "medcnn.errors",
+        "medcnn.stages",
+        "medcnn.volume",
+        "medcnn.distributed",
+        "medcnn.catalog",
+    ),
+    ("medcnn.reading", "medcnn.phantom", "medcnn.radiograph_phantom"),
     ("medcnn.nodule", "medcnn.xray"),
     ("medcnn.bundle", "medcnn.outputs"),
     ("medcnn.app.analysis", "medcnn.app.radiograph_analysis", "medcnn.app.engine"),

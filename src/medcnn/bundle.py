@@ -4,16 +4,15 @@ A bundle's configs can run Python (``$`` expressions) and its weights are a pick
 so MedCNN loads only the bundle it ships, or one the user explicitly marks as trusted, and only
 weights whose SHA-256 matches the bundle's ``metadata.json``, with ``weights_only=True``.
 
-A click reads the bundle without MONAI (``load_engine``, ``load_patch_spec``): importing it is a
-third of a cold click.
+Which bundles are installed and where is ``medcnn.catalog``'s business (it needs no torch);
+this module verifies and loads one. A click reads the bundle without MONAI (``load_engine``,
+``load_patch_spec``): importing it is a third of a cold click.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -21,6 +20,15 @@ from typing import Any
 
 import torch
 
+from medcnn.catalog import (
+    NODULE_MODEL,
+    XRAY_MODEL,
+    bundles_dir,
+    default_bundle_dir,
+    installed_models,
+    model_of,
+    read_metadata,
+)
 from medcnn.errors import ModelIntegrityError
 from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import ensemble_from_state_dict
@@ -28,71 +36,17 @@ from medcnn.nodule.preprocessing import PatchSpec
 from medcnn.xray.network import RadiographEnsemble
 from medcnn.xray.preprocessing import RadiographSpec
 
+__all__ = [
+    "NODULE_MODEL",
+    "XRAY_MODEL",
+    "bundles_dir",
+    "default_bundle_dir",
+    "installed_models",
+    "model_of",
+    "read_metadata",
+]
+
 WEIGHTS = Path("models") / "model.pt"
-
-
-# The shipped models, each a bundle folder of this name in the bundles folder.
-NODULE_MODEL = "lung_nodule_ct"
-XRAY_MODEL = "chest_xray_pneumonia"
-
-
-def bundles_dir() -> Path:
-    """The folder of the shipped bundles: beside the source tree (a checkout or the Slicer
-    extension) or installed under ``<prefix>/share/medcnn``."""
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "monai_bundle",
-        Path(__file__).resolve().parent / "monai_bundle",
-        Path(sys.prefix) / "share" / "medcnn" / "monai_bundle",
-    ):
-        if any(candidate.glob("*/configs/metadata.json")):
-            return candidate
-    raise ModelIntegrityError(
-        "The MedCNN model bundles were not found; reinstall MedCNN or set MEDCNN_BUNDLE to a "
-        "model's bundle folder."
-    )
-
-
-def installed_models() -> dict[str, Path]:
-    """Each shipped model's name and bundle folder, in name order."""
-    return {
-        folder.name: folder
-        for folder in sorted(bundles_dir().iterdir())
-        if (folder / "configs" / "metadata.json").exists()
-    }
-
-
-def model_of(bundle_dir: Path) -> str:
-    """The model a bundle is (``metadata.json``'s ``medcnn.model``); bundles that do not say
-    are of the lung nodule model, the only one before release 0.5."""
-    try:
-        return str(read_metadata(bundle_dir).get("medcnn", {}).get("model", NODULE_MODEL))
-    except ModelIntegrityError:
-        return NODULE_MODEL
-
-
-def default_bundle_dir(model: str = NODULE_MODEL) -> Path:
-    """The bundle of ``model``: the shipped one, or ``MEDCNN_BUNDLE`` where that bundle is of
-    the same model (for developers: a retrained bundle replaces the shipped one)."""
-    override = os.environ.get("MEDCNN_BUNDLE")
-    if override and model_of(Path(override)) == model:
-        return Path(override).resolve()
-    models = installed_models()
-    if model not in models:
-        raise ModelIntegrityError(
-            f"The MedCNN model {model} is not installed (installed: "
-            f"{', '.join(models) or 'none'}); reinstall MedCNN."
-        )
-    return models[model].resolve()
-
-
-def read_metadata(bundle_dir: Path) -> dict:
-    path = Path(bundle_dir) / "configs" / "metadata.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelIntegrityError(
-            f"The bundle's metadata {path} cannot be read ({error}); reinstall MedCNN."
-        ) from error
 
 
 def sha256_of(path: Path) -> str:

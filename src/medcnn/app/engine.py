@@ -15,14 +15,24 @@ from typing import Protocol
 
 from medcnn.app.analysis import Analyzer, FileRequest, Progress
 from medcnn.app.radiograph_analysis import RadiographAnalyzer
-from medcnn.bundle import NODULE_MODEL, XRAY_MODEL, installed_models, model_of
+from medcnn.catalog import NODULE_MODEL, XRAY_MODEL, installed_models, model_of, needs_point
 from medcnn.errors import UsageError
 from medcnn.outputs.result import Result
 from medcnn.reading.dimensions import is_two_dimensional
 
-# What each model takes, in the words the refusals and ``medcnn models`` use.
-NEEDS_POINT = {NODULE_MODEL: True, XRAY_MODEL: False}
+# The code that runs each model; what a model takes is its bundle's (medcnn.catalog).
 ANALYZERS: dict[str, type] = {NODULE_MODEL: Analyzer, XRAY_MODEL: RadiographAnalyzer}
+
+
+def takes_point(model: str) -> bool:
+    """Whether the installed ``model`` judges a point (its ``metadata.json`` says)."""
+    models = installed_models()
+    if model not in models:
+        raise UsageError(
+            f"There is no model {model!r}; choose one of {', '.join(models)} (medcnn models "
+            "lists them)."
+        )
+    return needs_point(models[model])
 
 
 class ModelAnalyzer(Protocol):
@@ -50,11 +60,6 @@ def choose_model(
     """The model for an input, and why, in a sentence for ``result.json``."""
     two_d = is_two_dimensional(image)
     if model is not None:
-        if model not in NEEDS_POINT:
-            raise UsageError(
-                f"There is no model {model!r}; choose one of {', '.join(NEEDS_POINT)} "
-                "(medcnn models lists them)."
-            )
         wanted = model
     elif point is not None:
         wanted = NODULE_MODEL
@@ -65,15 +70,16 @@ def choose_model(
         )
     else:
         wanted = XRAY_MODEL
-    if NEEDS_POINT[wanted] and point is None:
+    point_needed = takes_point(wanted)
+    if point_needed and point is None:
         raise UsageError(
             f"The {wanted} model judges a nodule at a point; give it with --point R A S."
         )
-    if not NEEDS_POINT[wanted] and point is not None:
+    if not point_needed and point is not None:
         raise UsageError(
             f"The {wanted} model judges a whole radiograph and takes no point; leave out --point."
         )
-    if NEEDS_POINT[wanted] and two_d is True:
+    if point_needed and two_d is True:
         raise UsageError(
             f"{image} is a 2D radiograph, which the {XRAY_MODEL} model judges whole; leave out "
             "--point (and --model)."
@@ -119,7 +125,7 @@ class Engine:
             {
                 **{k: analyzer.model_info[k] for k in ("id", "name", "version", "weights_sha256")},
                 "threshold": analyzer.threshold,
-                "needs_point": NEEDS_POINT[model],
+                "needs_point": takes_point(model),
             }
             for model, analyzer in self._loaded.items()
         ]

@@ -7,7 +7,7 @@ the list cannot disagree with the model card's numbers.
 
 from __future__ import annotations
 
-from medcnn.bundle import installed_models, read_metadata
+from medcnn.catalog import installed_models, model_list, read_metadata
 
 
 def headline(metadata: dict) -> str:
@@ -26,18 +26,18 @@ def headline(metadata: dict) -> str:
 def describe_models(paths_only: bool = False) -> list[str]:
     """One block of lines per installed model (or ``name<TAB>folder`` lines with
     ``paths_only``)."""
+    folders = installed_models()
     lines = []
-    for name, folder in installed_models().items():
+    for model in model_list():
+        folder = folders[model["id"]]
         if paths_only:
-            lines.append(f"{name}\t{folder}")
+            lines.append(f"{model['id']}\t{folder}")
             continue
-        metadata = read_metadata(folder)
-        own = metadata.get("medcnn", {})
         lines += [
-            f"{name} (version {metadata.get('version', 'unknown')})",
-            f"  task:    {metadata.get('task', '')}",
-            f"  input:   {own.get('input', '')}",
-            f"  metrics: {headline(metadata)}",
+            f"{model['id']} (version {model['version']})",
+            f"  task:    {model['task']}",
+            f"  input:   {model['input']}",
+            f"  metrics: {headline(read_metadata(folder))}",
             f"  bundle:  {folder}",
         ]
     return lines

@@ -14,7 +14,9 @@ order with a title for each, and the exit codes by name::
 
     {"event": "hello", "protocol": 2,
      "stages": [{"name": "reading", "title": "Reading the scan"}, ...],
-     "exit_codes": {"success": 0, "internal_error": 1, "usage": 2, ..., "cancelled": 130}}
+     "exit_codes": {"success": 0, "internal_error": 1, "usage": 2, ..., "cancelled": 130},
+     "models": [{"id": "lung_nodule_ct", "name": ..., "version": ..., "task": ...,
+                 "input": ..., "needs_point": true}, ...]}     # medcnn.catalog.model_list
 
 then, once every installed model is loaded::
 
@@ -66,7 +68,8 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from medcnn.errors import EXIT_CODES_BY_NAME
+from medcnn.catalog import model_list
+from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError
 from medcnn.stages import STAGES
 
 log = logging.getLogger("medcnn.app.worker")
@@ -210,11 +213,16 @@ def answer(
 
 def hello() -> dict[str, Any]:
     """The first line: what a client needs to know of the engine without importing it."""
+    try:
+        models = model_list()
+    except MedCNNError:  # no bundle: the model load that follows says so, as "fatal"
+        models = []
     return {
         "event": "hello",
         "protocol": PROTOCOL_VERSION,
         "stages": [{"name": stage.name, "title": stage.title} for stage in STAGES],
         "exit_codes": dict(EXIT_CODES_BY_NAME),
+        "models": models,
     }
 
 

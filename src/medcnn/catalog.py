@@ -1,0 +1,102 @@
+"""The installed models: where their bundles are and what each says of itself.
+
+Only the standard library: the worker announces the models in its first line, before torch is
+imported, and ``medcnn models`` lists them without loading one. A model's facts (its name, its
+task, whether it needs a point) are its bundle's ``metadata.json``, read here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from medcnn.errors import ModelIntegrityError
+
+# The shipped models, each a bundle folder of this name in the bundles folder.
+NODULE_MODEL = "lung_nodule_ct"
+XRAY_MODEL = "chest_xray_pneumonia"
+
+
+def bundles_dir() -> Path:
+    """The folder of the shipped bundles: beside the source tree (a checkout or the Slicer
+    extension) or installed under ``<prefix>/share/medcnn``."""
+    for candidate in (
+        Path(__file__).resolve().parents[2] / "monai_bundle",
+        Path(__file__).resolve().parent / "monai_bundle",
+        Path(sys.prefix) / "share" / "medcnn" / "monai_bundle",
+    ):
+        if any(candidate.glob("*/configs/metadata.json")):
+            return candidate
+    raise ModelIntegrityError(
+        "The MedCNN model bundles were not found; reinstall MedCNN or set MEDCNN_BUNDLE to a "
+        "model's bundle folder."
+    )
+
+
+def installed_models() -> dict[str, Path]:
+    """Each shipped model's name and bundle folder, in name order."""
+    return {
+        folder.name: folder
+        for folder in sorted(bundles_dir().iterdir())
+        if (folder / "configs" / "metadata.json").exists()
+    }
+
+
+def model_of(bundle_dir: Path) -> str:
+    """The model a bundle is (``metadata.json``'s ``medcnn.model``); bundles that do not say
+    are of the lung nodule model, the only one before release 0.5."""
+    try:
+        return str(read_metadata(bundle_dir).get("medcnn", {}).get("model", NODULE_MODEL))
+    except ModelIntegrityError:
+        return NODULE_MODEL
+
+
+def default_bundle_dir(model: str = NODULE_MODEL) -> Path:
+    """The bundle of ``model``: the shipped one, or ``MEDCNN_BUNDLE`` where that bundle is of
+    the same model (for developers: a retrained bundle replaces the shipped one)."""
+    override = os.environ.get("MEDCNN_BUNDLE")
+    if override and model_of(Path(override)) == model:
+        return Path(override).resolve()
+    models = installed_models()
+    if model not in models:
+        raise ModelIntegrityError(
+            f"The MedCNN model {model} is not installed (installed: "
+            f"{', '.join(models) or 'none'}); reinstall MedCNN."
+        )
+    return models[model].resolve()
+
+
+def read_metadata(bundle_dir: Path) -> dict:
+    path = Path(bundle_dir) / "configs" / "metadata.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelIntegrityError(
+            f"The bundle's metadata {path} cannot be read ({error}); reinstall MedCNN."
+        ) from error
+
+
+def needs_point(bundle_dir: Path) -> bool:
+    """Whether the model judges a point of its input (``medcnn.needs_point``)."""
+    return bool(read_metadata(bundle_dir).get("medcnn", {}).get("needs_point", True))
+
+
+def model_list() -> list[dict]:
+    """What a front end shows of each installed model, without loading any."""
+    listed = []
+    for name, folder in installed_models().items():
+        metadata = read_metadata(folder)
+        own = metadata.get("medcnn", {})
+        listed.append(
+            {
+                "id": name,
+                "name": metadata.get("name", name),
+                "version": metadata.get("version", "unknown"),
+                "task": metadata.get("task", ""),
+                "input": own.get("input", ""),
+                "needs_point": bool(own.get("needs_point", True)),
+            }
+        )
+    return listed
