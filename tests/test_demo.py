@@ -12,9 +12,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from PIL import Image
 from result_checks import assert_valid_result
 
+from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.phantom import NODULE_CENTER_RAS, NODULE_DIAMETER_MM
+from medcnn.radiograph_phantom import COLUMNS, ROWS
 
 
 def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> None:
@@ -30,7 +33,7 @@ def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "SYNTHETIC" in done.stdout
     named = re.search(r"outputs: (.*)", done.stdout).group(1).split(", ")
-    out = (tmp_path / "out").resolve()
+    out = (tmp_path / "out" / "ct_nodule").resolve()
     assert [Path(p) for p in named] == [
         out / name
         for name in ("result.json", "heatmap.nii.gz", "segmentation.nii.gz", "overlay.png")
@@ -46,3 +49,22 @@ def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> Non
     assert 0.7 * NODULE_DIAMETER_MM <= result["diameter_mm"] <= 1.4 * NODULE_DIAMETER_MM
     segmentation = nib.load(out / "segmentation.nii.gz")
     assert segmentation.get_fdata().any()
+    if XRAY_MODEL in installed_models():
+        assert_the_radiograph_demo(done.stdout, (tmp_path / "out" / "chest_xray").resolve())
+
+
+def assert_the_radiograph_demo(stdout: str, out: Path) -> None:
+    """The synthetic radiograph's part: named outputs, a valid X-ray result, a heatmap the
+    size of the picture."""
+    assert "Synthetic chest radiograph" in stdout
+    named = re.findall(r"outputs: (.*)", stdout)[1].split(", ")
+    assert [Path(p) for p in named] == [
+        out / name for name in ("result.json", "heatmap.nii.gz", "overlay.png", "heatmap.png")
+    ]
+    result = json.loads((out / "result.json").read_text())
+    assert_valid_result(result)
+    assert result["task"] == "chest_xray_pneumonia" and "point" not in result
+    assert result["model"]["chosen_because"].startswith("no point was given")
+    assert f"probability of pneumonia {result['probability']:.3f}" in stdout
+    with Image.open(out / "heatmap.png") as picture:
+        assert picture.size == (COLUMNS, ROWS)

@@ -88,8 +88,7 @@ class OutputError(MedCNNError):
 
 
 class NotRadiographError(MedCNNError):
-    """The image is not a frontal chest radiograph the X-ray model can judge (a CT or MR volume, a
-    lateral view, several frames, a colour photograph, or too small)."""
+    """The image is not a frontal chest radiograph the X-ray model can judge (a CT, a lateral view)."""
 
     exit_code = 14
 

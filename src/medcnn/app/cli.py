@@ -312,7 +312,7 @@ def answer_line(result: Result) -> str:
     """A result in one line: the answer, the members' range and a nodule's size."""
     low, high = result.probability_interval
     line = (
-        f"{result.label}: probability of {result.label_positive} {result.probability:.3f} "
+        f"{result.label}: probability of {result.finding} {result.probability:.3f} "
         f"(members {low:.3f}-{high:.3f})"
     )
     if result.findings is not None:
@@ -405,7 +405,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train_radiographs(args: argparse.Namespace) -> int:
     from medcnn.bundle import XRAY_MODEL, default_bundle_dir
-    from medcnn.training.radiograph_experiments import RadiographTraining, read_config
+    from medcnn.training.radiograph_experiments import read_config
+    from medcnn.training.radiograph_trainer import RadiographTraining
 
     bundle = default_bundle_dir(XRAY_MODEL)
     config = read_config(bundle, "train.json")

@@ -24,6 +24,8 @@ SCHEMA_VERSION = 2
 LUNG_NODULE_MALIGNANCY = "lung_nodule_malignancy"
 CHEST_XRAY_PNEUMONIA = "chest_xray_pneumonia"
 TASKS = (LUNG_NODULE_MALIGNANCY, CHEST_XRAY_PNEUMONIA)
+# What each task's probability is the probability of, in words.
+FINDINGS = {LUNG_NODULE_MALIGNANCY: "malignancy", CHEST_XRAY_PNEUMONIA: "pneumonia"}
 # The label each task gives at or above its threshold, and below it.
 LABELS = {
     LUNG_NODULE_MALIGNANCY: ("malignant", "benign"),
@@ -232,6 +234,11 @@ class Result:
     def label_positive(self) -> str:
         """The label of the task's positive class ("malignant", "pneumonia")."""
         return LABELS[self.task][0]
+
+    @property
+    def finding(self) -> str:
+        """What the probability is of, in words ("malignancy", "pneumonia")."""
+        return FINDINGS[self.task]
 
     @property
     def nodule(self) -> NoduleFindings:

@@ -15,8 +15,11 @@ import SimpleITK as sitk
 
 from medcnn.reading.image_files import format_of
 
-# Modalities of cross-sectional volumes; any other single DICOM image is taken for a radiograph.
+# Modalities of cross-sectional volumes, and of projection radiographs (CR, DX, the digital
+# radiograph RG, and OT, which secondary captures of films carry). Other objects (SEG, SR, ...)
+# are left to the reader of the model the point chooses.
 VOLUME_MODALITIES = frozenset({"CT", "MR", "PT", "NM", "US"})
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "OT", ""})
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -50,4 +53,6 @@ def _dicom_is_two_dimensional(path: Path) -> bool | None:
     except Exception:  # not DICOM, or unreadable: the reader will say which
         return None
     modality = str(header.get("Modality", "") or "").upper()
-    return modality not in VOLUME_MODALITIES
+    if modality in VOLUME_MODALITIES:
+        return False
+    return True if modality in RADIOGRAPH_MODALITIES else None

@@ -75,3 +75,8 @@ def read_picture(path: Path) -> Radiograph:
     return from_pixels(
         pixels, picture_affine(), Path(path).suffix.lower().lstrip("."), metadata={"mode": mode}
     )
+
+
+def read_radiograph(path: Path | str) -> Radiograph:
+    """Placeholder until the full reader lands: PNG and JPEG only."""
+    return read_picture(Path(path))
