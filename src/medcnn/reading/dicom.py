@@ -79,6 +79,10 @@ _MODALITY_NAMES = {
     "CR": "a radiograph",
     "DX": "a radiograph",
     "US": "an ultrasound image",
+    "CT": "a CT image",
+    "NM": "a nuclear medicine image",
+    "MG": "a mammogram",
+    "XA": "an X-ray angiogram",
 }
 
 
@@ -191,16 +195,18 @@ def _read_slice_header(path: Path) -> SliceHeader | None:
             "probably truncated or corrupt: copy it again from the archive."
         ) from err
     meta = getattr(ds, "file_meta", None)
-    sop_class = str(_tag(ds, "SOPClassUID") or _tag(meta, "MediaStorageSOPClassUID") or "")
+    sop_class = str(
+        tag_value(ds, "SOPClassUID") or tag_value(meta, "MediaStorageSOPClassUID") or ""
+    )
     if sop_class == MEDIA_STORAGE_DIRECTORY:
         return None
-    uid = str(_tag(ds, "SeriesInstanceUID") or "").strip() or None
-    description = str(_tag(ds, "SeriesDescription") or "").strip() or None
-    modality = str(_tag(ds, "Modality") or "").strip().upper() or None
-    key = uid or f"{path.parent}|{_tag(ds, 'SeriesNumber')}|{description}|{modality}"
-    tagged_type: Any = _tag(ds, "ImageType") or []
+    uid = str(tag_value(ds, "SeriesInstanceUID") or "").strip() or None
+    description = str(tag_value(ds, "SeriesDescription") or "").strip() or None
+    modality = str(tag_value(ds, "Modality") or "").strip().upper() or None
+    key = uid or f"{path.parent}|{tag_value(ds, 'SeriesNumber')}|{description}|{modality}"
+    tagged_type: Any = tag_value(ds, "ImageType") or []
     image_type = [tagged_type] if isinstance(tagged_type, str) else list(tagged_type)
-    spacing = _floats(_tag(ds, "PixelSpacing"), 2)
+    spacing = tag_floats(tag_value(ds, "PixelSpacing"), 2)
     return SliceHeader(
         path=path,
         series_key=key,
@@ -209,14 +215,14 @@ def _read_slice_header(path: Path) -> SliceHeader | None:
         modality=modality,
         sop_class_uid=sop_class,
         is_localizer=any(str(t).strip().upper() == "LOCALIZER" for t in image_type),
-        instance_number=_int_or(_tag(ds, "InstanceNumber"), 0),
-        position=_floats(_tag(ds, "ImagePositionPatient"), 3),
-        orientation=_floats(_tag(ds, "ImageOrientationPatient"), 6),
+        instance_number=int_or(tag_value(ds, "InstanceNumber"), 0),
+        position=tag_floats(tag_value(ds, "ImagePositionPatient"), 3),
+        orientation=tag_floats(tag_value(ds, "ImageOrientationPatient"), 6),
         pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
-        size=(_int_or(_tag(ds, "Rows"), 0), _int_or(_tag(ds, "Columns"), 0)),
+        size=(int_or(tag_value(ds, "Rows"), 0), int_or(tag_value(ds, "Columns"), 0)),
         rescale=(
-            _float_or(_tag(ds, "RescaleSlope"), 1.0),
-            _float_or(_tag(ds, "RescaleIntercept"), 0.0),
+            float_or(tag_value(ds, "RescaleSlope"), 1.0),
+            float_or(tag_value(ds, "RescaleIntercept"), 0.0),
         ),
     )
 
@@ -229,7 +235,7 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _tag(ds: object, name: str) -> object:
+def tag_value(ds: object, name: str) -> object:
     """A tag's value, or None when absent or malformed (archives hold both)."""
     try:
         return None if ds is None else ds.get(name)  # type: ignore[attr-defined]
@@ -237,7 +243,7 @@ def _tag(ds: object, name: str) -> object:
         return None
 
 
-def _floats(value: object, count: int) -> np.ndarray | None:
+def tag_floats(value: object, count: int) -> np.ndarray | None:
     try:
         numbers = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
     except Exception:
@@ -245,14 +251,14 @@ def _floats(value: object, count: int) -> np.ndarray | None:
     return numbers if numbers.shape == (count,) and np.all(np.isfinite(numbers)) else None
 
 
-def _int_or(value: object, default: int) -> int:
+def int_or(value: object, default: int) -> int:
     try:
         return int(value)  # type: ignore[call-overload]
     except Exception:
         return default
 
 
-def _float_or(value: object, default: float) -> float:
+def float_or(value: object, default: float) -> float:
     try:
         return float(value)  # type: ignore[arg-type]
     except Exception:
@@ -268,7 +274,7 @@ def read_dicom_file(path: Path, series_uid: str | None, around: ScanRegion | Non
             ".nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file."
         )
     if header.modality != "CT":
-        raise NotCTError(f"{path.name} is {_what_modality(header.modality)}, not a CT; {_CT_ONLY}")
+        raise NotCTError(f"{path.name} is {what_modality(header.modality)}, not a CT; {_CT_ONLY}")
     if series_uid is not None and series_uid != header.series_uid:
         raise SeriesSelectionError(
             f"{path.name} belongs to series {header.series_uid}, not {series_uid}; pass the "
@@ -289,7 +295,7 @@ def read_dicom_file(path: Path, series_uid: str | None, around: ScanRegion | Non
 _CT_ONLY = "MedCNN analyses CT scans only."
 
 
-def _what_modality(modality: str | None) -> str:
+def what_modality(modality: str | None) -> str:
     if modality is None:
         return "an object without a Modality"
     return _MODALITY_NAMES.get(modality, f"a {modality} object")
@@ -407,7 +413,7 @@ def _rejection(series: _Series) -> MedCNNError | None:
     first = series.first
     if first.modality != "CT":
         return NotCTError(
-            f"Series {series.label} is {_what_modality(first.modality)}, not a CT; {_CT_ONLY}"
+            f"Series {series.label} is {what_modality(first.modality)}, not a CT; {_CT_ONLY}"
         )
     if first.sop_class_uid in ENHANCED_CT_STORAGE:
         return UnreadableImageError(
@@ -442,7 +448,7 @@ def _no_candidate_error(folder: Path, all_series: list[_Series]) -> MedCNNError:
             return rejection
     if len(all_series) == 1 and rejections[0] is not None:
         return rejections[0]
-    found = Counter(_what_modality(s.first.modality) for s in all_series)
+    found = Counter(what_modality(s.first.modality) for s in all_series)
     listed = ", ".join(f"{what} ({n} series)" for what, n in found.items())
     return NotCTError(f"{folder} holds no CT series, only {listed}; {_CT_ONLY}")
 
@@ -504,13 +510,28 @@ def _stack_geometry(
     _check_no_tilt(np.array(positions)[order], distances[order], normal)
     step = _check_regular_spacing(distances[order])
 
+    lps = plane_lps_affine(orientations[0], pixel_spacings[0], positions[order[0]], step)
+    return ordered, LPS_TO_RAS @ lps, warnings
+
+
+def plane_lps_affine(
+    orientation: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    position: np.ndarray,
+    normal_step: float = 1.0,
+) -> np.ndarray:
+    """Where ITK puts an image plane, in LPS: i along a row (ImageOrientationPatient's first
+    vector, column spacing apart), j down a column (its second, row spacing apart), k along their
+    normal, and the first pixel at ImagePositionPatient."""
+    row, column = orientation[:3], orientation[3:]
+    normal = np.cross(row, column)
+    row_spacing, column_spacing = pixel_spacing
     lps = np.eye(4)
-    row_spacing, column_spacing = pixel_spacings[0]
     lps[:3, 0] = row * column_spacing
     lps[:3, 1] = column * row_spacing
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = positions[order[0]]
-    return ordered, LPS_TO_RAS @ lps, warnings
+    lps[:3, 2] = normal / np.linalg.norm(normal) * normal_step
+    lps[:3, 3] = position
+    return lps
 
 
 def _drop_duplicate_positions(sorted_distances: np.ndarray) -> tuple[np.ndarray, list[str]]:

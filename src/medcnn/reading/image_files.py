@@ -189,11 +189,15 @@ def _raw_nrrd_slab(
 
 
 def lps_affine(source: sitk.Image | sitk.ImageFileReader) -> np.ndarray:
-    """ITK's geometry (a 3D image or file) as an LPS affine: direction @ diag(spacing), origin."""
+    """ITK's geometry (a 2D or 3D image or file) as an LPS affine: direction @ diag(spacing),
+    origin. A 2D image lies in the plane z = 0, 1 mm thick, as ITK and 3D Slicer place it."""
+    dimension = len(source.GetOrigin())
+    direction, spacing = np.eye(3), np.ones(3)
+    direction[:dimension, :dimension] = np.reshape(source.GetDirection(), (dimension, dimension))
+    spacing[:dimension] = source.GetSpacing()
     lps = np.eye(4)
-    direction = np.array(source.GetDirection(), dtype=float).reshape(3, 3)
-    lps[:3, :3] = direction * np.array(source.GetSpacing(), dtype=float)
-    lps[:3, 3] = source.GetOrigin()
+    lps[:3, :3] = direction * spacing
+    lps[:dimension, 3] = source.GetOrigin()
     return lps
 
 
