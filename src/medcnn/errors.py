@@ -88,7 +88,7 @@ class OutputError(MedCNNError):
 
 
 class NotRadiographError(MedCNNError):
-    """The image is not a frontal chest radiograph the X-ray model can judge (a CT, a lateral view)."""
+    """The image is not a frontal chest radiograph the X-ray model can judge."""
 
     exit_code = 14
 

@@ -322,10 +322,11 @@ def answer_line(result: Result) -> str:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from medcnn.app.engine import choose_model
+    from medcnn.app.engine import available_models, choose_model
     from medcnn.outputs.writing import check_output_folder
 
-    choose_model(args.image, args.point, args.model)  # a mismatch is refused before loading
+    # A mismatch of input and model is refused before any model loads.
+    choose_model(args.image, args.point, args.model, available_models(args.bundle))
     check_output_folder(args.out)
     engine = _engine(args)
 

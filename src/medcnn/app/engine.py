@@ -24,9 +24,17 @@ from medcnn.reading.dimensions import is_two_dimensional
 ANALYZERS: dict[str, type] = {NODULE_MODEL: Analyzer, XRAY_MODEL: RadiographAnalyzer}
 
 
-def takes_point(model: str) -> bool:
-    """Whether the installed ``model`` judges a point (its ``metadata.json`` says)."""
+def available_models(bundle: Path | str | None = None) -> dict[str, Path]:
+    """The installed models' bundles, ``bundle`` (``--bundle``) replacing the one of its model."""
     models = installed_models()
+    if bundle is not None:
+        models[model_of(Path(bundle))] = Path(bundle).resolve()
+    return models
+
+
+def takes_point(model: str, models: dict[str, Path] | None = None) -> bool:
+    """Whether ``model`` judges a point (its ``metadata.json`` says)."""
+    models = installed_models() if models is None else models
     if model not in models:
         raise UsageError(
             f"There is no model {model!r}; choose one of {', '.join(models)} (medcnn models "
@@ -55,9 +63,13 @@ class ModelAnalyzer(Protocol):
 
 
 def choose_model(
-    image: Path | str, point: Sequence[float] | None, model: str | None = None
+    image: Path | str,
+    point: Sequence[float] | None,
+    model: str | None = None,
+    models: dict[str, Path] | None = None,
 ) -> tuple[str, str]:
-    """The model for an input, and why, in a sentence for ``result.json``."""
+    """The model for an input, and why, in a sentence for ``result.json``; ``models`` are the
+    available ones (default: the installed)."""
     two_d = is_two_dimensional(image)
     if model is not None:
         wanted = model
@@ -70,7 +82,7 @@ def choose_model(
         )
     else:
         wanted = XRAY_MODEL
-    point_needed = takes_point(wanted)
+    point_needed = takes_point(wanted, models)
     if point_needed and point is None:
         raise UsageError(
             f"The {wanted} model judges a nodule at a point; give it with --point R A S."
@@ -100,14 +112,15 @@ class Engine:
     def __init__(self, bundle: Path | str | None = None, trusted: bool = False) -> None:
         self.bundle = Path(bundle).resolve() if bundle else None
         self.trusted = trusted
+        self.models = available_models(self.bundle)
         self._loaded: dict[str, ModelAnalyzer] = {}
 
     def analyzer(self, model: str) -> ModelAnalyzer:
         if model not in self._loaded:
-            if model not in installed_models() and model_of_bundle(self.bundle) != model:
+            if model not in self.models:
                 raise UsageError(
                     f"The model {model} is not installed (installed: "
-                    f"{', '.join(installed_models())}); reinstall MedCNN."
+                    f"{', '.join(self.models)}); reinstall MedCNN."
                 )
             bundle = self.bundle if model_of_bundle(self.bundle) == model else None
             self._loaded[model] = ANALYZERS[model](bundle, trusted=self.trusted)
@@ -115,7 +128,7 @@ class Engine:
 
     def load_all(self) -> None:
         """Load every installed model now (a worker, so that no click pays for it)."""
-        for model in installed_models():
+        for model in self.models:
             if model in ANALYZERS:
                 self.analyzer(model)
 
@@ -125,7 +138,7 @@ class Engine:
             {
                 **{k: analyzer.model_info[k] for k in ("id", "name", "version", "weights_sha256")},
                 "threshold": analyzer.threshold,
-                "needs_point": takes_point(model),
+                "needs_point": takes_point(model, self.models),
             }
             for model, analyzer in self._loaded.items()
         ]
@@ -142,7 +155,7 @@ class Engine:
         model: str | None = None,
     ) -> Result:
         """Choose the model for the input, run it, write its files; the result as written."""
-        chosen, because = choose_model(image, point, model)
+        chosen, because = choose_model(image, point, model, self.models)
         return self.analyzer(chosen).analyze_file(
             image, point, out_dir, lps, progress, series_uid, overlay, chosen_because=because
         )
@@ -155,7 +168,7 @@ class Engine:
         by_model: dict[str, list[tuple[int, FileRequest]]] = {}
         for index, request in enumerate(requests):
             try:
-                chosen, because = choose_model(request.image, request.point, model)
+                chosen, because = choose_model(request.image, request.point, model, self.models)
             except Exception as error:
                 outcomes[index] = error
                 continue
