@@ -213,7 +213,7 @@ class RadiographAnalyzer:
         return write_outputs(
             out_dir,
             result,
-            {HEATMAP: (analysis.heatmap, np.float32)},
+            {HEATMAP: (analysis.heatmap, np.uint8)},  # 0..1 in 1/255 steps (nifti_image)
             before_result=finish_timings,
             pictures=pictures,
         )

@@ -120,7 +120,7 @@ def heatmap_png(heatmap: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     grey = np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8)
-    Image.fromarray(grey).save(path)
+    Image.fromarray(grey).save(path, compress_level=1)
     return Path(path)
 
 
