@@ -1,3 +1,3 @@
 """MedCNN: a trained 3D CNN that judges a lung nodule at a clicked point in a CT."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
