@@ -223,3 +223,78 @@ def test_the_release_numbers_reproduce_on_the_fixed_subset(shared_data: Path) ->
     for key in ("auc", "accuracy", "sensitivity", "specificity", "brier"):
         assert again[key] == pytest.approx(recorded[key], abs=1e-4), key
     assert probability.mean() == pytest.approx(recorded["mean_probability"], abs=1e-4)
+
+
+@needs_xray_model
+def test_the_bundle_runs_the_monai_way_on_its_embedded_radiograph(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    config = repo / "monai_bundle" / XRAY_MODEL / "configs" / "inference.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(config),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "out" / "predictions.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["id"] == "synthetic_radiograph" and row["error"] == ""
+    assert row["label"] in ("pneumonia", "no pneumonia")
+
+
+@needs_xray_model
+def test_held_out_evaluation_of_a_labelled_folder(tmp_path: Path) -> None:
+    """``medcnn evaluate --model chest_xray_pneumonia --held-out --data DIR``: metrics, the
+    per-image table and the plots, and an unreadable image reported, not fatal."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    pixels = synthetic_radiograph()
+    rows = []
+    for k in range(6):
+        name = f"images/{k}.png"
+        shifted = np.roll(pixels, 9 * k, axis=1)
+        write_png(shifted, data / name)
+        rows.append([name, "pneumonia" if k % 2 else "no_finding", f"p{k // 2}"])
+    (data / "images" / "broken.png").write_bytes(b"not a picture")
+    rows.append(["images/broken.png", "pneumonia", "p9"])
+    with open(data / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "patient_id"])
+        writer.writerows(rows)
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcnn",
+            "evaluate",
+            "--model",
+            XRAY_MODEL,
+            "--held-out",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics["not_judged"] == 1 and 0 <= metrics["auc"] <= 1
+    with open(out / "predictions.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 7 and table[-1]["error"] and table[-1]["probability"] == ""
+    assert (out / "roc.png").is_file() and (out / "reliability.png").is_file()
