@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -243,7 +244,7 @@ def test_the_bundle_runs_the_monai_way_on_its_embedded_radiograph(tmp_path: Path
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
