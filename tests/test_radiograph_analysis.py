@@ -299,3 +299,35 @@ def test_held_out_evaluation_of_a_labelled_folder(tmp_path: Path) -> None:
         table = list(csv.DictReader(handle))
     assert len(table) == 7 and table[-1]["error"] and table[-1]["probability"] == ""
     assert (out / "roc.png").is_file() and (out / "reliability.png").is_file()
+
+
+@needs_xray_model
+def test_cross_validation_of_the_nih_adults_reproduces_the_model_card(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """``medcnn evaluate --model chest_xray_pneumonia`` on xray/nih judges each radiograph with
+    the member held out of its fold: the release's cross-validated numbers, again."""
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medcnn",
+            "evaluate",
+            "--model",
+            XRAY_MODEL,
+            "--data",
+            str(shared_data / "xray" / "nih"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    recorded = read_metadata(installed_models()[XRAY_MODEL])["eval_metrics"]["nih_cv"]
+    assert metrics["judged_by"] == "out_of_fold_member" and metrics["n"] == recorded["n"]
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "brier"):
+        assert metrics[key] == pytest.approx(recorded[key], abs=1e-4), key

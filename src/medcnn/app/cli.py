@@ -479,14 +479,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medcnn.training.evaluation import BundleEvaluator, json_safe
 
     if args.model == "chest_xray_pneumonia":
+        from medcnn.bundle import XRAY_MODEL, default_bundle_dir
         from medcnn.training.radiograph_evaluation import FolderEvaluator
+        from medcnn.training.radiograph_experiments import read_config
 
-        if args.data is None or not args.held_out:
-            raise UsageError(
-                "The chest X-ray model is evaluated on a labelled folder of other patients: "
-                "give --held-out --data DIR (DIR/labels.csv with image and label)."
-            )
-        metrics = FolderEvaluator(args.data, args.out, args.bundle, args.trust_bundle).run()
+        data = args.data or Path(
+            read_config(default_bundle_dir(XRAY_MODEL), "evaluate.json")["data_dir"]
+        )
+        metrics = FolderEvaluator(
+            data, args.out, args.bundle, args.trust_bundle, held_out=args.held_out
+        ).run()
         print(json.dumps(json_safe(metrics), indent=2))
         print(f"metrics.json, predictions.csv, roc.png and reliability.png in {args.out}")
         return 0

@@ -1,9 +1,12 @@
 """Judging chest radiographs through the click's own path: reader, preprocessing, ensemble.
 
 Used by the release (Kermany's test split, the NIH folds) and by
-``medcnn evaluate --model chest_xray_pneumonia --held-out --data DIR``, where ``DIR`` is laid
+``medcnn evaluate --model chest_xray_pneumonia --data DIR [--held-out]``, where ``DIR`` is laid
 out like ``xray/nih``: ``labels.csv`` with ``image`` (relative to ``DIR``), ``label``
-(``pneumonia``, or anything else for no pneumonia; 1/0 also read) and optional ``patient_id``.
+(``pneumonia``, or anything else for no pneumonia; 1/0 also read), optional ``patient_id`` and
+``fold``. Without ``--held-out`` each radiograph is judged by the member that never saw its
+fold (cross-validation of the training data: ``xray/nih`` itself); with it, by the whole
+ensemble, as a click (radiographs of other patients).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medcnn.catalog import read_metadata
 from medcnn.errors import InputNotFoundError, MedCNNError, UsageError
 from medcnn.reading.radiograph import read_radiograph
 from medcnn.training.metrics import (
@@ -158,13 +162,33 @@ def plot_curves(
 
 
 def evaluate_folder(
-    data_dir: Path, out_dir: Path, model: RadiographEnsemble, spec: RadiographSpec, threshold: float
+    data_dir: Path,
+    out_dir: Path,
+    model: RadiographEnsemble,
+    spec: RadiographSpec,
+    threshold: float,
+    member_folds: list[int] | None = None,
 ) -> dict:
-    """The whole ensemble on a labelled folder: ``metrics.json``, ``predictions.csv``,
+    """The ensemble on a labelled folder, or with ``member_folds`` each radiograph judged by
+    the member held out of its fold (cross-validation): ``metrics.json``, ``predictions.csv``,
     ``roc.png`` and ``reliability.png`` in ``out_dir``."""
     records = read_labels(data_dir)
+    if member_folds is not None:
+        unknown = sorted({r.fold for r in records} - set(member_folds))
+        if unknown:
+            raise UsageError(
+                f"{Path(data_dir) / 'labels.csv'} has radiographs of folds {unknown}, of which "
+                "no member was held out; give the training folds in its fold column, or "
+                "--held-out for radiographs of other patients."
+            )
     members, errors = member_probabilities(model, spec, records)
-    probability = members.mean(axis=1)
+    if member_folds is None:
+        probability = members.mean(axis=1)
+    else:
+        column = {fold: index for index, fold in enumerate(member_folds)}
+        probability = np.array(
+            [row[column[r.fold]] for row, r in zip(members, records, strict=True)]
+        )
     judged = np.isfinite(probability)
     labels = np.array([r.label for r in records])
     metrics = summarize(
@@ -174,25 +198,27 @@ def evaluate_folder(
         threshold,
     )
     metrics["not_judged"] = int((~judged).sum())
+    metrics["judged_by"] = "ensemble" if member_folds is None else "out_of_fold_member"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "patient_id", "label", "probability", "uncertainty", "error"])
-        for record, row, error in zip(records, members, errors, strict=True):
-            finite = np.isfinite(row).all()
+        for record, row, value, error in zip(records, members, probability, errors, strict=True):
+            finite = bool(np.isfinite(value))
             writer.writerow(
                 [
                     record.path.relative_to(data_dir),
                     record.patient,
                     record.label,
-                    f"{row.mean():.6f}" if finite else "",
+                    f"{value:.6f}" if finite else "",
                     f"{row.std():.6f}" if finite else "",
                     error,
                 ]
             )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_curves({"held-out": (labels[judged], probability[judged])}, out_dir, threshold)
+    name = "whole ensemble" if member_folds is None else "out-of-fold members"
+    plot_curves({name: (labels[judged], probability[judged])}, out_dir, threshold)
     return metrics
 
 
@@ -206,14 +232,23 @@ class FolderEvaluator:
         output_dir: Path | str,
         bundle_dir: Path | str | None = None,
         trusted: bool = False,
+        held_out: bool = False,
     ) -> None:
         self.data_dir, self.output_dir = Path(data_dir), Path(output_dir)
-        self.bundle_dir, self.trusted = bundle_dir, trusted
+        self.bundle_dir, self.trusted, self.held_out = bundle_dir, trusted, held_out
 
     def run(self) -> dict:
         from medcnn.app.radiograph_analysis import RadiographAnalyzer
 
         analyzer = RadiographAnalyzer(self.bundle_dir, trusted=self.trusted)
+        folds = None
+        if not self.held_out:
+            folds = read_metadata(analyzer.bundle_dir)["medcnn"]["member_folds"]
         return evaluate_folder(
-            self.data_dir, self.output_dir, analyzer.model, analyzer.spec, analyzer.threshold
+            self.data_dir,
+            self.output_dir,
+            analyzer.model,
+            analyzer.spec,
+            analyzer.threshold,
+            folds,
         )
