@@ -1,6 +1,7 @@
 """MedCNN for 3D Slicer: click on a lung nodule, press Analyze, see its segmentation, a heatmap
-and the malignancy probability with its uncertainty. Thin on purpose: the description, a widget
-that builds ``MedCNNLib.Widget``, and the self-test; the work is done in ``MedCNNLib``."""
+and the malignancy probability with its uncertainty; or select a chest radiograph (no point) and
+see the probability of pneumonia with a heatmap over it. Thin on purpose: the description, a
+widget that builds ``MedCNNLib.Widget``, and the self-test; the work is done in ``MedCNNLib``."""
 
 from __future__ import annotations
 
@@ -46,18 +47,25 @@ class MedCNN(ScriptedLoadableModule):
             "Judges a lung nodule at a point you place on a chest CT: a trained 3D CNN ensemble "
             "gives the probability that the nodule is malignant with its uncertainty, segments "
             "the nodule (diameter and volume) and shows a class-activation heatmap over the "
-            "slices. Select the CT, place one point on each nodule, press Analyze. The analysis "
-            "runs in a background process on this computer; no image leaves it.<br><br>"
+            "slices. Select the CT, place one point on each nodule, press Analyze. A frontal "
+            "chest radiograph (a volume of one slice) needs no point: select it and press "
+            "Analyze for the probability of pneumonia and a heatmap over the radiograph. The "
+            "Model selector lists the installed models; Automatic lets the image decide. The "
+            "analysis runs in a background process on this computer; no image leaves it."
+            "<br><br>"
             "<b>Research use only. Not a medical device and not for clinical use or "
             "diagnosis.</b><br><br>"
             'See the <a href="https://github.com/medcnn/medcnn#3d-slicer">documentation</a>.'
         )
         self.parent.acknowledgementText = _(
-            "The model was trained on nodules of the LIDC-IDRI collection: Armato III SG et al., "
-            "The Lung Image Database Consortium (LIDC) and Image Database Resource Initiative "
-            "(IDRI), Medical Physics 38(2), 2011; data from The Cancer Imaging Archive, "
-            "doi:10.7937/K9/TCIA.2015.LO9QL9SX, licence CC BY 3.0. Built with MONAI and PyTorch; "
-            "the PyTorch extension (SlicerPyTorch) installs PyTorch."
+            "The lung nodule model was trained on nodules of the LIDC-IDRI collection: Armato "
+            "III SG et al., The Lung Image Database Consortium (LIDC) and Image Database Resource "
+            "Initiative (IDRI), Medical Physics 38(2), 2011; data from The Cancer Imaging "
+            "Archive, doi:10.7937/K9/TCIA.2015.LO9QL9SX, licence CC BY 3.0. The chest X-ray "
+            "model was trained on Kermany DS et al.'s pediatric radiographs (Cell 172(5), 2018; "
+            "Mendeley Data, CC BY 4.0) and NIH Clinical Center ChestX-ray14 (Wang X et al., CVPR "
+            "2017). Built with MONAI and PyTorch; the PyTorch extension (SlicerPyTorch) installs "
+            "PyTorch."
         )
 
 

@@ -55,6 +55,31 @@ def load_volume(
     return volume
 
 
+def add_volume(
+    scene: slicer.vtkMRMLScene, voxels: np.ndarray, matrix: np.ndarray, name: str
+) -> slicer.vtkMRMLScalarVolumeNode:
+    """A scalar volume of an (i, j, k) array placed by an IJK-to-RAS ``matrix``, with its display
+    node, as Slicer holds a loaded one."""
+    from vtk.util.numpy_support import numpy_to_vtk
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(*voxels.shape)
+    image.GetPointData().SetScalars(numpy_to_vtk(voxels.ravel(order="F"), deep=True))
+    volume = slicer.vtkMRMLScalarVolumeNode()
+    volume.SetName(name)
+    ijk_to_ras_matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            ijk_to_ras_matrix.SetElement(row, column, float(matrix[row, column]))
+    volume.SetIJKToRASMatrix(ijk_to_ras_matrix)
+    volume.SetAndObserveImageData(image)
+    scene.AddNode(volume)
+    display = slicer.vtkMRMLScalarVolumeDisplayNode()
+    scene.AddNode(display)
+    volume.SetAndObserveDisplayNodeID(display.GetID())
+    return volume
+
+
 def load_labelmap(path: Path) -> slicer.vtkMRMLLabelMapVolumeNode:
     node = slicer.vtkMRMLLabelMapVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()

@@ -22,6 +22,22 @@ SLICER_CORE_MISSING = (
 )
 
 
+def radiograph_matrix() -> np.ndarray:
+    """The IJK-to-RAS matrix of a frontal radiograph held upright in a coronal plane, turned 10
+    degrees about the superior axis, with unequal pixel spacing and an origin away from 0: i
+    along a row to the patient's left, j down the columns, k (one slice) through the film,
+    right-handed as MRML's readers make every volume they load."""
+    angle = np.radians(10.0)
+    turn = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]]
+    )
+    axes = turn @ np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]]).T  # columns
+    matrix = np.eye(4)
+    matrix[:3, :3] = axes @ np.diag([0.3, 0.25, 2.0])
+    matrix[:3, 3] = [84.0, -31.5, 160.0]
+    return matrix
+
+
 class Scan(NamedTuple):
     """A CT file for the extension's tests and a point on its nodule (RAS mm)."""
 

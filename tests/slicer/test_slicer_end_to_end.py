@@ -30,6 +30,7 @@ from slicer_scene_support import (  # noqa: E402
 )
 
 from medcnn.bundle import default_bundle_dir  # noqa: E402
+from medcnn.catalog import installed_models  # noqa: E402
 from medcnn.errors import (  # noqa: E402
     EXIT_CODES_BY_NAME,
     CancelledError,
@@ -98,10 +99,16 @@ def test_runner_reports_the_real_stages_and_reuses_its_worker(runner, shared_dat
     assert [s for s in stages if s in STAGES] == STAGES
     fractions = [e.fraction for e in events if e.kind == "progress"]
     assert fractions == sorted(fractions)
-    assert runner.model["weights_sha256"] == events[-1].result["model"]["weights_sha256"]
-    # the engine's hello: its stages and exit codes, as the engine defines them
+    loaded = {model["id"]: model for model in runner.models}  # every installed model
+    assert (
+        loaded["lung_nodule_ct"]["weights_sha256"] == events[-1].result["model"]["weights_sha256"]
+    )
+    assert events[-1].result["model"]["id"] == "lung_nodule_ct"
+    # the engine's hello: its stages, exit codes and models, as the engine defines them
     assert runner.hello.stages == [stage.name for stage in ENGINE_STAGES]
     assert runner.hello.exitCodes == EXIT_CODES_BY_NAME
+    assert [model.id for model in runner.hello.models] == list(installed_models())
+    assert runner.hello.modelById("lung_nodule_ct").needsPoint
 
     second = runner.submit(AnalysisRequest(str(image), LUNG1_NODULE_RAS, str(tmp_path / "b")))
     events = second.wait(TIMEOUT)
@@ -152,6 +159,7 @@ def test_lung1_in_the_scene(logic, scene, shared_data):
     assert data.GetColumnByName("Diameter").GetValue(0) == result["diameter_mm"]
     assert data.GetColumnByName("Volume").GetValue(0) == result["volume_ml"]
     assert data.GetColumnByName("Calcified").GetValue(0) == result["calcified_share"]
+    assert data.GetColumnByName("Model").GetValue(0) == result["model"]["id"] == "lung_nodule_ct"
     point = [data.GetColumnByName(axis).GetValue(0) for axis in "RAS"]
     assert point == result["point"]["ras"]
     weights = default_bundle_dir() / "models" / "model.pt"

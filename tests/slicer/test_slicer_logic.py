@@ -283,7 +283,7 @@ def test_volume_under_a_transform_is_analysed_in_its_own_coordinates(logic, volu
 
 
 def test_inputs_are_checked_before_anything_runs(logic, phantom, phantom_ct, scene):
-    with pytest.raises(AnalysisError, match="Select a CT volume"):
+    with pytest.raises(AnalysisError, match="Select a volume"):
         logic.startAnalysis(None, [pointFromRAS(phantom_ct.nodule_ras)])
     with pytest.raises(AnalysisError, match="Place a point"):
         logic.startAnalysis(phantom, [])

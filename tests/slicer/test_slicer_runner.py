@@ -7,6 +7,7 @@ the real worker and model are in ``test_slicer_end_to_end.py``.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -160,6 +161,48 @@ def test_the_engine_says_its_stages_and_exit_codes_first(standin_runner, phantom
     assert runner.hello.exitCode("not_ct") == 6 and runner.hello.exitCode("no such kind") == 1
 
 
+def test_the_hello_lists_the_models_before_any_request(standin_runner):
+    """``start`` starts the engine ahead of a click; its hello lists the installed models (the
+    stand-in lists both, whatever is installed), its ready line the loaded ones."""
+    runner = standin_runner()
+    assert runner.hello.models == []
+    runner.start()
+    pid = runner.pid
+    wait_until(
+        lambda: runner.update() or bool(runner.models), 30.0, "the ready line", lambda: runner.hello
+    )
+    assert [m.id for m in runner.hello.models] == ["lung_nodule_ct", "chest_xray_pneumonia"]
+    assert [m.needsPoint for m in runner.hello.models] == [True, False]
+    assert runner.hello.modelById("chest_xray_pneumonia").title == "standin chest X-ray 0.0.2"
+    assert runner.hello.modelById("no such model") is None
+    assert [m["id"] for m in runner.models] == ["lung_nodule_ct", "chest_xray_pneumonia"]
+    assert runner.model == runner.models[0] and len(runner.models[1]["weights_sha256"]) == 64
+    runner.start()  # already running: the same worker
+    assert runner.pid == pid
+
+
+def test_a_request_line_omits_an_absent_point_and_names_a_chosen_model():
+    ct = AnalysisRequest("/s.nrrd", (1, 2, 3.5), "/o")
+    assert ct.toMessage("1") == {
+        "id": "1",
+        "image": "/s.nrrd",
+        "point": [1.0, 2.0, 3.5],
+        "lps": False,
+        "out": "/o",
+    }
+    radiograph = AnalysisRequest("/chest.nrrd", None, "/o", model="chest_xray_pneumonia")
+    assert radiograph.toMessage("2") == {
+        "id": "2",
+        "image": "/chest.nrrd",
+        "lps": False,
+        "out": "/o",
+        "model": "chest_xray_pneumonia",
+    }
+    # what the worker accepts (medcnn.app.worker.parse_request)
+    for request in (ct, radiograph):
+        assert worker.parse_request(json.dumps(request.toMessage("3")))[0] == "3"
+
+
 def test_the_runners_own_codes_are_the_engines():
     """What the runner says before any engine has spoken (it could not start one, or it was
     cancelled while starting) means what the engine means by it."""
@@ -169,6 +212,7 @@ def test_the_runners_own_codes_are_the_engines():
 
 def test_a_hello_missing_pieces_keeps_the_runners_own_words():
     hello = EngineHello.fromMessage({"event": "hello", "protocol": 1})
+    assert hello.models == []  # a protocol 1 engine lists none: the panel offers Automatic
     assert hello.exitCode("cancelled") == RUNNER_EXIT_CODES["cancelled"]
     assert hello.stageTitle(STARTING_STAGE).startswith("Starting")
     assert hello.stageTitle("unknown") == "Unknown"

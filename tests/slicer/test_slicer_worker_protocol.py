@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from medcnn.app.worker import PROTOCOL_VERSION, Channel, hello, serve
+from medcnn.catalog import model_list
 from medcnn.errors import EXIT_CODES, EXIT_CODES_BY_NAME, MedCNNError, PointOutsideScanError
 from medcnn.outputs.result import (
     LUNG_NODULE_MALIGNANCY,
@@ -31,6 +32,7 @@ class StandInAnalyzer:
 
     def analyze_file(self, image, point, out_dir, lps=False, progress=None, **options):
         self.calls.append((image, point, out_dir, lps, options))
+        point = point if point is not None else (0.0, 0.0, 0.0)
         if image == "outside.nrrd":
             raise PointOutsideScanError("The point lies outside the scan.")
         if image == "bug.nrrd":
@@ -104,6 +106,7 @@ def test_bad_lines_are_answered_and_quit_stops():
         "not json",
         json.dumps([1, 2]),
         json.dumps({"id": "m", "image": "scan.nrrd"}),
+        json.dumps({"id": "n", "image": "s", "out": "o", "model": 7}),
         json.dumps({"id": "p", "image": "s", "point": [1, 2], "out": "o"}),
         json.dumps({"id": "c", "command": "dance"}),
         "",
@@ -112,15 +115,29 @@ def test_bad_lines_are_answered_and_quit_stops():
     ]
     status, messages, analyzer = run(lines)
     assert status == 0
-    assert [m["exit_code"] for m in messages] == [2, 2, 2, 2, 2]
-    assert [m["id"] for m in messages] == [None, None, "m", "p", "c"]
-    assert "lacks point, out" in messages[2]["message"]
+    assert [m["exit_code"] for m in messages] == [2, 2, 2, 2, 2, 2]
+    assert [m["id"] for m in messages] == [None, None, "m", "n", "p", "c"]
+    assert "lacks out" in messages[2]["message"]  # protocol 2: a radiograph has no point
+    assert "model must be a model's name" in messages[3]["message"]
+    assert "absent for a radiograph" in messages[4]["message"]
     assert analyzer.calls == []  # nothing after quit
 
 
 def test_series_uid_is_passed_on():
     _, _, analyzer = run([request("s", series_uid="1.2.3")])
-    assert analyzer.calls[0][4] == {"series_uid": "1.2.3"}
+    assert analyzer.calls[0][4] == {"series_uid": "1.2.3", "model": None}
+
+
+def test_a_radiograph_request_has_no_point_and_may_name_its_model():
+    """Protocol 2: ``point`` may be left out (a radiograph) and ``model`` names the model."""
+    lines = [
+        json.dumps({"id": "r", "image": "chest.nrrd", "out": "/tmp/r"}),
+        request("m", model="lung_nodule_ct"),
+    ]
+    _, messages, analyzer = run(lines)
+    assert [m["event"] for m in messages if m["id"] == "r"][-1] == "result"
+    assert analyzer.calls[0][1] is None and analyzer.calls[0][4] == {"model": None}
+    assert analyzer.calls[1][4] == {"model": "lung_nodule_ct"}
 
 
 def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):
@@ -150,3 +167,9 @@ def test_hello_states_the_engines_stages_and_exit_codes():
     assert message["exit_codes"] == EXIT_CODES_BY_NAME
     assert set(EXIT_CODES_BY_NAME.values()) == set(EXIT_CODES)  # every code has one name
     assert EXIT_CODES_BY_NAME["not_ct"] == 6 and EXIT_CODES_BY_NAME["cancelled"] == 130
+    # protocol 2: the installed models, so that a panel can offer them before any is loaded
+    assert message["models"] == model_list()
+    assert message["models"] and all(
+        set(model) == {"id", "name", "version", "task", "input", "needs_point"}
+        for model in message["models"]
+    )

@@ -1,14 +1,16 @@
-"""The module's logic: from a CT volume and points in the MRML scene to results in the scene,
-speaking only MRML.
+"""The module's logic: from a volume in the MRML scene (a CT with points on nodules, or a
+radiograph, which needs no point) to results in the scene, speaking only MRML.
 
 No Qt here, so the same logic runs inside 3D Slicer, against ``slicer-core`` in the tests and
 behind a web viewer. ``MedCNNLogic`` is a small façade over the library's roles, one file each:
 
-- ``TaskLogic``: inputs checked, the volume exported, points submitted to the runner one after
-  another (``AnalysisTask``, advanced by ``poll``);
+- ``TaskLogic``: what a request needs (a point or not, by the model chosen and the volume),
+  inputs checked, the volume exported, points (or the whole image) submitted to the runner one
+  after another (``AnalysisTask``, advanced by ``poll``);
 - ``ResultImport``: each answer into the scene as MRML nodes, all or nothing;
 - ``Display``: how results look (heat colours, threshold, segment display, slice views);
-- ``Runner``: the background process, which also tells the engine's stage titles and exit codes.
+- ``Runner``: the background process, which also tells the engine's stage titles, exit codes
+  and installed models (its hello).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import itertools
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import slicer
 
 from .Display import ResultDisplay
-from .Parameters import Parameters
+from .Parameters import AUTOMATIC, AUTOMATIC_TITLE, Parameters
 from .ResultImport import ROLE_HEATMAP, ResultImporter
 from .Runner import InferenceRunner, WorkerRunner
 from .TaskLogic import (
@@ -31,19 +34,31 @@ from .TaskLogic import (
     PointSpec,
     VolumeExport,
     checkedInputs,
+    needsPoint,
     pointFromRAS,
     pointsFromMarkups,
 )
 
 __all__ = [
+    "AUTOMATIC",
     "AnalysisError",
     "AnalysisTask",
     "MedCNNLogic",
+    "ModelChoice",
     "PointOutcome",
     "PointSpec",
     "pointFromRAS",
     "pointsFromMarkups",
 ]
+
+
+class ModelChoice(NamedTuple):
+    """One entry of the model selector: the id sent (``AUTOMATIC``: none), its title and what
+    it takes."""
+
+    id: str
+    title: str
+    description: str = ""
 
 
 class MedCNNLogic:
@@ -71,7 +86,7 @@ class MedCNNLogic:
 
     @property
     def parameters(self) -> Parameters:
-        """The user's display settings (the widget loads and saves them)."""
+        """The user's model choice and display settings (the widget loads and saves them)."""
         return self.display.parameters
 
     @parameters.setter
@@ -85,24 +100,78 @@ class MedCNNLogic:
             shutil.rmtree(self.workDir, ignore_errors=True)
         self._export.clear()
 
+    # -- the models (the engine's hello) -------------------------------------------------------
+
+    def startEngine(self) -> None:
+        """Start the analysis process ahead of the first click: its first line lists the
+        installed models (``modelChoices`` after ``updateEngine``), then it loads them."""
+        self.runner.start()
+
+    def updateEngine(self) -> bool:
+        """Take what the analysis process said; True once it has listed its models."""
+        self.runner.update()
+        return self.runner.hello.protocol is not None
+
+    def modelChoices(self) -> list[ModelChoice]:
+        """What the model selector offers: the automatic choice, then each installed model."""
+        return [
+            ModelChoice(
+                AUTOMATIC,
+                AUTOMATIC_TITLE,
+                "The input decides, as on the command line: points in a CT go to the model "
+                "that judges a point, a radiograph (one slice) to the one that judges it whole.",
+            )
+        ] + [ModelChoice(model.id, model.title, model.input) for model in self.runner.hello.models]
+
+    def chosenModel(self) -> str:
+        """The model of the parameters, or ``AUTOMATIC`` while the engine has not listed it
+        (it may be uninstalled, or the engine not started yet)."""
+        model = self.parameters.model
+        if model != AUTOMATIC and self.runner.hello.modelById(model) is None:
+            return AUTOMATIC
+        return model
+
+    def pointNeeded(
+        self, volumeNode: slicer.vtkMRMLVolumeNode | None, model: str | None = None
+    ) -> bool:
+        """Whether analysing ``volumeNode`` takes points (``model``: the chosen one by
+        default): not for a model that judges a whole radiograph, nor, choosing automatically,
+        for a 2D volume."""
+        model = self.chosenModel() if model is None else model
+        return needsPoint(volumeNode, model, self.runner.hello.models)
+
+    def inputHint(self, volumeNode: slicer.vtkMRMLVolumeNode | None) -> str:
+        """One sentence for the panel: what the selected volume needs before Analyze."""
+        if volumeNode is None:
+            return "Select a chest CT or a chest radiograph."
+        if self.pointNeeded(volumeNode):
+            return "Place a point on each nodule, then press Analyze."
+        return "The whole image is judged: no point is needed; press Analyze."
+
     # -- running (TaskLogic) -------------------------------------------------------------------
 
     def startAnalysis(
         self,
         volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
         points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
+        model: str | None = None,
     ) -> AnalysisTask:
-        """Check the inputs and start; the returned task is advanced by ``poll``."""
-        return AnalysisTask(self, volumeNode, checkedInputs(volumeNode, points))
+        """Check the inputs and start; the returned task is advanced by ``poll``. ``model`` is
+        the chosen one by default; a radiograph (or a model that takes no point) is analysed
+        whole and ``points`` are not sent."""
+        model = self.chosenModel() if model is None else model
+        targets = checkedInputs(volumeNode, points, self.pointNeeded(volumeNode, model))
+        return AnalysisTask(self, volumeNode, targets, model)
 
     def analyze(
         self,
         volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
         points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
         timeout: float | None = None,
+        model: str | None = None,
     ) -> AnalysisTask:
         """Start and wait: for scripts, tests and the self-test."""
-        return self.startAnalysis(volumeNode, points).wait(timeout)
+        return self.startAnalysis(volumeNode, points, model).wait(timeout)
 
     def newResultDir(self) -> Path:
         return self.workDir / "results" / str(next(self._resultNumbers))
@@ -125,7 +194,8 @@ class MedCNNLogic:
         return nodeIDs
 
     def resultNodes(self, key: str | None = None, role: str | None = None) -> list:
-        """Result nodes in the scene, of one point (``key``) and/or one role."""
+        """Result nodes in the scene, of one analysis (``key``: volume, point, model) and/or
+        one role."""
         return self.results.resultNodes(key, role)
 
     # -- display (Display) ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """How MedCNN's results look in the scene: the heat colour map, the heatmap's window and
-threshold, the nodule segment's 2D and 3D display, and the slice views showing the CT under the
-heatmap, centred on the point. Speaks only MRML; the user's choices are ``Parameters``."""
+threshold, the nodule segment's 2D and 3D display, and the slice views showing the CT (or the
+radiograph) under the heatmap, centred on the point (or on the radiograph). Speaks only MRML;
+the user's choices are ``Parameters``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ HEAT_COLOR_SINGLETON_TAG = "MedCNNHeat"
 def iterateCollection(collection: vtk.vtkCollection) -> Iterator[vtk.vtkObject]:
     for index in range(collection.GetNumberOfItems()):
         yield collection.GetItemAsObject(index)
+
+
+def volumeCentre(volumeNode: slicer.vtkMRMLVolumeNode) -> tuple[float, float, float]:
+    """The centre of a volume in world coordinates (its transform applied)."""
+    bounds = [0.0] * 6
+    volumeNode.GetRASBounds(bounds)
+    return tuple((bounds[2 * axis] + bounds[2 * axis + 1]) / 2.0 for axis in range(3))
 
 
 class ResultDisplay:
@@ -81,16 +89,19 @@ class ResultDisplay:
         self,
         volumeNode: slicer.vtkMRMLVolumeNode,
         heatmapNode: slicer.vtkMRMLVolumeNode,
-        pointWorld: tuple[float, float, float],
+        pointWorld: tuple[float, float, float] | None,
     ) -> None:
-        """CT in the background, heatmap in the foreground of every slice view, centred."""
+        """The volume in the background, heatmap in the foreground of every slice view,
+        centred on the point, or on the volume's centre for a whole radiograph (so the slice
+        view in its plane cuts through its one slice)."""
         for composite in iterateCollection(self.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")):
             composite.SetBackgroundVolumeID(volumeNode.GetID())
             composite.SetForegroundVolumeID(heatmapNode.GetID())
             composite.SetForegroundOpacity(self.parameters.heatmapOpacity)
         if self.parameters.centerViewsOnNodule:
+            centre = pointWorld if pointWorld is not None else volumeCentre(volumeNode)
             slicer.vtkMRMLSliceNode.JumpAllSlices(
-                self.scene, *pointWorld, slicer.vtkMRMLSliceNode.CenteredJumpSlice
+                self.scene, *centre, slicer.vtkMRMLSliceNode.CenteredJumpSlice
             )
 
     def setHeatmapOpacity(

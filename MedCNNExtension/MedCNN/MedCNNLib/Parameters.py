@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+AUTOMATIC = ""  # the model choice that lets the image decide (the engine's own rule)
+AUTOMATIC_TITLE = "Automatic: the image decides"
+
 
 class SettingsStore(Protocol):
     """What ``qt.QSettings`` offers (and a dict-backed stand-in can): ``value``/``setValue``."""
@@ -16,12 +19,14 @@ class SettingsStore(Protocol):
 
 @dataclass
 class Parameters:
-    """How results are shown; the analysis itself has no knobs: the bundle defines it."""
+    """Which model answers and how results are shown; the analysis itself has no knobs: each
+    model's bundle defines it. ``model`` is an installed model's id, or ``AUTOMATIC``."""
 
     heatmapOpacity: float = 0.5
     heatmapThreshold: float = 0.2
     centerViewsOnNodule: bool = True
     showSegmentation3D: bool = True
+    model: str = AUTOMATIC
 
     PREFIX = "MedCNN/"
 

@@ -1,10 +1,11 @@
-"""One answer of the engine into the scene: heatmap volume, nodule segmentation and a row of the
-results table, each carrying where it came from, all made before any is kept, so a failure
-leaves the scene as it was. Speaks only MRML.
+"""One answer of the engine into the scene: heatmap volume, nodule segmentation (for a model
+that segments) and a row of the results table, each carrying where it came from and which model
+answered, all made before any is kept, so a failure leaves the scene as it was. Speaks only
+MRML.
 
-The heatmap and segmentation files lie on a sub-grid of the exported scan's own grid, so read
-back through MRML's storage nodes they overlay the CT voxel for voxel. How they look is
-``Display``'s job.
+The heatmap and segmentation files lie on the exported volume's own grid (a CT's sub-grid around
+the point; a radiograph's whole grid), so read back through MRML's storage nodes they overlay
+the volume voxel for voxel. How they look is ``Display``'s job.
 """
 
 from __future__ import annotations
@@ -37,11 +38,19 @@ NODULE_TERMINOLOGY = (
     "~^^"
 )
 DISCLAIMER = "Research use only; not for clinical use."
-# (name, kind, unit, description): one row a point
+# (name, kind, unit, description): one row a point, or a whole radiograph, and model; a model
+# without a point or a segmentation leaves those columns empty (NaN)
 TABLE_COLUMNS = (
-    ("Point", "string", "", "Label of the analysed point"),
-    ("Probability", "double", "", "Malignancy probability (mean of the ensemble members)"),
-    ("Label", "string", "", "malignant or benign at the model's threshold"),
+    ("Point", "string", "", "Label of the analysed point (empty for a whole radiograph)"),
+    ("Model", "string", "", "The model that answered (its id; medcnn models lists them)"),
+    (
+        "Probability",
+        "double",
+        "",
+        "Probability of the model's finding, malignancy or pneumonia (mean of the ensemble "
+        "members)",
+    ),
+    ("Label", "string", "", "The model's decision at its threshold (e.g. malignant or benign)"),
     ("Uncertainty", "double", "", "Standard deviation of the ensemble members' probabilities"),
     ("Probability low", "double", "", "Lowest probability among the ensemble members"),
     ("Probability high", "double", "", "Highest probability among the ensemble members"),
@@ -66,24 +75,24 @@ class ResultImporter:
     def importResult(
         self, volumeNode: slicer.vtkMRMLVolumeNode, point: PointSpec, outDir: Path, result: dict
     ) -> dict[str, str]:
-        """Add the heatmap, the segmentation and the table row of one answer; all or nothing.
-        Earlier results for the same point are replaced. Returns the new nodes' IDs by role."""
-        key = f"{volumeNode.GetID()}|{point.key}"
+        """Add the heatmap, the segmentation (when the answer has one) and the table row of one
+        answer; all or nothing. Earlier results of the same model for the same point (or the
+        same whole image) are replaced. Returns the new nodes' IDs by role."""
+        key = resultKey(volumeNode, point, result)
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         outputs = result.get("outputs", {})
         created: list = []
+        newNodes: dict[str, slicer.vtkMRMLNode] = {}
         try:
-            heatmap = self._addHeatmap(
+            newNodes[ROLE_HEATMAP] = self._addHeatmap(
                 volumeNode, point, Path(outDir) / outputs.get("heatmap", "heatmap.nii.gz"), created
             )
-            segmentation = self._addSegmentation(
-                volumeNode,
-                point,
-                Path(outDir) / outputs.get("segmentation", "segmentation.nii.gz"),
-                created,
-            )
+            if outputs.get("segmentation"):
+                newNodes[ROLE_SEGMENTATION] = self._addSegmentation(
+                    volumeNode, point, Path(outDir) / outputs["segmentation"], created
+                )
             table = self._resultsTable(volumeNode, created)
-            for node, role in ((heatmap, ROLE_HEATMAP), (segmentation, ROLE_SEGMENTATION)):
+            for role, node in newNodes.items():
                 setProvenance(node, result, volumeNode, point, role, key, when)
             self._setTableRow(table, key, point, result, when)
             setProvenance(table, result, volumeNode, point, ROLE_TABLE, "", when)
@@ -96,7 +105,7 @@ class ResultImporter:
             raise AnalysisError(
                 f"The results could not be loaded into the scene ({error}).", "internal_error"
             ) from error
-        newIDs = {ROLE_HEATMAP: heatmap.GetID(), ROLE_SEGMENTATION: segmentation.GetID()}
+        newIDs = {role: node.GetID() for role, node in newNodes.items()}
         for node in self.resultNodes(key):
             if node.GetID() not in newIDs.values():
                 removeNodeWithDependents(self.scene, node)
@@ -104,7 +113,8 @@ class ResultImporter:
         return newIDs
 
     def resultNodes(self, key: str | None = None, role: str | None = None) -> list:
-        """Result nodes in the scene, of one point (``key``) and/or one role."""
+        """Result nodes in the scene, of one analysis (``key``: volume, point, model) and/or
+        one role."""
         nodes = []
         for index in range(self.scene.GetNumberOfNodes()):
             node = self.scene.GetNthNode(index)
@@ -132,7 +142,7 @@ class ResultImporter:
     ) -> slicer.vtkMRMLScalarVolumeNode:
         heatmap = slicer.vtkMRMLScalarVolumeNode()
         self._readVolume(path, heatmap)
-        heatmap.SetName(f"{volumeNode.GetName()} {point.label} MedCNN heatmap")
+        heatmap.SetName(resultName(volumeNode, point, "heatmap"))
         self.scene.AddNode(heatmap)
         created.append(heatmap)
         created.append(self.display.addHeatmapDisplay(heatmap))
@@ -151,7 +161,7 @@ class ResultImporter:
         labelmap.SetImageToWorldMatrix(matrix)
 
         segmentation = slicer.vtkMRMLSegmentationNode()
-        segmentation.SetName(f"{volumeNode.GetName()} {point.label} MedCNN nodule")
+        segmentation.SetName(resultName(volumeNode, point, "nodule"))
         self.scene.AddNode(segmentation)
         created.append(segmentation)
         segmentation.CreateDefaultDisplayNodes()
@@ -177,16 +187,11 @@ class ResultImporter:
     ) -> slicer.vtkMRMLTableNode:
         for node in self.resultNodes(role=ROLE_TABLE):
             if node.GetAttribute(ATTRIBUTE + "InputVolumeID") == volumeNode.GetID():
+                addMissingColumns(node)  # a table of an earlier version, from a saved scene
                 return node
         table = slicer.vtkMRMLTableNode()
         table.SetName(f"{volumeNode.GetName()} MedCNN results")
-        for name, kind, unit, description in TABLE_COLUMNS:
-            array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
-            array.SetName(name)
-            table.AddColumn(array)
-            table.SetColumnDescription(name, description)
-            if unit:
-                table.SetColumnUnitLabel(name, unit)
+        addMissingColumns(table)
         table.SetAttribute(ATTRIBUTE + "RowKeys", "[]")
         table.SetAttribute(ATTRIBUTE + "Role", ROLE_TABLE)
         table.SetAttribute(ATTRIBUTE + "InputVolumeID", volumeNode.GetID())
@@ -203,17 +208,18 @@ class ResultImporter:
         else:
             row = table.AddEmptyRow()
             keys.append(key)
-        ras = result.get("point", {}).get("ras", list(point.ras))
+        ras = pointOf(result, point) or [None, None, None]
         interval = result.get("probability_interval", [None, None])
         values = {
-            "Point": point.label,
+            "Point": "" if point.wholeImage else point.label,
+            "Model": modelId(result),
             "Probability": result["probability"],
             "Label": result["label"],
             "Uncertainty": result["uncertainty"],
             "Probability low": interval[0],
             "Probability high": interval[1],
-            "Diameter": result["diameter_mm"],
-            "Volume": result["volume_ml"],
+            "Diameter": result.get("diameter_mm"),
+            "Volume": result.get("volume_ml"),
             "Calcified": result.get("calcified_share"),
             "R": ras[0],
             "A": ras[1],
@@ -224,11 +230,55 @@ class ResultImporter:
         for name, kind, _, _ in TABLE_COLUMNS:
             value = values[name]
             if kind == "string":
-                data.GetColumnByName(name).SetValue(row, str(value))
+                data.GetColumnByName(name).SetValue(row, "" if value is None else str(value))
             else:
                 data.GetColumnByName(name).SetValue(row, float("nan") if value is None else value)
         table.SetAttribute(ATTRIBUTE + "RowKeys", json.dumps(keys))
         table.Modified()
+
+
+def addMissingColumns(table: slicer.vtkMRMLTableNode) -> None:
+    """Every column of ``TABLE_COLUMNS`` that the table lacks, empty in its existing rows."""
+    rows = table.GetNumberOfRows()
+    for name, kind, unit, description in TABLE_COLUMNS:
+        if table.GetTable().GetColumnByName(name) is not None:
+            continue
+        array = vtk.vtkStringArray() if kind == "string" else vtk.vtkDoubleArray()
+        array.SetName(name)
+        array.SetNumberOfValues(rows)
+        for row in range(rows):
+            array.SetValue(row, "" if kind == "string" else float("nan"))
+        table.AddColumn(array)
+        table.SetColumnDescription(name, description)
+        if unit:
+            table.SetColumnUnitLabel(name, unit)
+
+
+def modelId(result: dict) -> str:
+    """The id of the model that answered (``model.id``; its name for an engine before 0.5)."""
+    model = result.get("model", {})
+    return str(model.get("id") or model.get("name") or "")
+
+
+def pointOf(result: dict, point: PointSpec) -> list[float] | None:
+    """The point analysed, in the exported volume's RAS as ``result.json`` says it, else as it
+    was placed; None for a whole image."""
+    if point.wholeImage:
+        return None
+    return result.get("point", {}).get("ras", list(point.ras))
+
+
+def resultKey(volumeNode: slicer.vtkMRMLVolumeNode, point: PointSpec, result: dict) -> str:
+    """What identifies one analysis across re-runs: the volume, the point (or the whole image)
+    and the model; a re-run of the same replaces its nodes and its row."""
+    return f"{volumeNode.GetID()}|{point.key}|{modelId(result)}"
+
+
+def resultName(volumeNode: slicer.vtkMRMLVolumeNode, point: PointSpec, what: str) -> str:
+    """A result node's name: the volume's, the point's label where there is a point, and what
+    it is."""
+    parts = [volumeNode.GetName() or "", "" if point.wholeImage else point.label]
+    return " ".join(part for part in (*parts, "MedCNN", what) if part)
 
 
 def setProvenance(
@@ -243,17 +293,18 @@ def setProvenance(
     """Where a result node came from, as node attributes (saved with the scene)."""
     model = result.get("model", {})
     software = result.get("software", {})
-    ras = result.get("point", {}).get("ras", list(point.ras))
+    ras = pointOf(result, point)
     attributes = {
         "Role": role,
+        "ModelID": modelId(result),
         "ModelName": model.get("name", ""),
         "ModelVersion": model.get("version", ""),
         "WeightsSHA256": model.get("weights_sha256", ""),
         "EngineVersion": software.get("medcnn", ""),
         "InputVolume": volumeNode.GetName() or "",
         "InputVolumeID": volumeNode.GetID(),
-        "Point": point.label,
-        "PointRAS": ",".join(f"{float(v):.4f}" for v in ras),
+        "Point": "" if point.wholeImage else point.label,
+        "PointRAS": "" if ras is None else ",".join(f"{float(v):.4f}" for v in ras),
         "Time": when,
         "Disclaimer": DISCLAIMER,
     }

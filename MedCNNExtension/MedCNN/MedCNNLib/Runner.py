@@ -2,18 +2,18 @@
 
 ``InferenceRunner`` is the small interface the logic needs; ``WorkerRunner`` implements it with
 one persistent ``python -m medcnn.app.worker`` process (see that module for the JSON-lines
-protocol), started on the first request and reused for the next ones, so importing torch and
-loading the model are paid once. Cancelling kills the worker's whole process group; the next
-request starts a fresh worker, as it does after the worker died.
+protocol), started on the first request (or earlier, by ``start``) and reused for the next ones,
+so importing torch and loading the models are paid once. Cancelling kills the worker's whole
+process group; the next request starts a fresh worker, as it does after the worker died.
 
 No Qt and no MRML here: the runner's reader threads only queue what the worker says, and the
 caller's thread (Slicer's main thread, through a timer) takes the events with ``poll``.
 
-The engine's vocabulary, its progress stages and exit codes, is not repeated here: the worker's
-first line (``hello``) states it, and ``EngineHello`` keeps it for the logic. Only what the runner
-says on its own before any engine has spoken is defined here: the ``starting`` stage, and the
-codes of a worker that could not be started or was cancelled while starting (the tests hold
-these to ``medcnn.errors``).
+The engine's vocabulary, its progress stages, exit codes and installed models, is not repeated
+here: the worker's first line (``hello``) states it, and ``EngineHello`` keeps it for the logic.
+Only what the runner says on its own before any engine has spoken is defined here: the
+``starting`` stage, and the codes of a worker that could not be started or was cancelled while
+starting (the tests hold these to ``medcnn.errors``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-PROTOCOL_VERSION = 1  # the worker protocol this runner speaks
+PROTOCOL_VERSION = 2  # the worker protocol this runner speaks
 STARTING_STAGE = "starting"
 STARTING_TITLE = "Starting the analysis engine (first use loads the model)"
 # The runner's own verdicts, used until the engine's hello replaces them.
@@ -45,23 +45,66 @@ log = logging.getLogger("MedCNN.Runner")
 
 @dataclass(frozen=True)
 class AnalysisRequest:
-    """One point on one scan file; ``point`` is in the file's world coordinates (RAS mm)."""
+    """One scan or radiograph file to analyse. ``point`` is in the file's world coordinates
+    (RAS mm), or None for a model that judges the whole image (a radiograph); ``model`` names
+    the model to use, or None to let the engine choose by the input (a point: the CT model)."""
 
     image: str
-    point: tuple[float, float, float]
+    point: tuple[float, float, float] | None
     outDir: str
     lps: bool = False
+    model: str | None = None
+
+    def toMessage(self, requestId: str) -> dict:
+        """The worker's request line (protocol 2): no ``point`` key when there is none."""
+        message: dict = {"id": requestId, "image": str(self.image)}
+        if self.point is not None:
+            message["point"] = [float(v) for v in self.point]
+        message["lps"] = bool(self.lps)
+        message["out"] = str(self.outDir)
+        if self.model:
+            message["model"] = str(self.model)
+        return message
+
+
+@dataclass(frozen=True)
+class EngineModel:
+    """An installed model as the engine's hello describes it."""
+
+    id: str
+    name: str
+    version: str = ""
+    task: str = ""
+    input: str = ""
+    needsPoint: bool = True
+
+    @classmethod
+    def fromMessage(cls, content: dict) -> EngineModel:
+        return cls(
+            id=str(content["id"]),
+            name=str(content.get("name") or content["id"]),
+            version=str(content.get("version") or ""),
+            task=str(content.get("task") or ""),
+            input=str(content.get("input") or ""),
+            needsPoint=bool(content.get("needs_point", True)),
+        )
+
+    @property
+    def title(self) -> str:
+        """How a model selector shows it: its name and version."""
+        return f"{self.name} {self.version}".strip()
 
 
 @dataclass
 class EngineHello:
     """What the engine said of itself: its protocol version, its stages (name to title, in
-    order) and its exit codes by name. Until a worker has said hello, only the runner's own
-    stage and codes are known."""
+    order), its exit codes by name and its installed models. Until a worker has said hello,
+    only the runner's own stage and codes are known, and no model."""
 
     protocol: int | None = None
     stageTitles: dict[str, str] = field(default_factory=lambda: {STARTING_STAGE: STARTING_TITLE})
     exitCodes: dict[str, int] = field(default_factory=lambda: dict(RUNNER_EXIT_CODES))
+    models: list[EngineModel] = field(default_factory=list)
 
     @classmethod
     def fromMessage(cls, content: dict) -> EngineHello:
@@ -70,7 +113,15 @@ class EngineHello:
             hello.stageTitles[str(stage["name"])] = str(stage.get("title") or stage["name"])
         codes = content.get("exit_codes") or {}
         hello.exitCodes.update({str(name): int(code) for name, code in codes.items()})
+        hello.models = [
+            EngineModel.fromMessage(model)
+            for model in content.get("models") or []
+            if isinstance(model, dict) and model.get("id")
+        ]
         return hello
+
+    def modelById(self, modelId: str | None) -> EngineModel | None:
+        return next((model for model in self.models if model.id == modelId), None)
 
     @property
     def stages(self) -> list[str]:
@@ -114,9 +165,15 @@ class InferenceJob(Protocol):
 
 
 class InferenceRunner(Protocol):
-    """Runs requests one at a time in the background; ``hello`` is the engine's vocabulary."""
+    """Runs requests one at a time in the background; ``hello`` is the engine's vocabulary.
+    ``start`` starts the engine ahead of the first request and ``update`` takes what it said
+    since (its hello: the installed models), so a panel can offer the models before a click."""
 
     hello: EngineHello
+
+    def start(self) -> None: ...
+
+    def update(self) -> None: ...
 
     def submit(self, request: AnalysisRequest) -> InferenceJob: ...
 
@@ -234,7 +291,8 @@ class WorkerRunner:
         python = pythonExecutable or defaultPythonExecutable()
         self.command = command or [python, "-u", "-m", "medcnn.app.worker"]
         self.extraPythonPath = engineSearchPath() if extraPythonPath is None else extraPythonPath
-        self.model: dict | None = None
+        self.model: dict | None = None  # the first of ``models``
+        self.models: list[dict] = []  # the loaded models, as the worker's ready line lists them
         self.software: dict | None = None
         self.hello = EngineHello()  # kept across restarts: the engine stays the same
         self._process: subprocess.Popen | None = None
@@ -260,6 +318,17 @@ class WorkerRunner:
     def stderrTail(self) -> list[str]:
         return list(self._stderr)
 
+    def start(self) -> None:
+        """Start the worker now unless it runs: its hello lists the installed models at once,
+        and it loads them while the user places points, so the first click does not wait."""
+        if not self.running:
+            self._startWorker()
+
+    def update(self) -> None:
+        """Take what the worker said that no job asked for (its hello and ready lines); a job's
+        ``poll`` does the same."""
+        self._dispatch()
+
     def submit(self, request: AnalysisRequest) -> WorkerJob:
         if self._job is not None and not self._job.done:
             raise RunnerBusyError("An analysis is already running; wait for it or cancel it.")
@@ -271,15 +340,7 @@ class WorkerRunner:
             job._add(RunnerEvent("progress", stage=STARTING_STAGE, fraction=0.0))
             if self._process is None:  # could not start: the queued message says why
                 return job
-        line = json.dumps(
-            {
-                "id": requestId,
-                "image": str(request.image),
-                "point": [float(v) for v in request.point],
-                "lps": bool(request.lps),
-                "out": str(request.outDir),
-            }
-        )
+        line = json.dumps(request.toMessage(requestId))
         try:
             self._process.stdin.write(line + "\n")
             self._process.stdin.flush()
@@ -309,6 +370,7 @@ class WorkerRunner:
         self._generation += 1
         self._stderr.clear()
         self.model = None
+        self.models = []
         options: dict = {}
         if os.name == "posix":
             options["start_new_session"] = True  # its own process group, killed as a whole
@@ -440,7 +502,8 @@ class WorkerRunner:
                 )
             return
         if event == "ready":
-            self.model = content.get("model")
+            self.models = [m for m in content.get("models") or [] if isinstance(m, dict)]
+            self.model = content.get("model") or (self.models[0] if self.models else None)
             self.software = content.get("software")
             return
         if event == "fatal":

@@ -1,5 +1,10 @@
-"""The analysis of points on a volume as a task: its inputs checked, the volume exported, the
-points submitted one after another to the runner, each answer handed to the scene side.
+"""The analysis of a volume as a task: its inputs checked, the volume exported, the points
+submitted one after another to the runner (or, for a model that judges a whole radiograph, the
+image once, without a point), each answer handed to the scene side.
+
+What a request needs is decided here from the model chosen and the volume, as the engine decides
+(``medcnn.app.engine``): a model that takes no point, or the automatic choice on a 2D volume
+(one slice along some axis), gets no point; otherwise each defined control point is a request.
 
 ``AnalysisTask`` is a small state machine advanced by ``poll`` from the caller's (main) thread,
 so Slicer never waits for the engine. It speaks MRML only to read its inputs (the volume, a
@@ -20,14 +25,18 @@ from typing import Protocol
 import slicer
 import vtk
 
+from .Parameters import AUTOMATIC
 from .Runner import (
     STARTING_STAGE,
     AnalysisRequest,
+    EngineModel,
     InferenceJob,
     InferenceRunner,
     RunnerBusyError,
     RunnerEvent,
 )
+
+WHOLE_IMAGE_KEY = "whole-image"
 
 
 class AnalysisError(Exception):
@@ -41,18 +50,32 @@ class AnalysisError(Exception):
 
 @dataclass(frozen=True)
 class PointSpec:
-    """A point to analyse: ``key`` identifies it across re-runs, ``ras`` is in world mm."""
+    """What one request analyses: ``key`` identifies it across re-runs; ``ras`` is the point in
+    world mm, or None for the whole image (a radiograph, judged without a point)."""
 
     key: str
     label: str
-    ras: tuple[float, float, float]
+    ras: tuple[float, float, float] | None
+
+    @property
+    def wholeImage(self) -> bool:
+        return self.ras is None
+
+
+def wholeImage(volumeNode: slicer.vtkMRMLVolumeNode) -> PointSpec:
+    """The whole volume as the one thing to analyse, labelled with its name."""
+    return PointSpec(WHOLE_IMAGE_KEY, volumeNode.GetName() or "Image", None)
 
 
 def pointsFromMarkups(markupsNode: slicer.vtkMRMLMarkupsNode) -> list[PointSpec]:
-    """Every control point of a point list, keyed by list and point id, in world coordinates."""
+    """Every placed control point of a point list, keyed by list and point id, in world
+    coordinates. Points not placed (being placed, skipped or missing) are left out: their
+    coordinates mean nothing."""
     points = []
     position = [0.0, 0.0, 0.0]
     for index in range(markupsNode.GetNumberOfControlPoints()):
+        if markupsNode.GetNthControlPointPositionStatus(index) != markupsNode.PositionDefined:
+            continue
         markupsNode.GetNthControlPointPositionWorld(index, position)
         key = f"{markupsNode.GetID()}/{markupsNode.GetNthControlPointID(index)}"
         label = markupsNode.GetNthControlPointLabel(index) or f"Point {index + 1}"
@@ -68,30 +91,68 @@ def pointFromRAS(ras: Iterable[float], label: str | None = None) -> PointSpec:
     )
 
 
-def checkedInputs(
-    volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
-    points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
-) -> list[PointSpec]:
-    """The points to analyse, once the volume is a single-component scalar volume with voxels
-    and there is at least one point; otherwise an ``AnalysisError`` that says what to do."""
+def isTwoDimensional(volumeNode: slicer.vtkMRMLVolumeNode | None) -> bool:
+    """True for a volume of one slice along some axis (a radiograph), as the engine tells a 2D
+    input from a 3D scan."""
+    imageData = volumeNode.GetImageData() if volumeNode is not None else None
+    if imageData is None or imageData.GetNumberOfPoints() == 0:
+        return False
+    return 1 in imageData.GetDimensions()
+
+
+def needsPoint(
+    volumeNode: slicer.vtkMRMLVolumeNode | None, model: str, models: Iterable[EngineModel]
+) -> bool:
+    """Whether analysing ``volumeNode`` with ``model`` takes a point: the model says (its
+    hello's ``needs_point``); the automatic choice, or a model the engine did not list, goes by
+    the image, a 2D volume (a radiograph) without a point and a 3D scan with one."""
+    if model != AUTOMATIC:
+        chosen = next((known for known in models if known.id == model), None)
+        if chosen is not None:
+            return chosen.needsPoint
+    return not isTwoDimensional(volumeNode)
+
+
+def checkedVolume(volumeNode: slicer.vtkMRMLScalarVolumeNode | None) -> None:
+    """Raise an ``AnalysisError`` that says what to do unless the volume is a single-component
+    scalar volume with voxels."""
     if volumeNode is None:
-        raise AnalysisError("Select a CT volume first.", "usage")
+        raise AnalysisError("Select a volume first: a chest CT or a chest radiograph.", "usage")
     if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
         raise AnalysisError(
-            f"'{volumeNode.GetName()}' is not a scalar volume; select the CT scan.", "not_ct"
+            f"'{volumeNode.GetName()}' is not a scalar volume; select the CT scan or the "
+            "radiograph.",
+            "not_ct",
         )
     imageData = volumeNode.GetImageData()
     if imageData is None or imageData.GetNumberOfPoints() == 0:
         raise AnalysisError(f"'{volumeNode.GetName()}' holds no image data.", "unreadable_image")
     if imageData.GetNumberOfScalarComponents() != 1:
         raise AnalysisError(
-            f"'{volumeNode.GetName()}' is a colour or vector image, not a CT; select the CT scan.",
+            f"'{volumeNode.GetName()}' is a colour or vector image; select a grey CT scan or "
+            "radiograph (the Vector to Scalar Volume module converts a colour one).",
             "not_ct",
         )
+
+
+def checkedInputs(
+    volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
+    points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
+    pointNeeded: bool = True,
+) -> list[PointSpec]:
+    """What to analyse, once the volume is a single-component scalar volume with voxels: the
+    points (at least one) when ``pointNeeded``, else the whole image once (any points are not
+    sent: a model that judges the whole image refuses them); otherwise an ``AnalysisError``
+    that says what to do."""
+    checkedVolume(volumeNode)
+    if not pointNeeded:
+        return [wholeImage(volumeNode)]
     if points is not None and not isinstance(points, list):
         points = pointsFromMarkups(points)
     if not points:
-        raise AnalysisError("Place a point on the nodule first (the point list is empty).", "usage")
+        raise AnalysisError(
+            "Place a point on the nodule first (the point list has no placed point).", "usage"
+        )
     return points
 
 
@@ -148,12 +209,16 @@ class PointOutcome:
         if self.error is not None:
             return f"{self.point.label}: {self.error}"
         result = self.result or {}
-        return (
-            f"{self.point.label}: {result.get('label')}, probability "
-            f"{result.get('probability', 0.0):.2f} \u00b1 {result.get('uncertainty', 0.0):.2f}, "
-            f"diameter {result.get('diameter_mm', 0.0):.1f} mm, "
-            f"volume {result.get('volume_ml', 0.0):.2f} mL."
-        )
+        parts = [
+            f"{result.get('label')}",
+            f"probability {result.get('probability', 0.0):.2f} "
+            f"\u00b1 {result.get('uncertainty', 0.0):.2f}",
+        ]
+        if result.get("diameter_mm") is not None:
+            parts.append(f"diameter {result['diameter_mm']:.1f} mm")
+        if result.get("volume_ml") is not None:
+            parts.append(f"volume {result['volume_ml']:.2f} mL")
+        return f"{self.point.label}: {', '.join(parts)}."
 
 
 class TaskHost(Protocol):
@@ -172,18 +237,21 @@ class TaskHost(Protocol):
 
 
 class AnalysisTask:
-    """The analysis of a list of points on one volume, advanced by ``poll`` from the caller's
-    (main) thread: it submits the points one after another and imports each answer."""
+    """The analysis of a list of points (or of the whole image, ``wholeImage``) on one volume
+    by one model (``AUTOMATIC``: the engine chooses by the input), advanced by ``poll`` from the
+    caller's (main) thread: it submits the points one after another and imports each answer."""
 
     def __init__(
         self,
         host: TaskHost,
         volumeNode: slicer.vtkMRMLScalarVolumeNode,
         points: list[PointSpec],
+        model: str = AUTOMATIC,
     ) -> None:
         self.host = host
         self.volumeNodeID = volumeNode.GetID()
         self.points = list(points)
+        self.model = model
         self.outcomes: list[PointOutcome] = []
         self.progress = 0.0
         self.stage = STARTING_STAGE
@@ -265,8 +333,10 @@ class AnalysisTask:
     def _submitNext(self) -> None:
         point = self.points[len(self.outcomes)]
         self._outDir = self.host.newResultDir()
-        local = self._toLocal.TransformPoint(point.ras)
-        request = AnalysisRequest(str(self._image), tuple(local), str(self._outDir))
+        local = None if point.ras is None else tuple(self._toLocal.TransformPoint(point.ras))
+        request = AnalysisRequest(
+            str(self._image), local, str(self._outDir), model=self.model or None
+        )
         self.stage = STARTING_STAGE
         try:
             self._job = self.host.runner.submit(request)

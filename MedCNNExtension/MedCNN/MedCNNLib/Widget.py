@@ -1,7 +1,9 @@
-"""The module panel: inputs, Analyze/Cancel, progress, display settings, results table.
+"""The module panel: inputs (volume, model, points), Analyze/Cancel, progress, display
+settings, results table.
 
 Deliberately thin: it reads the user's choices, hands them to ``MedCNNLogic`` and polls the
-running task from a Qt timer, so Slicer's main thread never waits for the analysis.
+running task from a Qt timer, so Slicer's main thread never waits for the analysis. What the
+model selector offers and whether the selected volume needs points are the logic's answers.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from pathlib import Path
 import qt
 import slicer
 
-from .AnalysisLogic import AnalysisError, MedCNNLogic
+from .AnalysisLogic import AUTOMATIC, AnalysisError, MedCNNLogic
 from .InstallLogic import InstallError, InstallLogic
 from .Parameters import Parameters
 
 UI_FILE = Path(__file__).resolve().parent.parent / "Resources" / "UI" / "MedCNN.ui"
 POLL_INTERVAL_MS = 100
+ENGINE_WAIT_POLLS = 300  # the models are awaited this many polls (30 s), then at each analysis
 ERROR_STYLE = "color: #c62828;"
 
 
@@ -47,6 +50,8 @@ class Widget(qt.QWidget):
         self.ui.pointsSelector.connect(
             "currentNodeChanged(vtkMRMLNode*)", self.ui.pointsPlaceWidget.setCurrentNode
         )
+        self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputs)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeOrCancel)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
@@ -58,17 +63,60 @@ class Widget(qt.QWidget):
             self.logic.scene.StartCloseEvent, self.onSceneClosing
         )
 
+        # The engine lists its models at once, then loads them while the user places points.
+        self.fillModelSelector()
+        self.updateInputs()
+        self._enginePolls = 0
+        self.engineTimer = qt.QTimer()
+        self.engineTimer.setInterval(POLL_INTERVAL_MS)
+        self.engineTimer.connect("timeout()", self.onEngineUpdate)
+        self.logic.startEngine()
+        self.engineTimer.start()
+
     def cleanup(self) -> None:
         """Called when the module is closed or reloaded: stop the work and the worker."""
         if self._cleanedUp:
             return
         self._cleanedUp = True
         self.timer.stop()
+        self.engineTimer.stop()
         if self.task is not None and not self.task.done:
             self.task.cancel()
         self.logic.scene.RemoveObserver(self._sceneObserver)
         self.logic.parameters.save(self.settings)
         self.logic.cleanup()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def fillModelSelector(self) -> None:
+        """The logic's model choices, the saved one selected (Automatic until it is listed)."""
+        selector = self.ui.modelSelector
+        wasBlocked = selector.blockSignals(True)
+        selector.clear()
+        for choice in self.logic.modelChoices():
+            selector.addItem(choice.title, choice.id)
+            selector.setItemData(selector.count - 1, choice.description, qt.Qt.ToolTipRole)
+        selector.setCurrentIndex(max(selector.findData(self.logic.parameters.model), 0))
+        selector.blockSignals(wasBlocked)
+
+    def onEngineUpdate(self) -> None:
+        self._enginePolls += 1
+        if self.logic.updateEngine() or self._enginePolls > ENGINE_WAIT_POLLS:
+            self.engineTimer.stop()
+            self.fillModelSelector()
+            self.updateInputs()
+
+    def onModelChanged(self, index: int) -> None:
+        self.logic.parameters.model = self.ui.modelSelector.itemData(index) or AUTOMATIC
+        self.updateInputs()
+
+    def updateInputs(self, *_: object) -> None:
+        """Points only where the selected volume and model take them (not for a radiograph)."""
+        volume = self.ui.volumeSelector.currentNode()
+        needed = self.logic.pointNeeded(volume)
+        self.ui.pointsSelector.enabled = needed
+        self.ui.pointsPlaceWidget.enabled = needed
+        self.ui.inputHintLabel.text = self.logic.inputHint(volume)
 
     # -- actions -------------------------------------------------------------------------------
 
@@ -122,6 +170,9 @@ class Widget(qt.QWidget):
 
     def finish(self, message: str, error: bool = False) -> None:
         self.timer.stop()
+        if self.ui.modelSelector.count != len(self.logic.modelChoices()):
+            self.fillModelSelector()  # the engine listed its models with this analysis
+            self.updateInputs()
         self.ui.analyzeButton.text = "Analyze"
         self.showStatus(message, error=error)
         task = self.task

@@ -1,14 +1,15 @@
 """MedCNN's Slicer-side library, one file a role:
 
 - ``Runner``: the background analysis process (``InferenceRunner`` protocol, ``WorkerRunner``),
-  and the engine's stage titles and exit codes as its hello states them (``EngineHello``);
+  and the engine's stage titles, exit codes and installed models as its hello states them
+  (``EngineHello``);
 - ``AnalysisLogic``: the scene side, speaking only MRML (``MedCNNLogic``), a small façade over:
-- ``TaskLogic``: inputs checked, volume exported, points analysed one after another
-  (``AnalysisTask``);
+- ``TaskLogic``: what a request needs (points in a CT, none for a radiograph), inputs checked,
+  volume exported, points (or the whole radiograph) analysed one after another (``AnalysisTask``);
 - ``ResultImport``: each answer into the scene as MRML nodes, all or nothing;
 - ``Display``: how the results look (heat colours, threshold, segment display, slice views);
 - ``InstallLogic``: installing the analysis process's Python packages, after asking;
-- ``Parameters``: the user's display settings;
+- ``Parameters``: the user's model choice and display settings;
 - ``Widget``: the Qt panel, the only module here that needs Qt.
 
 Nothing is imported here, so that each piece can be imported alone: the runner and installer
