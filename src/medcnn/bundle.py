@@ -12,6 +12,7 @@ this module verifies and loads one. A click reads the bundle without MONAI (``lo
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import fields
@@ -33,7 +34,6 @@ from medcnn.errors import ModelIntegrityError
 from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import ensemble_from_state_dict
 from medcnn.nodule.preprocessing import PatchSpec
-from medcnn.xray.network import RadiographEnsemble
 from medcnn.xray.preprocessing import RadiographSpec
 
 __all__ = [
@@ -172,18 +172,39 @@ def network_arguments(bundle_dir: Path) -> dict[str, Any]:
     }
 
 
-def load_radiograph_model(
-    bundle_dir: Path, trusted: bool = False
-) -> tuple[RadiographEnsemble, dict]:
-    """The verified chest X-ray ensemble, in eval mode, and its metadata."""
-    state, info, path = _verified_state(bundle_dir, trusted)
-    arguments = network_arguments(bundle_dir)
+def configured_class(bundle_dir: Path, section: str) -> type:
+    """The class a section of the bundle's ``inference.json`` names by ``_target_``
+    (``network_def``, ``preprocessing``, ``analyzer``): MedCNN's own classes only, imported
+    here, as MONAI's ``ConfigParser`` would, but without running any of the config."""
+    path = Path(bundle_dir) / "configs" / "inference.json"
     try:
-        model = RadiographEnsemble(
-            int(arguments["n_members"]),
-            tuple(int(c) for c in arguments["channels"]),
-            float(arguments["dropout"]),
-        )
+        target = json.loads(path.read_text())[section]["_target_"]
+        module_name, _, class_name = str(target).rpartition(".")
+        if not module_name.startswith("medcnn."):
+            raise ValueError(f"{target} is not one of MedCNN's classes")
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (
+        OSError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        ImportError,
+        AttributeError,
+    ) as error:
+        raise ModelIntegrityError(
+            f"The bundle's {path} has no usable {section}._target_ ({error}); reinstall MedCNN."
+        ) from error
+    return found
+
+
+def load_network(bundle_dir: Path, trusted: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The verified network of the bundle's ``network_def`` (its class and literal arguments),
+    in eval mode, and the model's description."""
+    state, info, path = _verified_state(bundle_dir, trusted)
+    network_type = configured_class(bundle_dir, "network_def")
+    try:
+        model = network_type(**network_arguments(bundle_dir))
         model.load_state_dict(state)
     except Exception as error:
         raise _not_our_model(path, error) from error

@@ -13,15 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from medcnn.app.analysis import Analyzer, FileRequest, Progress
-from medcnn.app.radiograph_analysis import RadiographAnalyzer
-from medcnn.catalog import NODULE_MODEL, XRAY_MODEL, installed_models, model_of, needs_point
+from medcnn.app.analysis import FileRequest, Progress
+from medcnn.bundle import configured_class
+from medcnn.catalog import installed_models, model_of, needs_point
 from medcnn.errors import UsageError
 from medcnn.outputs.result import Result
 from medcnn.reading.dimensions import is_two_dimensional
-
-# The code that runs each model; what a model takes is its bundle's (medcnn.catalog).
-ANALYZERS: dict[str, type] = {NODULE_MODEL: Analyzer, XRAY_MODEL: RadiographAnalyzer}
 
 
 def available_models(bundle: Path | str | None = None) -> dict[str, Path]:
@@ -62,6 +59,20 @@ class ModelAnalyzer(Protocol):
     def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]: ...
 
 
+def the_model_that(takes: bool, models: dict[str, Path] | None = None) -> str:
+    """The one available model that takes a point (``takes``) or judges a whole image."""
+    models = installed_models() if models is None else models
+    found = [model for model in models if takes_point(model, models) == takes]
+    what = "a point in a 3D scan" if takes else "a whole 2D image"
+    if not found:
+        raise UsageError(f"No installed model judges {what}; reinstall MedCNN.")
+    if len(found) > 1:
+        raise UsageError(
+            f"Several installed models judge {what} ({', '.join(found)}); choose one with --model."
+        )
+    return found[0]
+
+
 def choose_model(
     image: Path | str,
     point: Sequence[float] | None,
@@ -71,17 +82,12 @@ def choose_model(
     """The model for an input, and why, in a sentence for ``result.json``; ``models`` are the
     available ones (default: the installed)."""
     two_d = is_two_dimensional(image)
-    if model is not None:
-        wanted = model
-    elif point is not None:
-        wanted = NODULE_MODEL
-    elif two_d is False:
+    if model is None and point is None and two_d is False:
         raise UsageError(
-            f"{image} is a 3D scan: the lung nodule model judges a nodule at a point; give it "
-            "with --point R A S."
+            f"{image} is a 3D scan: the {the_model_that(True, models)} model judges a nodule at "
+            "a point; give it with --point R A S."
         )
-    else:
-        wanted = XRAY_MODEL
+    wanted = model or the_model_that(point is not None, models)
     point_needed = takes_point(wanted, models)
     if point_needed and point is None:
         raise UsageError(
@@ -93,12 +99,12 @@ def choose_model(
         )
     if point_needed and two_d is True:
         raise UsageError(
-            f"{image} is a 2D radiograph, which the {XRAY_MODEL} model judges whole; leave out "
-            "--point (and --model)."
+            f"{image} is a 2D radiograph, which the {the_model_that(False, models)} model "
+            "judges whole; leave out --point (and --model)."
         )
     if model is not None:
         return wanted, f"--model {model} was given"
-    if wanted == NODULE_MODEL:
+    if point_needed:
         return wanted, "a point was given in a 3D scan"
     return wanted, "no point was given and the image is a 2D radiograph"
 
@@ -123,14 +129,15 @@ class Engine:
                     f"{', '.join(self.models)}); reinstall MedCNN."
                 )
             bundle = self.bundle if model_of_bundle(self.bundle) == model else None
-            self._loaded[model] = ANALYZERS[model](bundle, trusted=self.trusted)
+            # The code that runs a model is its bundle's choice: inference.json's analyzer.
+            analyzer_type = configured_class(self.models[model], "analyzer")
+            self._loaded[model] = analyzer_type(bundle, trusted=self.trusted)
         return self._loaded[model]
 
     def load_all(self) -> None:
         """Load every installed model now (a worker, so that no click pays for it)."""
         for model in self.models:
-            if model in ANALYZERS:
-                self.analyzer(model)
+            self.analyzer(model)
 
     def describe(self) -> list[dict]:
         """The loaded models, as the worker's ``ready`` line lists them."""

@@ -20,10 +20,10 @@ from medcnn.app.analysis import FileRequest, Progress, software_versions
 from medcnn.bundle import (
     XRAY_MODEL,
     default_bundle_dir,
-    load_radiograph_model,
+    load_network,
     load_radiograph_spec,
 )
-from medcnn.errors import UsageError
+from medcnn.errors import ModelIntegrityError, UsageError
 from medcnn.outputs.render import heatmap_png, overlay_title, radiograph_overlay_png
 from medcnn.outputs.result import (
     CHEST_XRAY_PNEUMONIA,
@@ -37,6 +37,7 @@ from medcnn.outputs.writing import HEATMAP, HEATMAP_PNG, OVERLAY, RESULT, write_
 from medcnn.reading.radiograph import Radiograph, read_radiograph
 from medcnn.volume import Volume
 from medcnn.xray.inference import RadiographPrediction, predict_radiographs
+from medcnn.xray.network import RadiographEnsemble
 
 # Inputs that are pictures, which get the heatmap as a picture of their size too.
 PICTURE_FORMATS = ("png", "jpg", "jpeg")
@@ -68,7 +69,12 @@ class RadiographAnalyzer:
         self.bundle_dir = (
             Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir(XRAY_MODEL)
         )
-        self.model, self.model_info = load_radiograph_model(self.bundle_dir, trusted=trusted)
+        model, self.model_info = load_network(self.bundle_dir, trusted=trusted)
+        if not isinstance(model, RadiographEnsemble):
+            raise ModelIntegrityError(
+                f"The bundle {self.bundle_dir} is not a chest X-ray model; give its own bundle."
+            )
+        self.model = model
         self.spec = load_radiograph_spec(self.bundle_dir)
         self.threshold = self.model_info["threshold"]
 
