@@ -304,4 +304,4 @@ def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
         {"eval_metrics": eval_metrics, **report, "heatmap_border": border},
         run_dir / "release_report.json",
     )
-    return metadata
+    return json.loads(metadata_path.read_text())  # as signed
