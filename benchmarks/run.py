@@ -64,11 +64,12 @@ def timed_child(command: list[str], allowed: tuple[int, ...] = (0,)) -> tuple[fl
 class Worker:
     """``python -m medcnn.app.worker`` as a viewer runs it: started once, then a request a click."""
 
-    def __init__(self, bundle: Path, env: dict | None = None) -> None:
+    def __init__(self, bundle: Path, env: dict | None = None, environ: dict | None = None) -> None:
+        """``env`` is added to ``environ`` (default this process's environment)."""
         self.process = subprocess.Popen(
             [PYTHON, "-m", "medcnn.app.worker", "--bundle", str(bundle), "--trust-bundle"],
             cwd=REPO,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if environ is None else environ), **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

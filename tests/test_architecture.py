@@ -29,6 +29,7 @@ LAYERS = (
         "medcnn.volume",
         "medcnn.distributed",
         "medcnn.catalog",
+        "medcnn.threads",
     ),
     ("medcnn.reading", "medcnn.phantom", "medcnn.radiograph_phantom"),
     ("medcnn.nodule", "medcnn.xray"),

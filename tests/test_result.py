@@ -62,6 +62,27 @@ def test_a_nodule_result_round_trips_and_is_valid() -> None:
     assert "overlay" not in data["outputs"]  # absent, not null, when none was drawn
 
 
+def test_the_threading_in_force_round_trips_and_is_valid() -> None:
+    """``threading`` (``medcnn.threads.in_force()``) is optional, typed and held to the schema."""
+    from medcnn.threads import Threading, in_force
+
+    result = nodule_result(threading=in_force())
+    data = result.to_json()
+    assert_valid_result(data)
+    assert Result.from_json(data) == result
+    assert "threading" not in nodule_result().to_json()  # absent, not null, when not known
+    user = Threading(1, "user", 2, {"OMP_NUM_THREADS": {"value": "1", "source": "user"}})
+    assert_valid_result(nodule_result(threading=user).to_json())
+    for broken in (
+        {**user.to_json(), "threads": 0},
+        {**user.to_json(), "threads_source": "somebody"},
+        {**user.to_json(), "variables": {"GOMP_SPINCOUNT": {"value": 10000, "source": "medcnn"}}},
+        {k: v for k, v in user.to_json().items() if k != "cpus"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            assert_valid_result({**data, "threading": broken})
+
+
 def test_a_nodule_result_needs_its_findings() -> None:
     data = nodule_result().to_json()
     for key in ("point", "diameter_mm", "volume_ml", "calcified_share"):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medcnn import threads
 from medcnn.app.worker import hello  # the engine's stages and exit codes (no model)
 from medcnn.errors import EXIT_CODES_BY_NAME
 from medcnn.stages import DONE, HEATMAP, NETWORK, PREPROCESSING, READING, WRITING
@@ -245,7 +246,13 @@ def main() -> int:
         }
         for model in STANDIN_MODELS
     ]
-    send(event="ready", pid=os.getpid(), models=loaded, model=loaded[0])
+    send(
+        event="ready",
+        pid=os.getpid(),
+        models=loaded,
+        model=loaded[0],
+        threading=threads.in_force().to_json(),  # the engine's own, as the worker reports it
+    )
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("command") == "quit":

@@ -8,6 +8,7 @@ the real worker and model are in ``test_slicer_end_to_end.py``.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -216,3 +217,25 @@ def test_a_hello_missing_pieces_keeps_the_runners_own_words():
     assert hello.exitCode("cancelled") == RUNNER_EXIT_CODES["cancelled"]
     assert hello.stageTitle(STARTING_STAGE).startswith("Starting")
     assert hello.stageTitle("unknown") == "Unknown"
+
+
+def test_the_worker_chooses_its_threading_and_keeps_the_users(standin_runner, monkeypatch):
+    """The runner passes Slicer's environment and adds nothing about threads, so the worker
+    chooses them at ``import medcnn`` (``medcnn.threads``), keeps what the user set, and its
+    ready line says so."""
+    from MedCNNLib.Runner import workerEnvironment
+
+    from medcnn.threads import MARKER, VARIABLES
+
+    for name in (*VARIABLES, MARKER):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    added = set(workerEnvironment(["/engine"])) - set(os.environ)
+    assert added <= {"PYTHONPATH", "PYTHONUNBUFFERED"}
+    runner = standin_runner()
+    runner.start()
+    wait_until(lambda: runner.update() or bool(runner.threading), 30.0, "the ready line")
+    variables = runner.threading["variables"]
+    assert variables["OMP_NUM_THREADS"] == {"value": "1", "source": "user"}
+    assert variables["GOMP_SPINCOUNT"]["source"] == "medcnn"
+    assert runner.threading["threads"] == 1

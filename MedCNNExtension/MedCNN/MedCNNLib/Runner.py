@@ -202,6 +202,10 @@ def engineSearchPath() -> list[str]:
 
 
 def workerEnvironment(extraPath: list[str]) -> dict[str, str]:
+    """Slicer's environment with the engine on the path. Nothing about threads is set here: the
+    worker chooses its threads and how they wait at ``import medcnn`` (``medcnn.threads``), as
+    every front end's worker does, and keeps any ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``... the
+    user set for Slicer; its ready line says what it uses (``WorkerRunner.threading``)."""
     env = dict(os.environ)
     paths = list(extraPath)
     if env.get("PYTHONPATH"):
@@ -294,6 +298,7 @@ class WorkerRunner:
         self.model: dict | None = None  # the first of ``models``
         self.models: list[dict] = []  # the loaded models, as the worker's ready line lists them
         self.software: dict | None = None
+        self.threading: dict | None = None  # the ready line's: threads and OpenMP settings
         self.hello = EngineHello()  # kept across restarts: the engine stays the same
         self._process: subprocess.Popen | None = None
         self._generation = 0
@@ -371,6 +376,7 @@ class WorkerRunner:
         self._stderr.clear()
         self.model = None
         self.models = []
+        self.threading = None
         options: dict = {}
         if os.name == "posix":
             options["start_new_session"] = True  # its own process group, killed as a whole
@@ -505,6 +511,13 @@ class WorkerRunner:
             self.models = [m for m in content.get("models") or [] if isinstance(m, dict)]
             self.model = content.get("model") or (self.models[0] if self.models else None)
             self.software = content.get("software")
+            self.threading = content.get("threading")
+            if self.threading:
+                log.info(
+                    "the worker computes with %s threads (%s)",
+                    self.threading.get("threads"),
+                    self.threading.get("variables"),
+                )
             return
         if event == "fatal":
             if job is not None and not job.done:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 import medcnn
-from medcnn import stages
+from medcnn import stages, threads
 from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
 from medcnn.errors import UsageError
 from medcnn.nodule.checks import check_scan_at_point
@@ -315,6 +315,7 @@ class Analyzer:
             outputs=OutputFiles(result=RESULT, heatmap=HEATMAP, segmentation=SEGMENTATION),
             model=model,
             software=software_versions(),
+            threading=threads.in_force(),
             warnings=tuple(warnings),
         )
         return Analysis(result, heatmap, segmentation, scan)

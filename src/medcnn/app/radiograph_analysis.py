@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnn import stages
+from medcnn import stages, threads
 from medcnn.app.analysis import FileRequest, Progress, software_versions
 from medcnn.bundle import (
     XRAY_MODEL,
@@ -187,6 +187,7 @@ class RadiographAnalyzer:
                 info["name"], info["version"], info["weights_sha256"], info["id"], chosen_because
             ),
             software=software_versions(),
+            threading=threads.in_force(),
             warnings=tuple(radiograph.warnings),
         )
         return RadiographAnalysis(result, heatmap, radiograph)

@@ -24,7 +24,13 @@ then, once every installed model is loaded::
      "models": [{"id": "lung_nodule_ct", "name": ..., "version": ..., "weights_sha256": ...,
                  "threshold": ..., "needs_point": true}, {"id": "chest_xray_pneumonia", ...}],
      "model": {...the first of "models"...},
-     "software": {"medcnn": ..., "monai": ..., "torch": ..., ...}}
+     "software": {"medcnn": ..., "monai": ..., "torch": ..., ...},
+     "threading": {"threads": 2, "threads_source": "medcnn", "cpus": 2,
+                   "variables": {"OMP_NUM_THREADS": {"value": "2", "source": "medcnn"}, ...},
+                   "torch_imported_first": false}}          # medcnn.threads.in_force()
+
+(``threading``: the threads torch computes with and the OpenMP settings in force, each with its
+source, ``user`` or ``medcnn``; ``medcnn.threads`` says what MedCNN picks and why.)
 
 or, when the engine cannot start (dependencies missing, model bundle failing its check)::
 
@@ -71,6 +77,7 @@ from typing import Any, TextIO
 from medcnn.catalog import model_list
 from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError
 from medcnn.stages import STAGES
+from medcnn.threads import in_force
 
 log = logging.getLogger("medcnn.app.worker")
 
@@ -270,8 +277,19 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code
     models = analyzer.describe()
     log.info("ready: %s (pid %d)", ", ".join(m["id"] for m in models), os.getpid())
+    threads = in_force()
+    log.info(
+        "computing with %s threads (%s)",
+        threads.threads,
+        ", ".join(f"{k}={v['value']}" for k, v in threads.variables.items()) or "torch's own",
+    )
     channel.send(
-        event="ready", pid=os.getpid(), models=models, model=models[0], software=software_versions()
+        event="ready",
+        pid=os.getpid(),
+        models=models,
+        model=models[0],
+        software=software_versions(),
+        threading=threads.to_json(),
     )
     return serve(analyzer, sys.stdin, channel, error_types)
 

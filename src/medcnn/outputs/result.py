@@ -20,6 +20,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from medcnn.threads import Threading
+
 SCHEMA_VERSION = 2
 LUNG_NODULE_MALIGNANCY = "lung_nodule_malignancy"
 CHEST_XRAY_PNEUMONIA = "chest_xray_pneumonia"
@@ -212,7 +214,8 @@ class ModelInfo:
 @dataclass(frozen=True)
 class Result:
     """One analysis's answer. ``findings`` is the task's own part (``NoduleFindings`` for
-    ``lung_nodule_malignancy``); ``timings_s`` is filled in as the files are written."""
+    ``lung_nodule_malignancy``); ``timings_s`` is filled in as the files are written;
+    ``threading`` is what the process computed with (``medcnn.threads.in_force()``)."""
 
     task: str
     probability: float
@@ -228,6 +231,7 @@ class Result:
     findings: NoduleFindings | None = None
     warnings: tuple[str, ...] = ()
     timings_s: dict[str, float] | None = None
+    threading: Threading | None = None
     schema_version: int = field(default=SCHEMA_VERSION)
 
     @property
@@ -272,6 +276,8 @@ class Result:
         )
         if self.timings_s is not None:
             data["timings_s"] = dict(self.timings_s)
+        if self.threading is not None:
+            data["threading"] = self.threading.to_json()
         return data
 
     @classmethod
@@ -299,6 +305,7 @@ class Result:
             findings=findings,
             warnings=tuple(data.get("warnings", ())),
             timings_s=dict(data["timings_s"]) if "timings_s" in data else None,
+            threading=Threading.from_json(data["threading"]) if "threading" in data else None,
             schema_version=version,
         )
 

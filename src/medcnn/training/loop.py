@@ -85,9 +85,10 @@ def train_fold(
     """
     here = distributed.world()
     parallel = here.size > 1
-    torch.set_num_threads(
-        distributed.threads_per_process(settings.threads) if parallel else settings.threads
-    )
+    if settings.threads is not None:  # else as medcnn.threads set them for this process
+        torch.set_num_threads(
+            distributed.threads_per_process(settings.threads) if parallel else settings.threads
+        )
     out_dir = Path(out_dir)
     final, checkpoint = out_dir / "model.pt", out_dir / "checkpoint.pt"
     if final.exists():

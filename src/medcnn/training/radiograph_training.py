@@ -52,7 +52,7 @@ class RadiographRecipe:
     weight_decay: float
     nih_repeat: int
     seed: int
-    threads: int
+    threads: int | None  # None: as medcnn.threads set them for this process
     augmentation: RadiographAugmentation
 
 
@@ -142,7 +142,8 @@ def train_member(
     final, checkpoint = out_dir / "model.pt", out_dir / "checkpoint.pt"
     if final.exists():
         return final
-    torch.set_num_threads(recipe.threads)
+    if recipe.threads is not None:
+        torch.set_num_threads(recipe.threads)
     seed = recipe.seed + (fold if fold is not None else 99)
     torch.manual_seed(seed)
     net = build_network(architecture, channels, dropout)

@@ -38,7 +38,9 @@ class TrainSettings:
     measured_offset: bool
     seed: int
     max_steps_per_epoch: int | None
-    threads: int
+    # None (the shipped recipe): the threads the process has (medcnn.threads: MedCNN's choice
+    # or the user's OMP_NUM_THREADS); a number fixes training's count, shared among ranks.
+    threads: int | None
     spec: PatchSpec
     augmentation: Augmentation
 
