@@ -86,3 +86,17 @@ def test_tampered_weights_and_untrusted_copies_are_refused(bundle: Path, tmp_pat
     with pytest.raises(ModelIntegrityError, match="do not match the SHA-256") as refused:
         load_network(copy, trusted=True)
     assert refused.value.exit_code == 9
+
+
+def test_the_click_runs_the_same_ensemble_folded(bundle: Path) -> None:
+    """Batch norms folded and channels-last (``for_inference``): the same answers."""
+    from medcnn.xray.network import for_inference
+
+    model, _ = load_network(bundle)
+    fast = for_inference(model)
+    x = torch.rand(4, 1, 128, 128)
+    with torch.no_grad():
+        slow_members, slow_heat = model.explain(x)
+        fast_members, fast_heat = fast.explain(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(fast_members, slow_members, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast_heat, slow_heat, atol=1e-4, rtol=1e-4)

@@ -10,6 +10,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -75,6 +76,7 @@ class FileRequest:
     chosen_because: str | None = None
 
 
+@cache
 def software_versions() -> dict[str, str]:
     return {
         "medcnn": medcnn.__version__,

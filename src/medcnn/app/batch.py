@@ -36,10 +36,12 @@ from medcnn.outputs.writing import output_folder
 
 REQUIRED_COLUMNS = ("image",)
 POINT_COLUMNS = ("r", "a", "s")
-# Nodules analysed together: each context-box pass runs them as one batch through the network.
-# Eight took about 1.3 times less time per nodule than one at a time on 2 cores; sixteen gained
-# nothing more that could be told from the noise (benchmarks/README.md).
-GROUP_SIZE = 8
+# Images analysed together: each context-box pass runs a group's nodules as one batch through
+# the network, and a group's radiographs are one batch, read and written on a few threads.
+# For nodules eight took about 1.3 times less time each than one at a time on 2 cores and
+# sixteen gained nothing more that could be told from the noise; radiographs went from 46 to
+# 52 a second from eight to sixteen (benchmarks/README.md).
+GROUP_SIZE = 16
 # The table shows every task's summary of result.json (medcnn.outputs.result.table_columns).
 PREDICTION_COLUMNS = (
     "id",

@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-size",
         type=int,
         metavar="N",
-        help="nodules run through the network together (default 8; 1 for the least memory)",
+        help="images run through the network together (default 16; 1 for the least memory)",
     )
     _add_bundle_options(batch)
 

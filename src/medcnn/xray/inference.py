@@ -36,25 +36,32 @@ class RadiographPrediction:
         return float(self.member_probabilities.std())
 
 
+def model_input(radiograph: Radiograph, spec: RadiographSpec) -> torch.Tensor:
+    """The network's (1, size, size) input of a radiograph (``preprocessing``)."""
+    return to_model_input(radiograph.pixels, spec)
+
+
 @torch.inference_mode()
-def predict_radiographs(
-    model: RadiographEnsemble, radiographs: list[Radiograph], spec: RadiographSpec
+def predict_inputs(
+    model: RadiographEnsemble, inputs: list[torch.Tensor], shapes: list[tuple[int, int]]
 ) -> list[RadiographPrediction]:
-    """Every radiograph's prediction, the network run once over all of them."""
-    inputs = torch.stack([to_model_input(r.pixels, spec) for r in radiographs])
-    members, heatmaps = model.explain(inputs)
+    """The predictions of prepared inputs, the network run once over all of them."""
+    batch = torch.stack(inputs).contiguous(memory_format=torch.channels_last)
+    members, heatmaps = model.explain(batch)
     peaks = heatmaps.amax(dim=(1, 2), keepdim=True)
     heatmaps = torch.where(peaks > 0, heatmaps / peaks.clamp_min(1e-12), heatmaps)
     return [
         RadiographPrediction(
-            member_probabilities=members[:, i].numpy().astype(float),
-            heatmap=np.clip(to_image_grid(heatmaps[i], *radiograph.shape), 0.0, 1.0),
+            members[:, i].numpy().astype(float),
+            np.clip(to_image_grid(heatmaps[i], *shape), 0.0, 1.0),
         )
-        for i, radiograph in enumerate(radiographs)
+        for i, shape in enumerate(shapes)
     ]
 
 
-def predict_radiograph(
-    model: RadiographEnsemble, radiograph: Radiograph, spec: RadiographSpec
-) -> RadiographPrediction:
-    return predict_radiographs(model, [radiograph], spec)[0]
+def predict_radiographs(
+    model: RadiographEnsemble, radiographs: list[Radiograph], spec: RadiographSpec
+) -> list[RadiographPrediction]:
+    """Every radiograph's prediction, the network run once over all of them."""
+    inputs = [model_input(r, spec) for r in radiographs]
+    return predict_inputs(model, inputs, [r.shape for r in radiographs])
