@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medcnn.bundle import load_patch_spec, sign_weights
+from medcnn.bundle import load_patch_spec, sign_weights, verified_weights_path
 from medcnn.distributed import World, gather_in_order
 from medcnn.nodule.network import NoduleEnsemble
 from medcnn.phantom import make_phantom
@@ -133,3 +133,36 @@ def test_bundle_trains_on_two_processes(tmp_path: Path, shared_data: Path) -> No
         assert not any(k.startswith("module.") for k in checkpoint["model"])  # not DDP's names
     for name in ("model.pt", "model.ts"):  # rank 0 built the release
         assert (run_dir / "bundle" / "models" / name).exists()
+
+
+@pytest.mark.slow
+def test_the_chest_xray_model_trains_on_two_processes(tmp_path: Path) -> None:
+    """``torchrun ... -m medcnn train --model chest_xray_pneumonia``: the ranks share each
+    member's steps, rank 0 writes the members and a signed, measured release."""
+    from test_radiograph_training import xray_folder
+
+    data = xray_folder(tmp_path / "xray")
+    release = tmp_path / "release"
+    result = torchrun(
+        "-m",
+        "medcnn",
+        "train",
+        "--model",
+        "chest_xray_pneumonia",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--release-dir",
+        str(release),
+        "--epochs",
+        "1",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for fold in range(5):
+        assert (tmp_path / "run" / "both" / f"fold{fold}" / "model.pt").is_file()
+    assert not list((tmp_path / "run").rglob("checkpoint.pt"))
+    verified_weights_path(release)
+    metadata = json.loads((release / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"]["nih_cv"]["n"] == 10

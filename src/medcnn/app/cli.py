@@ -421,7 +421,8 @@ def run_train_radiographs(args: argparse.Namespace) -> int:
         args.experiments or (),
         overrides,
     ).run()
-    print(json.dumps(metadata["eval_metrics"], indent=2))
+    if metadata:  # under torchrun, rank 0 releases and reports
+        print(json.dumps(metadata["eval_metrics"], indent=2))
     return 0
 
 

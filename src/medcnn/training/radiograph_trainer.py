@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from medcnn import distributed
 from medcnn.bundle import load_radiograph_spec
 from medcnn.errors import InputNotFoundError, UsageError
 from medcnn.training.data.radiographs import build_cache
@@ -53,14 +54,21 @@ class RadiographTraining:
         self.log = log
 
     def run(self) -> dict:
+        """Train, then release; under ``torchrun`` the ranks share each member's steps and
+        rank 0 alone builds the cache and the release (the others return an empty dict)."""
         if not (self.data_root / "kermany").is_dir() or not (self.data_root / "nih").is_dir():
             raise InputNotFoundError(
                 f"{self.data_root} does not hold kermany/ and nih/; give the xray data folder "
                 "with --data."
             )
+        here = distributed.init_process_group("gloo")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spec = load_radiograph_spec(self.bundle_dir)
-        cache = build_cache(self.data_root, spec, self.run_dir / f"cache-{spec.size}.npz")
+        cache_path = self.run_dir / f"cache-{spec.size}.npz"
+        if here.is_main:
+            build_cache(self.data_root, spec, cache_path)
+        distributed.barrier()
+        cache = build_cache(self.data_root, spec, cache_path)
         log_path = self.run_dir / "train.log"
 
         def log(line: str) -> None:
@@ -82,6 +90,8 @@ class RadiographTraining:
                     log=log,
                     **network_args(self.bundle_dir),
                 )
+        if not here.is_main:
+            return {}
         if self.release_dir.resolve() != self.bundle_dir.resolve():
             copy_bundle(self.bundle_dir, self.release_dir)
         return build_release(self.run_dir, self.data_root, self.release_dir)

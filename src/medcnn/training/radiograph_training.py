@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnn import distributed
 from medcnn.training.data.radiographs import RadiographCache
 from medcnn.xray.network import FoundingCNN, RadiographNet
 
@@ -137,7 +138,13 @@ def train_member(
     dropout: float,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train one member, resuming from ``checkpoint.pt``; returns its ``model.pt``."""
+    """Train one member, resuming from ``checkpoint.pt``; returns its ``model.pt``.
+
+    Under ``torchrun`` the network is wrapped in ``DistributedDataParallel``: every rank draws
+    and augments the same whole batch (one random stream, as a single process has) and computes
+    its share of it, so a step is the single process's step with the work divided; rank 0
+    writes the checkpoints and the member."""
+    here = distributed.world()
     out_dir.mkdir(parents=True, exist_ok=True)
     final, checkpoint = out_dir / "model.pt", out_dir / "checkpoint.pt"
     if final.exists():
@@ -151,7 +158,7 @@ def train_member(
         net.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
     )
     index = training_indices(cache, fold, sources, recipe.nih_repeat)
-    steps_per_epoch = len(index) // recipe.batch_size
+    steps_per_epoch = max(1, len(index) // recipe.batch_size)  # a small smoke run: one step
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         recipe.learning_rate,
@@ -168,6 +175,10 @@ def train_member(
         generator.set_state(state["generator"])
         start = state["epoch"]
     labels = cache.labels.float()
+    model: torch.nn.Module = net
+    if here.size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    mine = slice(here.rank, None, here.size)
     for epoch in range(start, recipe.epochs):
         began = time.time()
         net.train()
@@ -177,29 +188,34 @@ def train_member(
             batch = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
             images = augment(cache.images[batch].float()[:, None], recipe.augmentation, generator)
             loss = F.binary_cross_entropy_with_logits(
-                net(network_input(images, architecture)), labels[batch]
+                model(network_input(images[mine], architecture)), labels[batch][mine]
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
-        log(
-            f"{out_dir.name} epoch {epoch + 1}/{recipe.epochs} loss {total / steps_per_epoch:.4f} "
-            f"{time.time() - began:.0f} s"
-        )
-        partial = checkpoint.with_suffix(".tmp")
-        torch.save(
-            {
-                "net": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-            },
-            partial,
-        )
-        partial.replace(checkpoint)
+        if here.is_main:
+            log(
+                f"{out_dir.name} epoch {epoch + 1}/{recipe.epochs} loss "
+                f"{total / steps_per_epoch:.4f} {time.time() - began:.0f} s"
+            )
+            partial = checkpoint.with_suffix(".tmp")
+            torch.save(
+                {
+                    "net": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch + 1,
+                },
+                partial,
+            )
+            partial.replace(checkpoint)
+        distributed.barrier()
+    if not here.is_main:
+        distributed.barrier()  # rank 0 writes the member
+        return final
     logits = predict_logits(net, cache, architecture)
     np.savez(out_dir / "predictions.npz", logits=logits)
     partial = final.with_suffix(".tmp")
@@ -210,6 +226,7 @@ def train_member(
         + "\n"
     )
     checkpoint.unlink(missing_ok=True)
+    distributed.barrier()
     return final
 
 
