@@ -104,9 +104,6 @@ class RadiographCache:
     patient: np.ndarray
     names: np.ndarray
 
-    def select(self, mask: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(mask)
-
 
 def build_cache(data_root: Path, spec: RadiographSpec, cache_path: Path) -> RadiographCache:
     """Read and preprocess every image once; reuse the cache while the spec is the same."""
