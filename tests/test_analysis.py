@@ -370,3 +370,25 @@ def test_an_overlay_that_fails_leaves_no_files(
         analyzer.analyze_file(phantom["nifti"], phantom["nodule_center_ras"], out, overlay=True)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_click_needs_no_monai_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewer's Python may lack MONAI, which a click never imports: the versions say so
+    instead of failing (the worker died at start on Slicer's Python before)."""
+    from importlib import metadata
+
+    import medcnn.app.analysis as analysis
+
+    real = metadata.version
+
+    def without_monai(package: str) -> str:
+        if package == "monai":
+            raise metadata.PackageNotFoundError(package)
+        return real(package)
+
+    monkeypatch.setattr(analysis.metadata, "version", without_monai)
+    analysis.software_versions.cache_clear()
+    try:
+        assert analysis.software_versions()["monai"] == "not installed"
+    finally:
+        analysis.software_versions.cache_clear()

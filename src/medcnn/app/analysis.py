@@ -78,10 +78,12 @@ class FileRequest:
 
 @cache
 def software_versions() -> dict[str, str]:
+    """The versions a result was computed with. MONAI's is read from its package metadata
+    without importing it (a click never does), and a click needs no MONAI at all: where it is
+    not installed (a viewer's Python may lack it), the result says so instead of failing."""
     return {
         "medcnn": medcnn.__version__,
-        # The installed MONAI, read without importing it: a click never does.
-        "monai": metadata.version("monai"),
+        "monai": installed_version("monai"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "SimpleITK": sitk.Version_VersionString(),
@@ -89,6 +91,13 @@ def software_versions() -> dict[str, str]:
         "pydicom": pydicom.__version__,
         "python": platform.python_version(),
     }
+
+
+def installed_version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def checked_point(point: Sequence[float] | None, lps: bool) -> np.ndarray:
