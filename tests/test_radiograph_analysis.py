@@ -12,11 +12,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from radiograph_files import write_dicom
 from result_checks import assert_valid_result
 
 from medcnn.app.engine import choose_model
@@ -32,30 +30,6 @@ needs_xray_model = pytest.mark.skipif(
 
 def write_png(pixels: np.ndarray, path: Path) -> Path:
     Image.fromarray(pixels).save(path)
-    return path
-
-
-def write_dicom(pixels: np.ndarray, path: Path, spacing: tuple[float, float]) -> Path:
-    """A DX image of the same pixels, MONOCHROME2, with its imager spacing."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.PatientName, ds.PatientID = "SYNTHETIC^RADIOGRAPH", "SYNTHETIC"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.ImagerPixelSpacing = list(spacing)
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -108,7 +82,9 @@ def test_the_heatmap_lands_on_the_same_pixels_from_png_dicom_and_nifti(tmp_path:
     pixels = synthetic_radiograph()
     inputs = {
         "png": write_png(pixels, tmp_path / "chest.png"),
-        "dicom": write_dicom(pixels, tmp_path / "chest.dcm", (0.5, 0.7)),
+        "dicom": write_dicom(
+            tmp_path / "chest.dcm", pixels, ViewPosition="PA", ImagerPixelSpacing=[0.5, 0.7]
+        ),
         "nifti": write_nifti(pixels, tmp_path / "chest.nii.gz"),
     }
     heatmaps, probabilities = {}, {}

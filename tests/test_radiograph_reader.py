@@ -12,9 +12,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import convert_color_space
-from pydicom.uid import generate_uid
+from radiograph_files import write_dicom
 
 from medcnn.errors import (
     InputNotFoundError,
@@ -30,7 +30,6 @@ from medcnn.volume import LPS_TO_RAS
 
 ROWS, COLUMNS = 300, 200
 BLOB = (90, 140)  # (row, column) of the bright blob: upper right, off every axis of symmetry
-DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -53,29 +52,6 @@ def brightest(pixels: np.ndarray) -> tuple[int, int]:
     low, high = float(pixels.min()), float(pixels.max())
     rows, columns = np.nonzero(pixels > low + 0.8 * (high - low))
     return int(np.rint(rows.mean())), int(np.rint(columns.mean()))
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    modality: str | None = "DX",
-    sop_class: str = DX_STORAGE,
-    **tags,
-) -> Path:
-    """A valid DICOM file (with its file meta) of the pixels and tags."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    if modality is not None:
-        ds.Modality = modality
-    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
 
 
 def write_picture(path: Path, pixels: np.ndarray, **options) -> Path:

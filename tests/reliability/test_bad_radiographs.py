@@ -10,11 +10,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from radiograph_files import write_dicom
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
 from medcnn.catalog import XRAY_MODEL, installed_models
@@ -25,41 +23,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def dicom(path: Path, pixels: np.ndarray, **tags: object) -> Path:
-    """A DX radiograph of ``pixels`` (frames first when 3D), with ``tags`` set."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.Modality, ds.ViewPosition = "DX", "PA"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for name, value in tags.items():
-        setattr(ds, name, value)
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def lateral(folder: Path) -> Path:
-    return dicom(folder / "lateral.dcm", synthetic_radiograph(), ViewPosition="LL")
+    return write_dicom(folder / "lateral.dcm", synthetic_radiograph(), ViewPosition="LL")
 
 
 def multi_frame(folder: Path) -> Path:
-    return dicom(folder / "frames.dcm", np.stack([synthetic_radiograph()] * 3))
+    return write_dicom(folder / "frames.dcm", np.stack([synthetic_radiograph()] * 3))
 
 
 def ct_slice(folder: Path) -> Path:
-    return dicom(folder / "ct.dcm", synthetic_radiograph(), Modality="CT")
+    return write_dicom(folder / "ct.dcm", synthetic_radiograph(), modality="CT")
 
 
 def ct_volume(folder: Path) -> Path:

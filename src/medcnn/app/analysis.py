@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import metadata
@@ -374,20 +374,28 @@ class Analyzer:
                 )
 
             pictures[OVERLAY] = draw
-        started = time.perf_counter()
+        volumes = {
+            HEATMAP: (analysis.heatmap, np.float32),
+            SEGMENTATION: (analysis.segmentation, np.uint8),
+        }
+        return write_timed(out_dir, result, volumes, pictures, timings, total_start)
 
-        def finish_timings(result: Result) -> Result:
-            timings["write"] = time.perf_counter() - started
-            timings["total"] = time.perf_counter() - total_start
-            return replace(result, timings_s={k: round(v, 4) for k, v in timings.items()})
 
-        return write_outputs(
-            out_dir,
-            result,
-            {
-                HEATMAP: (analysis.heatmap, np.float32),
-                SEGMENTATION: (analysis.segmentation, np.uint8),
-            },
-            before_result=finish_timings,
-            pictures=pictures,
-        )
+def write_timed(
+    out_dir: Path,
+    result: Result,
+    volumes: Mapping[str, tuple[Volume, type]],
+    pictures: Mapping[str, Callable[[Path], object]],
+    timings: dict[str, float],
+    total_start: float,
+) -> Result:
+    """``write_outputs``, with the writing's and the whole analysis's seconds put into
+    ``result.json`` once everything else is written; every model's analyzer writes this way."""
+    started = time.perf_counter()
+
+    def finish_timings(result: Result) -> Result:
+        timings["write"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - total_start
+        return replace(result, timings_s={k: round(v, 4) for k, v in timings.items()})
+
+    return write_outputs(out_dir, result, volumes, before_result=finish_timings, pictures=pictures)

@@ -322,13 +322,10 @@ def answer_line(result: Result) -> str:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from medcnn.app.engine import available_models, choose_model
     from medcnn.outputs.writing import check_output_folder
 
-    # A mismatch of input and model is refused before any model loads.
-    choose_model(args.image, args.point, args.model, available_models(args.bundle))
     check_output_folder(args.out)
-    engine = _engine(args)
+    engine = _engine(args)  # loads a model only once the input has chosen it
 
     def report(stage: str, fraction: float) -> None:
         logging.getLogger("medcnn").info("%3d%% %s", int(fraction * 100), stage)

@@ -10,6 +10,7 @@ once. ``result.json`` says which model answered and why (``model.id``, ``model.c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -179,14 +180,7 @@ class Engine:
             except Exception as error:
                 outcomes[index] = error
                 continue
-            with_reason = FileRequest(
-                request.image,
-                request.point,
-                request.out_dir,
-                request.lps,
-                request.overlay,
-                chosen_because=because,
-            )
+            with_reason = replace(request, chosen_because=because)
             by_model.setdefault(chosen, []).append((index, with_reason))
         for chosen, group in by_model.items():
             try:

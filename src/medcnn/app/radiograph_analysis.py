@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medcnn import stages, threads
-from medcnn.app.analysis import FileRequest, Progress, software_versions
+from medcnn.app.analysis import FileRequest, Progress, software_versions, write_timed
 from medcnn.bundle import (
     XRAY_MODEL,
     default_bundle_dir,
@@ -35,7 +35,7 @@ from medcnn.outputs.result import (
     Result,
     label_for,
 )
-from medcnn.outputs.writing import HEATMAP, HEATMAP_PNG, OVERLAY, RESULT, write_outputs
+from medcnn.outputs.writing import HEATMAP, HEATMAP_PNG, OVERLAY, RESULT
 from medcnn.reading.radiograph import Radiograph, read_radiograph
 from medcnn.volume import Volume
 from medcnn.xray.inference import (
@@ -252,17 +252,6 @@ class RadiographAnalyzer:
             title = overlay_title(result)
             pixels = analysis.radiograph.pixels
             pictures[OVERLAY] = lambda path: radiograph_overlay_png(pixels, heat, path, title)
-        started = time.perf_counter()
-
-        def finish_timings(result: Result) -> Result:
-            timings["write"] = time.perf_counter() - started
-            timings["total"] = time.perf_counter() - total_start
-            return replace(result, timings_s={k: round(v, 4) for k, v in timings.items()})
-
-        return write_outputs(
-            out_dir,
-            result,
-            {HEATMAP: (analysis.heatmap, np.uint8)},  # 0..1 in 1/255 steps (nifti_image)
-            before_result=finish_timings,
-            pictures=pictures,
-        )
+        # The heatmap as 0..1 in 1/255 steps (outputs.writing.nifti_image).
+        volumes = {HEATMAP: (analysis.heatmap, np.uint8)}
+        return write_timed(out_dir, result, volumes, pictures, timings, total_start)

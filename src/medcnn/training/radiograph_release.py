@@ -18,9 +18,6 @@ from medcnn.bundle import load_radiograph_spec, network_arguments, sign_weights
 from medcnn.training.calibration import fit_logistic
 from medcnn.training.data.radiographs import RadiographCache, all_records, build_cache
 from medcnn.training.metrics import (
-    bootstrap_interval,
-    brier_score,
-    expected_calibration_error,
     roc_auc,
     threshold_metrics,
 )
@@ -82,24 +79,6 @@ def best_balanced_threshold(labels: np.ndarray, probabilities: np.ndarray) -> fl
     return float(candidates[int(np.argmax(scores))])
 
 
-def discrimination(
-    labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray, threshold: float | None
-) -> dict:
-    """AUC with a patient bootstrap interval, Brier, ECE and, at a threshold, the calls."""
-    labels = labels.astype(bool)
-    out = {
-        "n": int(len(labels)),
-        "n_positive": int(labels.sum()),
-        "auc": roc_auc(labels, probabilities),
-        "auc_ci95": bootstrap_interval(labels, probabilities, roc_auc, list(groups)),
-        "brier": brier_score(labels, probabilities),
-        "ece": expected_calibration_error(labels, probabilities),
-    }
-    if threshold is not None:
-        out.update(threshold_metrics(labels, probabilities, threshold))
-    return out
-
-
 def evaluate(run_dir: Path, cache: RadiographCache) -> dict:
     """Every experiment's honest numbers; the ``both`` members' calibration and threshold."""
     labels = cache.labels.numpy()
@@ -127,8 +106,8 @@ def evaluate(run_dir: Path, cache: RadiographCache) -> dict:
             "calibration": list(ab),
             "threshold": threshold,
         }
-        result["kermany_test"] = discrimination(
-            labels[test], ensemble[test], cache.patient[test], threshold
+        result["kermany_test"] = summarize(
+            labels[test], ensemble[test], list(cache.patient[test]), threshold
         )
         if "nih" in experiment.sources:
             per_fold = {
@@ -136,21 +115,21 @@ def evaluate(run_dir: Path, cache: RadiographCache) -> dict:
                 for f in experiment.folds
             }
             result["nih_cv"] = {
-                **discrimination(
-                    labels[nih], calibrate(oof[nih], ab), cache.patient[nih], threshold
+                **summarize(
+                    labels[nih], calibrate(oof[nih], ab), list(cache.patient[nih]), threshold
                 ),
                 "auc_per_fold": per_fold,
                 "auc_worst_fold": min(per_fold.values()),
             }
         else:
-            result["nih_external"] = discrimination(
-                labels[nih], ensemble[nih], cache.patient[nih], threshold
+            result["nih_external"] = summarize(
+                labels[nih], ensemble[nih], list(cache.patient[nih]), threshold
             )
         if "kermany" in experiment.sources and None not in experiment.folds:
-            result["kermany_cv"] = discrimination(
+            result["kermany_cv"] = summarize(
                 labels[kermany_train],
                 calibrate(oof[kermany_train], ab),
-                cache.patient[kermany_train],
+                list(cache.patient[kermany_train]),
                 threshold,
             )
         report["experiments"][name] = result
