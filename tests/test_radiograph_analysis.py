@@ -28,6 +28,13 @@ needs_xray_model = pytest.mark.skipif(
 )
 
 
+def medcnn(*args: str) -> subprocess.CompletedProcess:
+    """``medcnn ARGS`` in a new process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "medcnn", *args], capture_output=True, text=True, timeout=600
+    )
+
+
 def write_png(pixels: np.ndarray, path: Path) -> Path:
     Image.fromarray(pixels).save(path)
     return path
@@ -90,12 +97,7 @@ def test_the_heatmap_lands_on_the_same_pixels_from_png_dicom_and_nifti(tmp_path:
     heatmaps, probabilities = {}, {}
     for name, path in inputs.items():
         out = tmp_path / f"out_{name}"
-        done = subprocess.run(
-            [sys.executable, "-m", "medcnn", "analyze", str(path), "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = medcnn("analyze", str(path), "--out", str(out))
         assert done.returncode == 0, done.stderr
         result = json.loads((out / "result.json").read_text())
         assert_valid_result(result)
@@ -128,12 +130,7 @@ def test_a_point_on_a_radiograph_and_a_ct_as_a_radiograph_are_refused(
         ([phantom_nifti, "--model", XRAY_MODEL], 14, "slices"),
     ):
         out = tmp_path / "out"
-        done = subprocess.run(
-            [sys.executable, "-m", "medcnn", "analyze", *map(str, args), "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = medcnn("analyze", *map(str, args), "--out", str(out))
         assert done.returncode == code, done.stderr
         assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
         assert not out.exists() or not any(out.iterdir())
@@ -152,12 +149,7 @@ def test_a_batch_mixes_radiographs_and_nodules_in_one_table(
         writer.writerow(["id", "image", "r", "a", "s"])
         writer.writerow(["xr", "a.png", "", "", ""])
         writer.writerow(["ct", str(phantom_nifti), *NODULE_CENTER_RAS])
-    done = subprocess.run(
-        [sys.executable, "-m", "medcnn", "batch", str(manifest), "--out", str(tmp_path / "b")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = medcnn("batch", str(manifest), "--out", str(tmp_path / "b"))
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "b" / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -250,23 +242,8 @@ def test_held_out_evaluation_of_a_labelled_folder(tmp_path: Path) -> None:
         writer.writerow(["image", "label", "patient_id"])
         writer.writerows(rows)
     out = tmp_path / "eval"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medcnn",
-            "evaluate",
-            "--model",
-            XRAY_MODEL,
-            "--held-out",
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = medcnn(
+        "evaluate", "--model", XRAY_MODEL, "--held-out", "--data", str(data), "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
@@ -284,22 +261,14 @@ def test_cross_validation_of_the_nih_adults_reproduces_the_model_card(
     """``medcnn evaluate --model chest_xray_pneumonia`` on xray/nih judges each radiograph with
     the member held out of its fold: the release's cross-validated numbers, again."""
     out = tmp_path / "eval"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "medcnn",
-            "evaluate",
-            "--model",
-            XRAY_MODEL,
-            "--data",
-            str(shared_data / "xray" / "nih"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = medcnn(
+        "evaluate",
+        "--model",
+        XRAY_MODEL,
+        "--data",
+        str(shared_data / "xray" / "nih"),
+        "--out",
+        str(out),
     )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())

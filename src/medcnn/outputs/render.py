@@ -9,12 +9,16 @@ back from disk and a picture that fails leaves no files."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medcnn.nodule.preprocessing import resample
 from medcnn.outputs.result import Result
 from medcnn.volume import Volume
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # The picture's field of view: the scan read for an overlay must reach this far around the point.
 OVERLAY_FOV_MM = 80.0
@@ -80,12 +84,7 @@ def overlay_png(
         ax.text(fov_mm / 2 - 6, fov_mm / 2 - 3, "L", color="white", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    try:
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def radiograph_overlay_png(pixels: np.ndarray, heatmap: np.ndarray, path: Path, title: str) -> Path:
@@ -106,12 +105,7 @@ def radiograph_overlay_png(pixels: np.ndarray, heatmap: np.ndarray, path: Path, 
     axes[1].imshow(np.ma.masked_less(heatmap, 0.05), cmap="inferno", vmin=0, vmax=1, alpha=0.5)
     axes[1].set_title("heatmap (pneumonia class)", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    try:
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def heatmap_png(heatmap: np.ndarray, path: Path) -> Path:
@@ -133,3 +127,15 @@ def overlay_title(result: Result) -> str:
         f"P(malignant) {result.probability:.2f} +- {result.uncertainty:.2f}, "
         f"{nodule.diameter_mm:.1f} mm, {nodule.volume_ml:.2f} mL"
     )
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Lay the figure out, save it and free it, even when saving fails (a full disk)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return Path(path)

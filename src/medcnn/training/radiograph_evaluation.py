@@ -20,6 +20,7 @@ import numpy as np
 
 from medcnn.catalog import read_metadata
 from medcnn.errors import InputNotFoundError, MedCNNError, UsageError
+from medcnn.outputs.render import save_figure
 from medcnn.reading.radiograph import read_radiograph
 from medcnn.training.metrics import (
     bootstrap_interval,
@@ -132,10 +133,7 @@ def plot_curves(
         title=f"ROC (dots: threshold {threshold:.2f})",
     )
     ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    roc_path = out_dir / "roc.png"
-    fig.savefig(roc_path)
-    plt.close(fig)
+    roc_path = save_figure(fig, out_dir / "roc.png")
     fig, ax = plt.subplots(figsize=(4.8, 4.5), dpi=120)
     ax.plot([0, 1], [0, 1], color="grey", lw=0.5, label="perfect calibration")
     for name, (labels, probs) in curves.items():
@@ -154,10 +152,7 @@ def plot_curves(
         ylim=(0, 1),
     )
     ax.legend(loc="upper left", fontsize=7)
-    fig.tight_layout()
-    reliability_path = out_dir / "reliability.png"
-    fig.savefig(reliability_path)
-    plt.close(fig)
+    reliability_path = save_figure(fig, out_dir / "reliability.png")
     return [roc_path, reliability_path]
 
 
