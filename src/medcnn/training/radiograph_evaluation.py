@@ -92,6 +92,26 @@ def member_probabilities(
     return out, errors
 
 
+def judged(
+    members: np.ndarray, records: list[LabelledRadiograph], member_folds: list[int] | None
+) -> np.ndarray:
+    """Each radiograph's probability: the ensemble's mean, or with ``member_folds`` (the fold
+    each member was held out of) the one member that never saw the radiograph's fold."""
+    if member_folds is None:
+        return members.mean(axis=1)
+    column = {fold: index for index, fold in enumerate(member_folds)}
+    return np.array([row[column[r.fold]] for row, r in zip(members, records, strict=True)])
+
+
+def per_fold(labels: np.ndarray, probabilities: np.ndarray, folds: np.ndarray) -> dict:
+    """ROC AUC per patient fold and the worst, as cross-validation reports them."""
+    aucs = {
+        str(f): roc_auc(labels[folds == f].astype(bool), probabilities[folds == f])
+        for f in sorted(set(folds.tolist()))
+    }
+    return {"auc_per_fold": aucs, "auc_worst_fold": min(aucs.values())}
+
+
 def summarize(
     labels: np.ndarray, probabilities: np.ndarray, patients: list[str], threshold: float
 ) -> dict:
@@ -177,23 +197,20 @@ def evaluate_folder(
                 "--held-out for radiographs of other patients."
             )
     members, errors = member_probabilities(model, spec, records)
-    if member_folds is None:
-        probability = members.mean(axis=1)
-    else:
-        column = {fold: index for index, fold in enumerate(member_folds)}
-        probability = np.array(
-            [row[column[r.fold]] for row, r in zip(members, records, strict=True)]
-        )
-    judged = np.isfinite(probability)
+    probability = judged(members, records, member_folds)
+    finite = np.isfinite(probability)
     labels = np.array([r.label for r in records])
     metrics = summarize(
-        labels[judged],
-        probability[judged],
-        [r.patient for r, j in zip(records, judged, strict=True) if j],
+        labels[finite],
+        probability[finite],
+        [r.patient for r, j in zip(records, finite, strict=True) if j],
         threshold,
     )
-    metrics["not_judged"] = int((~judged).sum())
+    metrics["not_judged"] = int((~finite).sum())
     metrics["judged_by"] = "ensemble" if member_folds is None else "out_of_fold_member"
+    if member_folds is not None:
+        folds = np.array([r.fold for r in records])
+        metrics.update(per_fold(labels[finite], probability[finite], folds[finite]))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "predictions.csv", "w", newline="") as handle:
@@ -213,7 +230,7 @@ def evaluate_folder(
             )
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     name = "whole ensemble" if member_folds is None else "out-of-fold members"
-    plot_curves({name: (labels[judged], probability[judged])}, out_dir, threshold)
+    plot_curves({name: (labels[finite], probability[finite])}, out_dir, threshold)
     return metrics
 
 

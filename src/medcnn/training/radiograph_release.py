@@ -18,12 +18,13 @@ from medcnn.bundle import load_radiograph_spec, network_arguments, sign_weights
 from medcnn.training.calibration import fit_logistic
 from medcnn.training.data.radiographs import RadiographCache, all_records, build_cache
 from medcnn.training.metrics import (
-    roc_auc,
     threshold_metrics,
 )
 from medcnn.training.radiograph_evaluation import (
     LabelledRadiograph,
+    judged,
     member_probabilities,
+    per_fold,
     plot_curves,
     summarize,
 )
@@ -110,16 +111,11 @@ def evaluate(run_dir: Path, cache: RadiographCache) -> dict:
             labels[test], ensemble[test], list(cache.patient[test]), threshold
         )
         if "nih" in experiment.sources:
-            per_fold = {
-                str(f): roc_auc(labels[nih & (cache.fold == f)], oof[nih & (cache.fold == f)])
-                for f in experiment.folds
-            }
             result["nih_cv"] = {
                 **summarize(
                     labels[nih], calibrate(oof[nih], ab), list(cache.patient[nih]), threshold
                 ),
-                "auc_per_fold": per_fold,
-                "auc_worst_fold": min(per_fold.values()),
+                **per_fold(labels[nih], calibrate(oof[nih], ab), cache.fold[nih]),
             }
         else:
             result["nih_external"] = summarize(
@@ -209,23 +205,17 @@ def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
     test_probability = test_members.mean(axis=1)
     test_labels = np.array([r.label for r in test])
     nih_members, _ = member_probabilities(model, spec, nih)
-    nih_probability = np.array([row[r.fold] for row, r in zip(nih_members, nih, strict=True)])
+    nih_probability = judged(
+        nih_members, nih, [f for f in EXPERIMENTS["both"].folds if f is not None]
+    )
     nih_labels = np.array([r.label for r in nih])
-    per_fold = {
-        str(f): roc_auc(
-            nih_labels[[r.fold == f for r in nih]].astype(bool),
-            nih_probability[[r.fold == f for r in nih]],
-        )
-        for f in EXPERIMENTS["both"].folds
-    }
     eval_metrics = {
         "kermany_test": summarize(
             test_labels, test_probability, [r.patient for r in test], threshold
         ),
         "nih_cv": {
             **summarize(nih_labels, nih_probability, [r.patient for r in nih], threshold),
-            "auc_per_fold": per_fold,
-            "auc_worst_fold": min(per_fold.values()),
+            **per_fold(nih_labels, nih_probability, np.array([r.fold for r in nih])),
         },
         "uncertainty_mean_kermany_test": float(test_members.std(axis=1).mean()),
     }
