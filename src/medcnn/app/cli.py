@@ -298,6 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--path", action="store_true", help="print each model's name and bundle folder only"
     )
+    web = commands.add_parser(
+        "web",
+        help="the one-click analysis in a web browser, on 3D Slicer's scene",
+        description="Serve MedCNN's viewer (3D Slicer's scene and views through trame-slicer): "
+        "open IMAGE (the synthetic phantom, not a patient, by default), click on a nodule, "
+        "press Analyze. Listens on 127.0.0.1 only, unless --host says otherwise; there is no "
+        "authentication. Needs the web extra: pip install -e \".[web]\".",
+        epilog=EPILOG,
+    )
+    web.add_argument(
+        "image", nargs="?", type=Path, help="a CT (DICOM folder, NIfTI, NRRD, MHA) or radiograph"
+    )
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; any other has no "
+        "authentication)",
+    )
+    web.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
     return parser
 
@@ -517,6 +536,15 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_web(args: argparse.Namespace) -> int:
+    from medcnn.web.setup import require_web_packages
+
+    require_web_packages()
+    from medcnn.web.viewer import serve
+
+    return serve(args.image, host=args.host, port=args.port)
+
+
 def run_exit_codes(args: argparse.Namespace) -> int:
     for code, meaning in sorted(EXIT_CODES.items()):
         print(f"{code:>4}  {meaning}")
@@ -530,6 +558,7 @@ COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "models": run_models,
+    "web": run_web,
     "exit-codes": run_exit_codes,
 }
 
