@@ -10,13 +10,14 @@ placed by Slicer's own markups interaction in the slice views; the running task 
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from medcnn.errors import MedCNNError
+from medcnn.errors import MedCNNError, UsageError
 from medcnn.web.images import LoadedImage, load_image, load_phantom, save_upload
 from medcnn.web.setup import extension_library, use_offscreen_rendering
 
@@ -281,7 +282,7 @@ class WebViewer(TrameApp):
         self.logic.parameters.model = model or ""
         self._update_inputs()
 
-    async def _start_engine_watch(self, **_: Any) -> None:
+    def _start_engine_watch(self, **_: Any) -> None:
         asyncio.ensure_future(self._watch_engine())
 
     async def _watch_engine(self) -> None:
@@ -539,9 +540,17 @@ def serve(image: Path | None, host: str = "127.0.0.1", port: int = 8080) -> int:
 
         viewer.server.controller.on_server_ready.add(announce)
         sys.argv = sys.argv[:1]  # trame reads its own options from the command line
-        viewer.server.start(
-            host=host, port=port, open_browser=False, show_connection_info=False, timeout=0
-        )
+        try:
+            viewer.server.start(
+                host=host, port=port, open_browser=False, show_connection_info=False, timeout=0
+            )
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise UsageError(
+                f"Port {port} on {host} is already in use; choose another with --port (0 picks "
+                "a free one)."
+            ) from error
     finally:
         viewer.cleanup()
     return 0
