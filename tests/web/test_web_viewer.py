@@ -1,0 +1,223 @@
+"""The web viewer in this process, without a browser: its scene, views and panel state, driven
+as a browser drives them (mouse events into the views' interactors, the panel's handlers).
+
+Geometry first: a click at a known pixel of the axial view places the point at the RAS that
+the view's own XY-to-RAS matrix gives for that pixel, and the heatmap of the answer is drawn on
+screen where that point is, not elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"')
+
+from slicer_test_support import STANDIN_WORKER, radiograph_matrix  # noqa: E402
+from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
+from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
+
+from medcnn.errors import InputNotFoundError, UnreadableImageError  # noqa: E402
+from medcnn.phantom import NODULE_CENTER_RAS  # noqa: E402
+from medcnn.web import viewer as web  # noqa: E402
+from medcnn.web.images import node_ids  # noqa: E402
+
+SIZE = (400, 360)  # the axial view's pixels in these tests
+
+
+@pytest.fixture
+def make_viewer(monkeypatch, tmp_path):
+    """A viewer (server not started) whose worker is the protocol stand-in."""
+    from MedCNNLib.Runner import WorkerRunner
+
+    made = []
+
+    def make(mode: str = "normal") -> web.WebViewer:
+        monkeypatch.setenv("STANDIN_MODE", mode)
+        runner = WorkerRunner(command=[sys.executable, str(STANDIN_WORKER)])
+        viewer = web.WebViewer(
+            server=f"medcnn-web-test-{len(made)}", runner=runner, work_dir=tmp_path / "work"
+        )
+        made.append(viewer)
+        return viewer
+
+    yield make
+    for viewer in made:
+        viewer.cleanup()
+
+
+def axial_view(viewer: web.WebViewer):
+    return viewer.slicer_app.view_manager.get_view("Red")
+
+
+def sized(view, size=SIZE):
+    view.render_window().SetSize(*size)
+    view.update_size(*size)
+    view.interactor().InvokeEvent(vtkCommand.WindowResizeEvent)
+    view.render_window().Render()
+    return view
+
+
+def xy_to_ras(view, xy) -> np.ndarray:
+    matrix = view.get_view_node().GetXYToRAS()
+    m = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return (m @ np.array([xy[0], xy[1], 0.0, 1.0]))[:3]
+
+
+def ras_to_xy(view, ras) -> np.ndarray:
+    matrix = view.get_view_node().GetXYToRAS()
+    m = np.array([[matrix.GetElement(i, j) for j in range(4)] for i in range(4)])
+    return (np.linalg.inv(m) @ np.array([*ras, 1.0]))[:2]
+
+
+def click(view, xy) -> None:
+    """A left click at display pixel ``xy`` (origin bottom left), as the browser's arrives."""
+    interactor = view.interactor()
+    for event in ("MouseMoveEvent", "LeftButtonPressEvent", "LeftButtonReleaseEvent"):
+        interactor.SetEventPosition(int(xy[0]), int(xy[1]))
+        interactor.InvokeEvent(getattr(vtkCommand, event))
+
+
+def screen(view) -> np.ndarray:
+    """The view's pixels as rows from the bottom, (height, width, RGB), read from its render
+    window as trame-slicer reads what it streams to the browser."""
+    from slicer import vtkMRMLLayerDisplayableManager
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    view.render_window().Render()
+    image = vtkImageData()
+    vtkMRMLLayerDisplayableManager.RenderWindowBufferToImage(view.render_window(), image)
+    width, height, _ = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+
+
+def run(viewer: web.WebViewer, timeout: float = 120.0) -> None:
+    """Press Analyze and let the server's loop advance the task until it is done."""
+
+    async def analyse() -> None:
+        viewer.analyze_or_cancel()
+        waited = 0.0
+        while viewer.state.running and waited < timeout:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+
+    asyncio.run(analyse())
+    assert not viewer.state.running, f"the analysis did not end within {timeout} s"
+
+
+def test_a_click_places_the_point_at_the_ras_of_that_pixel_and_the_heat_lands_there(
+    make_viewer,
+):
+    viewer = make_viewer()
+    viewer.open_image(None)  # the phantom, its nodule at the centre of every slice view
+    assert viewer.state.image_note.startswith("Synthetic phantom")
+    view = sized(axial_view(viewer))
+    # through the nodule: the view's plane holds its centre
+    np.testing.assert_allclose(xy_to_ras(view, ras_to_xy(view, NODULE_CENTER_RAS))[2], -103.9)
+
+    target = np.add(NODULE_CENTER_RAS, (4.0, -3.0, 0.0))  # off the view's centre on purpose
+    pixel = np.round(ras_to_xy(view, target))
+    click(view, pixel)
+
+    assert len(viewer.state.points) == 1
+    placed = np.array(viewer.state.points[0]["ras"])
+    np.testing.assert_allclose(placed, xy_to_ras(view, pixel), atol=0.01)
+    mm_per_pixel = np.linalg.norm(xy_to_ras(view, (1, 0)) - xy_to_ras(view, (0, 0)))
+    assert np.linalg.norm(placed - target) <= mm_per_pixel  # within a pixel of where we aimed
+
+    viewer.state.threshold = 0.2
+    viewer.logic.parameters.centerViewsOnNodule = False  # the view stays as it was clicked
+    run(viewer)
+    assert viewer.state.error == ""
+    assert len(viewer.state.rows) == 1
+    assert viewer.state.rows[0]["R"] == f"{placed[0]:.1f}"
+
+    pixels = screen(view).astype(int)
+    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    heat = (red - blue > 40) & (red - green > 20)  # the heat map's red to orange, not grey CT
+    rows, columns = np.nonzero(heat)
+    assert len(rows) > 20, "no heat on screen"
+    centre = np.array([columns.mean(), rows.mean()])
+    distances = np.hypot(columns - pixel[0], rows - pixel[1]) * mm_per_pixel
+    # the stand-in's heat is a Gaussian around the point, above the 0.2 threshold within 5.4
+    # voxels (0.8 mm): centred on the click, nowhere beyond its reach
+    assert np.linalg.norm(centre - pixel) * mm_per_pixel < 1.0, (centre, pixel)
+    assert distances.max() < 5.5, distances.max()
+
+
+def test_re_analysing_a_point_replaces_its_row_and_cancel_stops_a_running_analysis(
+    make_viewer,
+):
+    viewer = make_viewer()
+    viewer.open_image(None)
+    view = sized(axial_view(viewer))
+    click(view, np.round(ras_to_xy(view, NODULE_CENTER_RAS)))
+    run(viewer)
+    first = viewer.state.rows[0]["Analyzed"]
+    run(viewer)
+    assert len(viewer.state.rows) == 1 and viewer.state.rows[0]["Analyzed"] >= first
+    assert set(viewer.state.outputs) == {"result.json", "heatmap.nii.gz", "segmentation.nii.gz"}
+
+    hanging = make_viewer("hang")
+    hanging.open_image(None)
+    view = sized(axial_view(hanging))
+    click(view, np.round(ras_to_xy(view, NODULE_CENTER_RAS)))
+
+    async def start_then_cancel() -> None:
+        hanging.analyze_or_cancel()
+        while "Starting" in hanging.state.stage or not hanging.state.stage:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert hanging.state.running
+        hanging.analyze_or_cancel()  # the same button, now Cancel
+        for _ in range(100):
+            if not hanging.state.running:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(start_then_cancel())
+    assert not hanging.state.running
+    assert hanging.state.error == ""
+    assert "cancelled" in hanging.state.message
+
+
+def test_a_file_that_is_not_a_scan_says_so_and_leaves_the_scene_as_it_was(make_viewer, tmp_path):
+    viewer = make_viewer()
+    viewer.open_image(None)
+    before = node_ids(viewer.slicer_app.scene)
+    viewer._on_upload([{"name": "notes.txt", "content": b"not an image at all\n" * 50}])
+    assert viewer.state.error == (
+        "notes.txt is not an image MedCNN can read (a DICOM series or file, NIfTI, NRRD, "
+        "MetaImage, PNG or JPEG); the scene is unchanged."
+    )
+    assert node_ids(viewer.slicer_app.scene) == before
+    assert viewer.state.image_name == "Synthetic phantom"
+
+    with pytest.raises(InputNotFoundError):
+        viewer.open_image(tmp_path / "missing.nrrd")
+    (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\ntype: short\n")
+    with pytest.raises(UnreadableImageError):
+        viewer.open_image(tmp_path / "broken.nrrd")
+    assert node_ids(viewer.slicer_app.scene) == before
+
+
+def test_a_radiograph_shows_in_one_view_and_needs_no_point(make_viewer, tmp_path):
+    from slicer_test_support import write_nrrd
+
+    rng = np.random.default_rng(0)
+    film = (rng.random((128, 112, 1)) * 1000).astype(np.int16)
+    path = write_nrrd(film, radiograph_matrix(), tmp_path / "film.nrrd")
+    viewer = make_viewer()
+    viewer.open_image(path)
+    assert viewer.layout_manager.layout_id == web.SINGLE_VIEW_LAYOUTS["Coronal"]
+    assert viewer.state.point_needed is False
+    assert "no point is needed" in viewer.state.hint
+
+
+def test_listening_beyond_this_machine_says_there_is_no_authentication():
+    assert web.no_authentication_warning("127.0.0.1") is None
+    warning = web.no_authentication_warning("0.0.0.0")
+    assert warning is not None and "there is no authentication" in warning
