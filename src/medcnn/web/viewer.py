@@ -476,11 +476,15 @@ class WebViewer(TrameApp):
                 with html.Div(classes="d-flex flex-column", style="height: 100%;"):
                     with html.Div(style="flex: 1 1 auto; min-height: 0;"):
                         self.layout_manager.initialize_layout_grid(layout)
-                    with html.Div(
-                        v_if="rows.length",
-                        style="flex: 0 0 auto; max-height: 30%; overflow: auto;",
+                    with html.Div(  # a fixed height: the views keep their size
+                        style="flex: 0 0 150px; overflow: auto;",
                     ):
-                        with v3.VTable(density="compact", id="results"):
+                        html.Div(
+                            "Results appear here, one row a point (or a radiograph).",
+                            v_if="!rows.length",
+                            classes="text-caption pa-3",
+                        )
+                        with v3.VTable(v_if="rows.length", density="compact", id="results"):
                             with html.Thead(), html.Tr():
                                 html.Th(
                                     "{{ c.name }}{{ c.unit ? ' (' + c.unit + ')' : '' }}",

@@ -1,0 +1,205 @@
+"""``medcnn web`` in a real browser: Chromium (Debian's, ``apt-get install chromium``) driven by
+Playwright, against the real server and the real worker with the shipped model, on the
+synthetic phantom. Slow (the worker loads the model); CI runs them (``.ci/run`` installs
+Chromium where it is missing).
+
+Set ``MEDCNN_UPDATE_SCREENSHOTS=1`` to write the README's picture
+(``docs/images/web_viewer.png``) from the first test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"')
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed: pip install playwright"
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed: apt-get install chromium", allow_module_level=True)
+
+from medcnn.phantom import NODULE_CENTER_RAS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+README_PICTURE = REPO / "docs" / "images" / "web_viewer.png"
+VIEWPORT = {"width": 1400, "height": 900}
+TIMEOUT_MS = 300_000
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """``medcnn web`` on the phantom, on a free port of 127.0.0.1, stopped as Ctrl+C stops it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medcnn", "web", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+    url = None
+    seen = []
+    deadline = time.monotonic() + 180
+    while url is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        found = re.search(r"open (http://127\.0\.0\.1:\d+/) in a browser", line)
+        url = found.group(1) if found else None
+    if url is None:
+        process.kill()
+        pytest.fail(f"medcnn web did not announce its address; it said: {''.join(seen)[-3000:]}")
+    yield url
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def page(server_url):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server_url)
+        page.wait_for_function(
+            "() => { const img = document.querySelector('.image-display-area');"
+            " return img && img.naturalWidth > 0; }"
+        )
+        page.wait_for_selector("text=Automatic: the image decides")  # the worker listed them
+        yield page
+        browser.close()
+
+
+def axial(page):
+    return page.locator(".image-display-area").first  # the CT layout's main view
+
+
+def pixels(page) -> np.ndarray:
+    """The axial view as the browser shows it, (height, width, RGB)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = axial(page).screenshot()
+    return np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+
+
+def heat_mask(image: np.ndarray) -> np.ndarray:
+    """The heat colours' red to orange: red well above blue and green (grey CT has r = g = b,
+    the nodule's segment and the point are green)."""
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    return (red - blue > 40) & (red - green > 20)
+
+
+def click_centre(page) -> tuple[float, float]:
+    box = axial(page).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 4, y)
+    page.mouse.click(x, y)
+    return box["width"] / 2, box["height"] / 2
+
+
+def placed_points(page) -> list[list[float]]:
+    text = page.locator("#points").inner_text() if page.locator("#points li").count() else ""
+    return [
+        [float(v) for v in found]
+        for found in re.findall(r"R (-?[\d.]+), A (-?[\d.]+), S (-?[\d.]+)", text)
+    ]
+
+
+def results_row(page) -> dict[str, str]:
+    cells = page.locator("#results tbody tr").first.locator("td")
+    return {
+        cells.nth(i).get_attribute("data-column"): cells.nth(i).inner_text()
+        for i in range(cells.count())
+    }
+
+
+def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(
+    page, tmp_path
+):
+    before = pixels(page)
+    assert not heat_mask(before).any()
+    centre = click_centre(page)  # the phantom opens with its nodule under every view's centre
+    page.wait_for_selector("#points li")
+    (point,) = placed_points(page)
+    np.testing.assert_allclose(point, NODULE_CENTER_RAS, atol=0.6)  # within a pixel or two
+
+    page.click("#analyze")
+    page.wait_for_selector("#results tbody tr")
+    assert page.locator("#error").count() == 0
+    row = results_row(page)
+    assert row["Model"] == "lung_nodule_ct"
+
+    with page.expect_download() as download:
+        page.click("#downloads >> text=result.json")
+    result = json.loads(Path(download.value.path()).read_text())
+    assert row["Probability"] == f"{result['probability']:.3f}"
+    assert row["Uncertainty"] == f"{result['uncertainty']:.3f}"
+    assert row["Label"] == result["label"]
+    assert row["Diameter"] == f"{result['diameter_mm']:.1f}"
+    np.testing.assert_allclose(result["point"]["ras"], point, atol=0.01)
+
+    page.wait_for_timeout(1500)  # the last frames of the views
+    after = pixels(page)
+    heat = heat_mask(after) & ~heat_mask(before)
+    rows, columns = np.nonzero(heat)
+    assert len(rows) > 50, "no heatmap on screen"
+    distance = np.hypot(columns - centre[0], rows - centre[1])
+    width = after.shape[1]
+    # Around the nodule (12 mm across, at the view's centre, the view about 130 mm wide), not
+    # elsewhere: the heat's centre within 4 % of the view's width of the point, all of it
+    # within 20 %.
+    assert np.hypot(columns.mean() - centre[0], rows.mean() - centre[1]) < 0.04 * width
+    assert distance.max() < 0.2 * width, distance.max() / width
+    if os.environ.get("MEDCNN_UPDATE_SCREENSHOTS") == "1":
+        page.screenshot(path=str(README_PICTURE))
+
+
+def test_cancel_stops_a_running_analysis_and_the_next_one_works(page):
+    page.click("#analyze")
+    page.wait_for_selector("#analyze >> text=Cancel")
+    page.click("#analyze")
+    page.wait_for_selector("#analyze >> text=Analyze")
+    assert "cancelled" in page.locator("#message").inner_text()
+    assert page.locator("#error").count() == 0
+
+    stamp = results_row(page)["Analyzed"]
+    page.click("#analyze")
+    page.wait_for_selector("#analyze >> text=Cancel")
+    page.wait_for_selector("#analyze >> text=Analyze")
+    assert page.locator("#error").count() == 0
+    assert page.locator("#results tbody tr").count() == 1  # the same point: its row replaced
+    assert results_row(page)["Analyzed"] >= stamp
+
+
+def test_a_file_that_is_not_a_scan_shows_the_sentence_and_leaves_the_scene(page, tmp_path):
+    points = placed_points(page)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n" * 40)
+    page.set_input_files("input[type=file]", str(text))
+    page.wait_for_selector("#error")
+    assert page.locator("#error").inner_text().strip() == (
+        "notes.txt is not an image MedCNN can read (a DICOM series or file, NIfTI, NRRD, "
+        "MetaImage, PNG or JPEG); the scene is unchanged."
+    )
+    assert page.locator("#image-name").inner_text() == "Synthetic phantom"
+    assert placed_points(page) == points
+    assert page.locator("#results tbody tr").count() == 1
