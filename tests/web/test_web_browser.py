@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"')
+pytest.importorskip(
+    "trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"'
+)
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed: pip install playwright"
 )
@@ -132,9 +134,7 @@ def results_row(page) -> dict[str, str]:
     }
 
 
-def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(
-    page, tmp_path
-):
+def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(page, tmp_path):
     before = pixels(page)
     assert not heat_mask(before).any()
     centre = click_centre(page)  # the phantom opens with its nodule under every view's centre

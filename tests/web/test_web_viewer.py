@@ -14,7 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"')
+pytest.importorskip(
+    "trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"'
+)
 
 from slicer_test_support import STANDIN_WORKER, radiograph_matrix  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402

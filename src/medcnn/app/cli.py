@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve MedCNN's viewer (3D Slicer's scene and views through trame-slicer): "
         "open IMAGE (the synthetic phantom, not a patient, by default), click on a nodule, "
         "press Analyze. Listens on 127.0.0.1 only, unless --host says otherwise; there is no "
-        "authentication. Needs the web extra: pip install -e \".[web]\".",
+        'authentication. Needs the web extra: pip install -e ".[web]".',
         epilog=EPILOG,
     )
     web.add_argument(
@@ -315,6 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only; any other has no "
         "authentication)",
+    )
+    web.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        metavar=("R", "A", "S"),
+        help="place a point here (world mm, RAS) and centre the views on it",
     )
     web.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
@@ -542,7 +549,8 @@ def run_web(args: argparse.Namespace) -> int:
     require_web_packages()
     from medcnn.web.viewer import serve
 
-    return serve(args.image, host=args.host, port=args.port)
+    point = tuple(args.point) if args.point else None
+    return serve(args.image, host=args.host, port=args.port, point=point)
 
 
 def run_exit_codes(args: argparse.Namespace) -> int:

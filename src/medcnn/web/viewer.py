@@ -36,7 +36,11 @@ from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition  # 
 
 extension_library()
 from MedCNNLib.AnalysisLogic import AnalysisError, MedCNNLogic  # noqa: E402
-from MedCNNLib.ResultImport import ROLE_TABLE, TABLE_COLUMNS  # noqa: E402
+from MedCNNLib.ResultImport import (  # noqa: E402
+    ROLE_TABLE,
+    TABLE_COLUMNS,
+    removeNodeWithDependents,
+)
 from MedCNNLib.Runner import InferenceRunner  # noqa: E402
 from MedCNNLib.TaskLogic import AnalysisTask, isTwoDimensional, pointsFromMarkups  # noqa: E402
 
@@ -224,6 +228,12 @@ class WebViewer(TrameApp):
             self.state.outputs = []
         self._update_inputs()
 
+    def place_point(self, ras: tuple[float, float, float]) -> None:
+        """A point at ``ras`` (world mm), as a click there places it, the views centred on it."""
+        self.points.AddControlPointWorld(*(float(v) for v in ras))
+        self.jump_to(ras)
+        self._update_inputs()
+
     def jump_to(self, ras: tuple[float, float, float]) -> None:
         """Every slice view through ``ras``, centred on it (as Slicer's Jump to point)."""
         import slicer
@@ -351,6 +361,21 @@ class WebViewer(TrameApp):
                 return node
         return None
 
+    def clear_results(self) -> None:
+        """Remove MedCNN's results of the image shown from the scene (heatmaps, segments,
+        table); its points stay."""
+        if self.task is not None and not self.task.done:
+            return
+        volume_id = self.image.node.GetID() if self.image is not None else None
+        for node in self.logic.resultNodes():
+            if node.GetAttribute("MedCNN.InputVolumeID") == volume_id:
+                removeNodeWithDependents(self.slicer_app.scene, node)
+        self.outputs = {}
+        with self.state:
+            self.state.rows = []
+            self.state.outputs = []
+            self.state.message = ""
+
     def download(self, name: str) -> Any:
         """One output file of the latest analysis, as an attachment for the browser."""
         path = self.outputs.get(str(name))
@@ -374,9 +399,7 @@ class WebViewer(TrameApp):
             layout.title.set_text("MedCNN")
             with layout.toolbar:
                 v3.VChip("{{ image_name }}", id="image-name", v_if="image_name", classes="mx-2")
-                v3.VChip(
-                    "{{ image_note }}", id="image-note", v_if="image_note", color="warning"
-                )
+                v3.VChip("{{ image_note }}", id="image-note", v_if="image_note", color="warning")
                 v3.VSpacer()
                 html.Span(DISCLAIMER, classes="text-caption mx-4")
             with layout.drawer as drawer:
@@ -420,6 +443,14 @@ class WebViewer(TrameApp):
                         color=("running ? 'error' : 'primary'",),
                         id="analyze",
                         block=True,
+                    )
+                    v3.VBtn(
+                        "Clear results",
+                        click=self.clear_results,
+                        v_if="rows.length && !running",
+                        size="small",
+                        variant="text",
+                        id="clear-results",
                     )
                     v3.VProgressLinear(
                         v_model=("progress",), v_show="running", height=8, id="progress"
@@ -523,13 +554,21 @@ def no_authentication_warning(host: str) -> str | None:
     )
 
 
-def serve(image: Path | None, host: str = "127.0.0.1", port: int = 8080) -> int:
-    """Open ``image`` (the phantom when None) and serve the viewer until interrupted."""
+def serve(
+    image: Path | None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    point: tuple[float, float, float] | None = None,
+) -> int:
+    """Open ``image`` (the phantom when None), with a point placed at ``point`` (RAS mm) if
+    given, and serve the viewer until interrupted."""
     import sys
 
     viewer = WebViewer()
     try:
         viewer.open_image(image)
+        if point is not None:
+            viewer.place_point(point)
         warning = no_authentication_warning(host)
         if warning:
             print(warning, file=sys.stderr, flush=True)
