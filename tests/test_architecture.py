@@ -1,6 +1,8 @@
 """The layout's promises: data flows one way through the subpackages, no module imports
 another that imports it back, the engine never reaches into a front end or the benchmarks, and
-a click loads neither MONAI nor the training code.
+a click loads neither MONAI nor the training code. The web front end (``medcnn.web``) is the
+one exception to "no front end in the engine": it may import Slicer's MRML, VTK, trame and the
+extension's library, and only the command line reaches it, inside ``medcnn web``.
 
 Read from the source's import statements (all of them, including those inside functions and
 under ``TYPE_CHECKING``), so a new import that breaks a rule fails here, not in a user's
@@ -36,9 +38,16 @@ LAYERS = (
     ("medcnn.bundle", "medcnn.outputs"),
     ("medcnn.app.analysis", "medcnn.app.radiograph_analysis", "medcnn.app.engine"),
     ("medcnn.training",),
-    ("medcnn.app", "medcnn.__main__"),
+    ("medcnn.app", "medcnn.__main__", "medcnn.web"),
 )
-FOREIGN = ("slicer", "qt", "ctk", "vtk", "mrml", "benchmarks", "tests", "MedCNN", "MedCNNLib")
+TRAME = ("trame", "trame_server", "trame_client", "trame_vuetify", "trame_slicer")
+FOREIGN = (
+    *("slicer", "qt", "ctk", "vtk", "vtkmodules", "mrml", "benchmarks", "tests", "MedCNN"),
+    *("MedCNNLib", "playwright", *TRAME),
+)
+# What the web front end may import of them: Slicer's scene and views, never Qt or the tests.
+WEB = "medcnn.web"
+WEB_MAY_IMPORT = ("slicer", "vtkmodules", "MedCNNLib", *TRAME)
 
 
 def module_name(path: Path) -> str:
@@ -120,14 +129,56 @@ def test_no_import_circles() -> None:
     assert circles == []
 
 
+def is_web(name: str) -> bool:
+    return name == WEB or name.startswith(WEB + ".")
+
+
 def test_the_engine_never_imports_a_front_end_or_the_benchmarks() -> None:
     reached = [
         f"{name} imports {target}"
         for name in MODULES
         for target in imported(name)
         if target.split(".")[0] in FOREIGN
+        and not (is_web(name) and target.split(".")[0] in WEB_MAY_IMPORT)
     ]
     assert reached == []
+
+
+def test_only_the_command_line_reaches_the_web_front_end_and_only_when_asked() -> None:
+    """``medcnn.web`` is imported by ``medcnn.app.cli`` alone, inside a function (``medcnn
+    web``), so no other command loads trame, MRML or VTK."""
+    importers = sorted(
+        name
+        for name in MODULES
+        if not is_web(name) and any(is_web(target) for target in imported(name))
+    )
+    assert importers == ["medcnn.app.cli"]
+    tree = ast.parse(MODULES["medcnn.app.cli"].read_text())
+    at_top = [
+        node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module and is_web(node.module)
+    ] + [
+        alias.name
+        for node in tree.body
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if is_web(alias.name)
+    ]
+    assert at_top == []
+    code = (
+        "import sys\n"
+        "import medcnn.app.cli\n"
+        "medcnn.app.cli.build_parser()\n"
+        "roots = ('trame', 'trame_slicer', 'slicer', 'vtk', 'vtkmodules', 'MedCNNLib')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in roots))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode:
+        pytest.fail(done.stderr[-2000:])
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_click_imports_neither_monai_nor_training() -> None:

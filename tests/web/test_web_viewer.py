@@ -223,3 +223,30 @@ def test_listening_beyond_this_machine_says_there_is_no_authentication():
     assert web.no_authentication_warning("127.0.0.1") is None
     warning = web.no_authentication_warning("0.0.0.0")
     assert warning is not None and "there is no authentication" in warning
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "sentence"),
+    [
+        (None, 3, "does not exist."),
+        (b"not an image\n", 4, "is not an image MedCNN can read"),
+    ],
+)
+def test_medcnn_web_refuses_an_image_it_cannot_open_in_one_sentence(
+    tmp_path, content, code, sentence
+):
+    import subprocess
+
+    image = tmp_path / "scan.nrrd"
+    if content is not None:
+        image.write_bytes(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "medcnn", "web", str(image), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("medcnn: error: ") and sentence in last

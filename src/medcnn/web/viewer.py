@@ -188,8 +188,7 @@ class WebViewer(TrameApp):
         self.state.change("placing")(self._on_placing)
         self.state.change("upload")(self._on_upload)
         self._build_ui()
-        self.logic.startEngine()
-        self.server.controller.on_server_ready.add(self._start_engine_watch)
+        self.server.controller.on_server_ready.add(self._start_engine)
 
     # -- images --------------------------------------------------------------------------------
 
@@ -292,11 +291,13 @@ class WebViewer(TrameApp):
         self.logic.parameters.model = model or ""
         self._update_inputs()
 
-    def _start_engine_watch(self, **_: Any) -> None:
+    def _start_engine(self, **_: Any) -> None:
+        """Once serving: start the worker, which lists its models at once and then loads them
+        while the user places points (a request starts it too, if it is not running)."""
+        self.logic.startEngine()
         asyncio.ensure_future(self._watch_engine())
 
     async def _watch_engine(self) -> None:
-        """The engine lists its models at once, then loads them while the user places points."""
         waited = 0.0
         while not self.logic.updateEngine() and waited < ENGINE_WAIT_SECONDS:
             await asyncio.sleep(POLL_SECONDS)
@@ -562,8 +563,13 @@ def serve(
 ) -> int:
     """Open ``image`` (the phantom when None), with a point placed at ``point`` (RAS mm) if
     given, and serve the viewer until interrupted."""
+    import logging
     import sys
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # medcnn --verbose keeps them
+        from vtkmodules.vtkCommonCore import vtkObject
+
+        vtkObject.GlobalWarningDisplayOff()  # trame-slicer's VTK 9.6 deprecation notices
     viewer = WebViewer()
     try:
         viewer.open_image(image)
