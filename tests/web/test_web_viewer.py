@@ -250,3 +250,28 @@ def test_medcnn_web_refuses_an_image_it_cannot_open_in_one_sentence(
     assert done.returncode == code, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("medcnn: error: ") and sentence in last
+
+
+def test_the_wheel_scrolls_slices_and_a_drag_sets_window_level_when_not_placing(make_viewer):
+    viewer = make_viewer()
+    viewer.open_image(None)
+    view = sized(axial_view(viewer))
+    interactor = view.interactor()
+    slice_node = view.get_view_node()
+    offset = slice_node.GetSliceOffset()
+    interactor.SetEventPosition(200, 180)
+    interactor.InvokeEvent(vtkCommand.MouseWheelForwardEvent)
+    assert slice_node.GetSliceOffset() != offset
+
+    viewer.state.placing = False
+    viewer._on_placing(False)
+    display = viewer.image.node.GetScalarVolumeDisplayNode()
+    window, level = display.GetWindow(), display.GetLevel()
+    interactor.SetEventPosition(200, 180)
+    interactor.InvokeEvent(vtkCommand.LeftButtonPressEvent)
+    for step in range(1, 6):
+        interactor.SetEventPosition(200 + 10 * step, 180 + 8 * step)
+        interactor.InvokeEvent(vtkCommand.MouseMoveEvent)
+    interactor.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
+    assert (display.GetWindow(), display.GetLevel()) != (window, level)
+    assert viewer.state.points == []  # no point placed by the drag

@@ -23,7 +23,7 @@ from medcnn.web.setup import extension_library, use_offscreen_rendering
 
 use_offscreen_rendering()
 
-from slicer import vtkMRMLMarkupsNode  # noqa: E402
+from slicer import vtkMRMLInteractionNode, vtkMRMLMarkupsNode  # noqa: E402
 from trame.app import TrameApp  # noqa: E402
 from trame.ui.vuetify3 import SinglePageWithDrawerLayout  # noqa: E402
 from trame.widgets import html  # noqa: E402
@@ -271,11 +271,15 @@ class WebViewer(TrameApp):
         self._set_place_mode(needed and self.state.placing)
 
     def _set_place_mode(self, placing: bool) -> None:
+        """A left click places a point; otherwise a left drag sets window/level (Slicer's
+        window/level mouse mode); the wheel scrolls the slices in both."""
         markups = self.slicer_app.markups_logic
         if placing:
             markups.place_node(self.points, persistent=True)
         else:
-            markups.disable_place_mode()
+            markups.interaction_node.SetCurrentInteractionMode(
+                vtkMRMLInteractionNode.AdjustWindowLevel
+            )
 
     def _on_points_changed(self, *_: Any) -> None:
         self._update_inputs()
@@ -426,7 +430,7 @@ class WebViewer(TrameApp):
                     with html.Div(v_if="point_needed", classes="d-flex align-center ga-2"):
                         v3.VSwitch(
                             v_model=("placing",),
-                            label="Click places a point",
+                            label="Click places a point (off: drag sets window/level)",
                             density="compact",
                             hide_details=True,
                             id="placing",
