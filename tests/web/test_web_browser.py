@@ -11,12 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +22,19 @@ pytest.importorskip(
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed: pip install playwright"
 )
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from browser_support import (  # noqa: E402
+    CHROMIUM,
+    VIEWPORT,
+    click_centre,
+    heat_mask,
+    open_viewer,
+    pixels,
+    placed_points,
+    results_row,
+    start_server,
+    stop_server,
+)
+
 if CHROMIUM is None:
     pytest.skip("Chromium is not installed: apt-get install chromium", allow_module_level=True)
 
@@ -37,40 +43,15 @@ from medcnn.phantom import NODULE_CENTER_RAS  # noqa: E402
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 README_PICTURE = REPO / "docs" / "images" / "web_viewer.png"
-VIEWPORT = {"width": 1400, "height": 900}
 TIMEOUT_MS = 300_000
 
 
 @pytest.fixture(scope="module")
 def server_url():
     """``medcnn web`` on the phantom, on a free port of 127.0.0.1, stopped as Ctrl+C stops it."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medcnn", "web", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
-    url = None
-    seen = []
-    deadline = time.monotonic() + 180
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        found = re.search(r"open (http://127\.0\.0\.1:\d+/) in a browser", line)
-        url = found.group(1) if found else None
-    if url is None:
-        process.kill()
-        pytest.fail(f"medcnn web did not announce its address; it said: {''.join(seen)[-3000:]}")
+    process, url = start_server([])
     yield url
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    process.stdout.close()
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -79,59 +60,9 @@ def page(server_url):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
         page.set_default_timeout(TIMEOUT_MS)
-        page.goto(server_url)
-        page.wait_for_function(
-            "() => { const img = document.querySelector('.image-display-area');"
-            " return img && img.naturalWidth > 0; }"
-        )
-        page.wait_for_selector("text=Automatic: the image decides")  # the worker listed them
+        open_viewer(page, server_url)
         yield page
         browser.close()
-
-
-def axial(page):
-    return page.locator(".image-display-area").first  # the CT layout's main view
-
-
-def pixels(page) -> np.ndarray:
-    """The axial view as the browser shows it, (height, width, RGB)."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    png = axial(page).screenshot()
-    return np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
-
-
-def heat_mask(image: np.ndarray) -> np.ndarray:
-    """The heat colours' red to orange: red well above blue and green (grey CT has r = g = b,
-    the nodule's segment and the point are green)."""
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
-    return (red - blue > 40) & (red - green > 20)
-
-
-def click_centre(page) -> tuple[float, float]:
-    box = axial(page).bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(x - 4, y)
-    page.mouse.click(x, y)
-    return box["width"] / 2, box["height"] / 2
-
-
-def placed_points(page) -> list[list[float]]:
-    text = page.locator("#points").inner_text() if page.locator("#points li").count() else ""
-    return [
-        [float(v) for v in found]
-        for found in re.findall(r"R (-?[\d.]+), A (-?[\d.]+), S (-?[\d.]+)", text)
-    ]
-
-
-def results_row(page) -> dict[str, str]:
-    cells = page.locator("#results tbody tr").first.locator("td")
-    return {
-        cells.nth(i).get_attribute("data-column"): cells.nth(i).inner_text()
-        for i in range(cells.count())
-    }
 
 
 def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(page, tmp_path):

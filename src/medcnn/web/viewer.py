@@ -56,6 +56,7 @@ SINGLE_VIEW_LAYOUTS = {
 OUTPUT_TYPES = {".json": "application/json", ".gz": "application/gzip", ".png": "image/png"}
 # How the results table shows a number, by its column's unit (TABLE_COLUMNS)
 NUMBER_FORMATS = {"mm": "{:.1f}", "mL": "{:.2f}", "": "{:.3f}"}
+POINT_COLOR = (0.2, 0.8, 1.0)  # cyan: points stand apart from the heat and the nodule's green
 DISCLAIMER = "Research software: not a medical device, not for clinical use or diagnosis."
 
 
@@ -143,6 +144,9 @@ class WebViewer(TrameApp):
         self.points = self.slicer_app.scene.AddNewNodeByClass(
             "vtkMRMLMarkupsFiducialNode", "Points"
         )
+        self.points.CreateDefaultDisplayNodes()
+        for set_color in ("SetColor", "SetSelectedColor"):  # apart from the heat's red-yellow
+            getattr(self.points.GetDisplayNode(), set_color)(*POINT_COLOR)
         for event in (
             vtkMRMLMarkupsNode.PointPositionDefinedEvent,
             vtkMRMLMarkupsNode.PointModifiedEvent,
