@@ -18,6 +18,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 VIEWPORT = {"width": 1400, "height": 900}
+# A pixel is heat-coloured (the heat map's red to orange) when red exceeds blue and green by
+# these: grey CT has r = g = b, the nodule's segment is green, points are cyan.
+RED_OVER_BLUE, RED_OVER_GREEN = 40, 20
 
 
 def start_server(arguments: list[str], timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
@@ -76,10 +79,9 @@ def pixels(page) -> np.ndarray:
 
 
 def heat_mask(image: np.ndarray) -> np.ndarray:
-    """The heat colours' red to orange: red well above blue and green (grey CT has r = g = b,
-    the nodule's segment and the point are green)."""
+    """Where the image is heat-coloured (``RED_OVER_BLUE``, ``RED_OVER_GREEN``)."""
     red, green, blue = image[..., 0], image[..., 1], image[..., 2]
-    return (red - blue > 40) & (red - green > 20)
+    return (red - blue > RED_OVER_BLUE) & (red - green > RED_OVER_GREEN)
 
 
 def click_centre(page) -> tuple[float, float]:
@@ -105,3 +107,45 @@ def results_row(page) -> dict[str, str]:
         cells.nth(i).get_attribute("data-column"): cells.nth(i).inner_text()
         for i in range(cells.count())
     }
+
+
+# In the page: press Analyze, then read the axial view's every new frame until heat colours
+# cover its centre (where the point is); resolves with the milliseconds since the press.
+ANALYZE_TO_HEAT_JS = """
+async ([redOverBlue, redOverGreen, radiusShare, minimum, timeoutMs]) => {
+  const img = document.querySelector('.image-display-area');
+  const canvas = document.createElement('canvas');
+  const context = canvas.getContext('2d', { willReadFrequently: true });
+  const heatAtCentre = () => {
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    context.drawImage(img, 0, 0);
+    const r = Math.round(radiusShare * canvas.width);
+    const x = canvas.width / 2 - r, y = canvas.height / 2 - r;
+    const data = context.getImageData(x, y, 2 * r, 2 * r).data;
+    let count = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i] - data[i + 2] > redOverBlue && data[i] - data[i + 1] > redOverGreen) count++;
+    }
+    return count >= minimum;
+  };
+  const start = performance.now();
+  document.querySelector('#analyze').click();
+  return await new Promise((resolve, reject) => {
+    const check = () => {
+      const elapsed = performance.now() - start;
+      if (heatAtCentre()) resolve(elapsed);
+      else if (elapsed > timeoutMs) reject(new Error('no heat within the timeout'));
+      else requestAnimationFrame(check);
+    };
+    check();
+  });
+}
+"""
+
+
+def analyze_to_heat_seconds(page, radius_share: float = 0.1, minimum: int = 30) -> float:
+    """Press Analyze and time, in the browser, until the heat is on screen at the view's
+    centre (one frame's resolution)."""
+    arguments = [RED_OVER_BLUE, RED_OVER_GREEN, radius_share, minimum, 120_000]
+    return page.evaluate(ANALYZE_TO_HEAT_JS, arguments) / 1000.0
