@@ -218,6 +218,38 @@ def test_a_radiograph_shows_in_one_view_and_needs_no_point(make_viewer, tmp_path
     assert viewer.state.point_needed is False
     assert "no point is needed" in viewer.state.hint
 
+    run(viewer)  # Analyze, no point: the whole radiograph
+    assert viewer.state.error == ""
+    (row,) = viewer.state.rows
+    assert row["Model"] == "chest_xray_pneumonia" and row["Point"] == "" and row["R"] == ""
+    coronal = viewer.slicer_app.view_manager.get_view("Green")
+    heatmap_id = coronal.get_foreground_volume_id()
+    assert (
+        heatmap_id
+        and viewer.slicer_app.scene.GetNodeByID(heatmap_id).GetAttribute("MedCNN.Role") == "heatmap"
+    )
+
+
+def test_an_uploaded_scan_replaces_the_image_and_its_points(make_viewer, tmp_path):
+    from slicer_test_support import write_nrrd
+
+    from medcnn.phantom import synthetic_chest
+
+    volume = synthetic_chest()
+    scan = write_nrrd(volume.array, volume.affine, tmp_path / "phantom.nrrd")
+    viewer = make_viewer()
+    viewer.open_image(None)
+    view = sized(axial_view(viewer))
+    click(view, np.round(ras_to_xy(view, NODULE_CENTER_RAS)))
+    assert len(viewer.state.points) == 1
+    old = viewer.image.node.GetID()
+    viewer._on_upload([{"name": "../../phantom.nrrd", "content": scan.read_bytes()}])
+    assert viewer.state.error == ""
+    assert viewer.state.image_name.startswith("phantom") and viewer.state.image_note == ""
+    assert viewer.slicer_app.scene.GetNodeByID(old) is None
+    assert viewer.state.points == [] and viewer.state.rows == []
+    assert (viewer.work_dir / "uploads" / "1" / "phantom.nrrd").is_file()  # no way out
+
 
 def test_listening_beyond_this_machine_says_there_is_no_authentication():
     assert web.no_authentication_warning("127.0.0.1") is None
