@@ -307,3 +307,16 @@ def test_the_wheel_scrolls_slices_and_a_drag_sets_window_level_when_not_placing(
     interactor.InvokeEvent(vtkCommand.LeftButtonReleaseEvent)
     assert (display.GetWindow(), display.GetLevel()) != (window, level)
     assert viewer.state.points == []  # no point placed by the drag
+
+
+def test_the_engines_sentence_is_shown_when_it_refuses_a_point(make_viewer):
+    viewer = make_viewer()
+    viewer.open_image(None)
+    view = sized(axial_view(viewer))
+    click(view, (2, 2))  # the view's corner: beyond the phantom's edge
+    (point,) = viewer.state.points
+    run(viewer)
+    assert viewer.state.error == (
+        f"The point {[round(v, 1) for v in point['ras']]} (RAS mm) lies outside the scan."
+    )
+    assert viewer.state.rows == []
