@@ -218,6 +218,9 @@ class WebViewer(TrameApp):
         )
         for view in self.slicer_app.view_manager.get_slice_views():
             view.fit_view_to_content()
+            view.set_visible_in_3d(True)  # the 3D view shows where the slices cut
+        for view in self.slicer_app.view_manager.get_threed_views():
+            view.reset_view()
         if loaded.note == "" or two_d:
             pass
         else:  # the phantom: its nodule under the crosshair of every slice view
