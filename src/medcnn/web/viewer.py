@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medcnn.errors import MedCNNError, UsageError
+from medcnn.phantom import NODULE_CENTER_RAS
 from medcnn.web.images import LoadedImage, load_image, load_phantom, save_upload
 from medcnn.web.setup import extension_library, use_offscreen_rendering
 
@@ -183,7 +184,6 @@ class WebViewer(TrameApp):
                 "opacity": parameters.heatmapOpacity,
                 "threshold": parameters.heatmapThreshold,
                 "upload": None,
-                "loading": False,
             }
         )
         self.state.change("opacity")(self._on_opacity)
@@ -197,18 +197,22 @@ class WebViewer(TrameApp):
     # -- images --------------------------------------------------------------------------------
 
     def open_image(self, path: Path | None) -> None:
-        """Show ``path`` (the phantom when None), replacing the image shown and its points;
-        a failure raises and leaves the scene as it was."""
-        loaded = (
-            load_phantom(self.slicer_app) if path is None else load_image(self.slicer_app, path)
-        )
-        self._show(loaded)
+        """Show ``path`` (the phantom when None), replacing the image shown, its points and
+        results; a failure raises and leaves the scene as it was."""
+        if path is not None:
+            self._show(load_image(self.slicer_app, path))
+            return
+        self._show(load_phantom(self.slicer_app))
+        self.jump_to(NODULE_CENTER_RAS)  # the phantom's nodule at every slice view's centre
 
     def _show(self, loaded: LoadedImage) -> None:
+        if self.task is not None and not self.task.done:
+            self.task.cancel()
         previous = self.image
-        self.image = loaded
         if previous is not None and previous.node is not loaded.node:
+            self._remove_results(previous.node.GetID())
             self.slicer_app.scene.RemoveNode(previous.node)
+        self.image = loaded
         self.points.RemoveAllControlPoints()
         self.slicer_app.display_manager.show_volume_in_slice_background(loaded.node)
         self.slicer_app.display_manager.show_volume_in_slice_foreground(None)
@@ -221,17 +225,13 @@ class WebViewer(TrameApp):
             view.set_visible_in_3d(True)  # the 3D view shows where the slices cut
         for view in self.slicer_app.view_manager.get_threed_views():
             view.reset_view()
-        if loaded.note == "" or two_d:
-            pass
-        else:  # the phantom: its nodule under the crosshair of every slice view
-            from medcnn.phantom import NODULE_CENTER_RAS
-
-            self.jump_to(NODULE_CENTER_RAS)
+        self.outputs = {}
         with self.state:
             self.state.image_name = loaded.name
             self.state.image_note = loaded.note
-            self.state.rows = table_rows(self._table_node())
+            self.state.rows = []
             self.state.outputs = []
+            self.state.message = ""
         self._update_inputs()
 
     def place_point(self, ras: tuple[float, float, float]) -> None:
@@ -376,17 +376,19 @@ class WebViewer(TrameApp):
     def clear_results(self) -> None:
         """Remove MedCNN's results of the image shown from the scene (heatmaps, segments,
         table); its points stay."""
-        if self.task is not None and not self.task.done:
+        if (self.task is not None and not self.task.done) or self.image is None:
             return
-        volume_id = self.image.node.GetID() if self.image is not None else None
-        for node in self.logic.resultNodes():
-            if node.GetAttribute("MedCNN.InputVolumeID") == volume_id:
-                removeNodeWithDependents(self.slicer_app.scene, node)
+        self._remove_results(self.image.node.GetID())
         self.outputs = {}
         with self.state:
             self.state.rows = []
             self.state.outputs = []
             self.state.message = ""
+
+    def _remove_results(self, volume_id: str) -> None:
+        for node in self.logic.resultNodes():
+            if node.GetAttribute("MedCNN.InputVolumeID") == volume_id:
+                removeNodeWithDependents(self.slicer_app.scene, node)
 
     def download(self, name: str) -> Any:
         """One output file of the latest analysis, as an attachment for the browser."""
