@@ -320,3 +320,25 @@ def test_the_engines_sentence_is_shown_when_it_refuses_a_point(make_viewer):
         f"The point {[round(v, 1) for v in point['ras']]} (RAS mm) lies outside the scan."
     )
     assert viewer.state.rows == []
+
+
+def test_medcnn_web_on_a_port_in_use_says_so_in_one_sentence():
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "medcnn", "web", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"medcnn: error: Port {port} on 127.0.0.1 is already in use; choose another with "
+        "--port (0 picks a free one)."
+    )
