@@ -200,9 +200,9 @@ class WebViewer(TrameApp):
         """Show ``path`` (the phantom when None), replacing the image shown, its points and
         results; a failure raises and leaves the scene as it was."""
         if path is not None:
-            self._show(load_image(self.slicer_app, path))
+            self._show(load_image(self.slicer_app, path, self.work_dir / "pictures"))
             return
-        self._show(load_phantom(self.slicer_app))
+        self._show(load_phantom(self.slicer_app, self.work_dir / "pictures"))
         self.jump_to(NODULE_CENTER_RAS)  # the phantom's nodule at every slice view's centre
 
     def _show(self, loaded: LoadedImage) -> None:
@@ -257,7 +257,8 @@ class WebViewer(TrameApp):
         with self.state:
             self.state.error = ""
             try:
-                self._show(load_image(self.slicer_app, save_upload(files, folder)))
+                upload = save_upload(files, folder)
+                self._show(load_image(self.slicer_app, upload, self.work_dir / "pictures"))
             except MedCNNError as error:
                 self.state.error = str(error)
                 shutil.rmtree(folder, ignore_errors=True)
