@@ -55,17 +55,23 @@ def server_url():
 
 
 @pytest.fixture(scope="module")
-def page(server_url):
+def browser():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-        page.set_default_timeout(TIMEOUT_MS)
-        open_viewer(page, server_url)
-        yield page
+        yield browser
         browser.close()
 
 
-def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(page, tmp_path):
+@pytest.fixture(scope="module")
+def page(browser, server_url):
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    open_viewer(page, server_url)
+    yield page
+    page.close()
+
+
+def test_click_analyze_shows_the_result_json_probability_and_the_heat_on_the_nodule(page):
     before = pixels(page)
     assert not heat_mask(before).any()
     centre = click_centre(page)  # the phantom opens with its nodule under every view's centre
@@ -155,26 +161,24 @@ def test_a_file_that_is_not_a_scan_shows_the_sentence_and_leaves_the_scene(page,
     assert page.locator("#results tbody tr").count() == 1
 
 
-def test_a_radiograph_shows_in_one_view_and_is_analysed_whole(tmp_path):
+def test_a_radiograph_shows_in_one_view_and_is_analysed_whole(browser, tmp_path):
     from medcnn.app.demo import ensure_radiograph_phantom
 
     process, url = start_server([str(ensure_radiograph_phantom(tmp_path / "radiograph"))])
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-            page.set_default_timeout(TIMEOUT_MS)
-            open_viewer(page, url)
-            assert page.locator(".image-display-area").count() == 1  # one view
-            assert "no point is needed" in page.locator("#hint").inner_text()
-            assert page.locator("#points").count() == 0
-            page.click("#analyze")
-            page.wait_for_selector("#results tbody tr")
-            row = results_row(page)
-            with page.expect_download() as download:
-                page.click("#downloads >> text=result.json")
-            result = json.loads(Path(download.value.path()).read_text())
-            browser.close()
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        page.set_default_timeout(TIMEOUT_MS)
+        open_viewer(page, url)
+        assert page.locator(".image-display-area").count() == 1  # one view
+        assert "no point is needed" in page.locator("#hint").inner_text()
+        assert page.locator("#points").count() == 0
+        page.click("#analyze")
+        page.wait_for_selector("#results tbody tr")
+        row = results_row(page)
+        with page.expect_download() as download:
+            page.click("#downloads >> text=result.json")
+        result = json.loads(Path(download.value.path()).read_text())
+        page.close()
     finally:
         stop_server(process)
     assert row["Model"] == result["model"]["id"] == "chest_xray_pneumonia"
