@@ -46,14 +46,17 @@ def start_server(arguments: list[str], timeout: float = 180.0) -> tuple[subproce
     raise AssertionError(f"medcnn web did not announce its address; it said: {''.join(seen)}")
 
 
-def stop_server(process: subprocess.Popen) -> None:
-    """As Ctrl+C stops it (the worker goes with it)."""
+def stop_server(process: subprocess.Popen) -> int | None:
+    """As Ctrl+C stops it (the worker goes with it); its exit status, None if it had to be
+    killed."""
     process.send_signal(signal.SIGINT)
     try:
-        process.wait(timeout=30)
+        status: int | None = process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
+        status = None
     process.stdout.close()
+    return status
 
 
 def open_viewer(page, url: str) -> None:

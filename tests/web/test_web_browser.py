@@ -51,7 +51,7 @@ def server_url():
     """``medcnn web`` on the phantom, on a free port of 127.0.0.1, stopped as Ctrl+C stops it."""
     process, url = start_server([])
     yield url
-    stop_server(process)
+    assert stop_server(process) == 0  # Ctrl+C ends it cleanly
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,8 @@ def test_a_radiograph_shows_in_one_view_and_is_analysed_whole(browser, tmp_path)
         result = json.loads(Path(download.value.path()).read_text())
         page.close()
     finally:
-        stop_server(process)
+        status = stop_server(process)
+    assert status == 0
     assert row["Model"] == result["model"]["id"] == "chest_xray_pneumonia"
     assert row["Probability"] == f"{result['probability']:.3f}"
     assert row["Point"] == "" and row["Diameter"] == ""

@@ -9,6 +9,7 @@ screen where that point is, not elsewhere.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 
 import numpy as np
@@ -47,8 +48,13 @@ def make_viewer(monkeypatch, tmp_path):
         return viewer
 
     yield make
+    from trame.app.core import AVAILABLE_SERVERS
+
     for viewer in made:
         viewer.cleanup()
+        AVAILABLE_SERVERS.pop(viewer.server.name, None)
+    made.clear()
+    gc.collect()  # the scenes and views go now, not in the interpreter's teardown
 
 
 def axial_view(viewer: web.WebViewer):

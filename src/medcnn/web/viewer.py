@@ -552,6 +552,8 @@ class WebViewer(TrameApp):
         if self.task is not None and not self.task.done:
             self.task.cancel()
         self.logic.cleanup()
+        for view in self.slicer_app.view_manager.get_views():
+            view.finalize()  # release the offscreen windows' GL contexts now, not at exit
         if self._owns_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
