@@ -19,6 +19,7 @@ pytest.importorskip(
     "trame_slicer", reason='the web extra is not installed: pip install -e ".[web]"'
 )
 
+from browser_support import heat_mask  # noqa: E402
 from slicer_test_support import STANDIN_WORKER, radiograph_matrix  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
@@ -99,7 +100,11 @@ def screen(view) -> np.ndarray:
     image = vtkImageData()
     vtkMRMLLayerDisplayableManager.RenderWindowBufferToImage(view.render_window(), image)
     width, height, _ = image.GetDimensions()
-    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)[..., :3]
+    return (
+        vtk_to_numpy(image.GetPointData().GetScalars())
+        .reshape(height, width, -1)[..., :3]
+        .astype(int)
+    )
 
 
 def run(viewer: web.WebViewer, timeout: float = 120.0) -> None:
@@ -143,10 +148,7 @@ def test_a_click_places_the_point_at_the_ras_of_that_pixel_and_the_heat_lands_th
     assert len(viewer.state.rows) == 1
     assert viewer.state.rows[0]["R"] == f"{placed[0]:.1f}"
 
-    pixels = screen(view).astype(int)
-    red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-    heat = (red - blue > 40) & (red - green > 20)  # the heat map's red to orange, not grey CT
-    rows, columns = np.nonzero(heat)
+    rows, columns = np.nonzero(heat_mask(screen(view)))
     assert len(rows) > 20, "no heat on screen"
     centre = np.array([columns.mean(), rows.mean()])
     distances = np.hypot(columns - pixel[0], rows - pixel[1]) * mm_per_pixel
@@ -154,6 +156,14 @@ def test_a_click_places_the_point_at_the_ras_of_that_pixel_and_the_heat_lands_th
     # voxels (0.8 mm): centred on the click, nowhere beyond its reach
     assert np.linalg.norm(centre - pixel) * mm_per_pixel < 1.0, (centre, pixel)
     assert distances.max() < 5.5, distances.max()
+
+    # the panel's sliders: opacity of the heat in every slice view, heat below the threshold gone
+    viewer._on_opacity(0.8)
+    composites = viewer.slicer_app.scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    opacities = [composites.GetItemAsObject(i).GetForegroundOpacity() for i in range(3)]
+    assert opacities == [0.8, 0.8, 0.8]
+    viewer._on_threshold(0.5)  # the stand-in's heat is above 0.5 within 3.5 voxels, not 5.4
+    assert np.count_nonzero(heat_mask(screen(view))) < 0.7 * len(rows)
 
 
 def test_re_analysing_a_point_replaces_its_row_and_cancel_stops_a_running_analysis(
