@@ -34,7 +34,7 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
-from medcnn.outputs.render import OVERLAY_FOV_MM, overlay_png, overlay_title
+from medcnn.outputs.render import overlay_png, overlay_title
 from medcnn.outputs.result import (
     LUNG_NODULE_MALIGNANCY,
     InputImage,
@@ -166,7 +166,7 @@ class Analyzer:
         total_start = time.perf_counter()
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
-        scan = self._read(image, point_ras, series_uid, timings, overlay)
+        scan = self._read(image, point_ras, series_uid, timings)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
@@ -191,7 +191,7 @@ class Analyzer:
             timings: dict[str, float] = {}
             try:
                 point_ras = checked_point(request.point, request.lps)
-                scan = self._read(request.image, point_ras, None, timings, request.overlay)
+                scan = self._read(request.image, point_ras, None, timings)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
                 outcomes[index] = error
@@ -257,14 +257,11 @@ class Analyzer:
         point_ras: np.ndarray,
         series_uid: str | None,
         timings: dict[str, float],
-        overlay: bool = False,
     ) -> Volume:
         started = time.perf_counter()
-        # Only the slices the network's cube reaches are decoded (DICOM series), or the
-        # overlay's field of view where that is wider.
+        # Only the slices the network's cube reaches are decoded; the overlay is drawn from
+        # them too, so it can never fail on a slice the analysis did not need.
         half_width = self.spec.size * self.spec.spacing_mm / 2.0
-        if overlay:
-            half_width = max(half_width, OVERLAY_FOV_MM / 2.0)
         scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
         timings["read"] = time.perf_counter() - started
         return scan

@@ -7,15 +7,20 @@ Every failure a user can cause ends here as one sentence on stderr and a documen
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from medcnn import __version__
-from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError
+from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, OutputError, UsageError
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
@@ -322,9 +327,9 @@ def answer_line(result: Result) -> str:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from medcnn.outputs.writing import check_output_folder
+    from medcnn.outputs.writing import check_result_folder
 
-    check_output_folder(args.out)
+    check_result_folder(args.out)
     engine = _engine(args)  # loads a model only once the input has chosen it
 
     def report(stage: str, fraction: float) -> None:
@@ -536,18 +541,21 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
-    if not verbose:  # nibabel logs its own repairs of odd headers; our sentence is enough
-        logging.getLogger("nibabel").setLevel(logging.CRITICAL)
+    if not verbose:  # the libraries' own warnings and repairs: our sentence is enough
+        from medcnn.app.quiet import quiet_libraries
+
+        quiet_libraries()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
     try:
-        args = build_parser().parse_args(argv)
-        if not args.command:
-            build_parser().print_help()
-            return 2
-        return COMMANDS[args.command](args)
+        with terminated_as_cancel():
+            args = build_parser().parse_args(argv)
+            if not args.command:
+                build_parser().print_help()
+                return 2
+            return COMMANDS[args.command](args)
     except MedCNNError as error:
         if verbose:
             traceback.print_exc()
@@ -556,16 +564,53 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medcnn: error: {CancelledError('Cancelled by the user.')}", file=sys.stderr)
         return CancelledError.exit_code
+    except OSError as error:
+        if verbose:
+            traceback.print_exc()
+        if error.errno not in DISK_ERRNOS:
+            return unexpected(error)
+        output = OutputError(
+            f"A file cannot be written ({error.strerror}); free some space or choose a folder "
+            "you can write to."
+        )
+        print(f"medcnn: error: {output}", file=sys.stderr)
+        return output.exit_code
     except Exception as error:
         if verbose:
             traceback.print_exc()
-        print(
-            f"medcnn: error: unexpected {type(error).__name__}: {error}. Rerun with --verbose "
-            "and report it.",
-            file=sys.stderr,
-        )
-        return 1
+        return unexpected(error)
 
+
+# Errors of a disk, not of MedCNN: whatever writes, they end as exit code 13.
+DISK_ERRNOS = {getattr(errno, name, -1) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG")}
+
+
+def unexpected(error: BaseException) -> int:
+    print(
+        f"medcnn: error: unexpected {type(error).__name__}: {error}. Rerun with --verbose "
+        "and report it.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+@contextmanager
+def terminated_as_cancel() -> Iterator[None]:
+    """SIGTERM (a process manager stopping MedCNN) cancels like Ctrl-C: the work stops, its
+    staging folder is removed and the exit code is 130. SIGKILL cannot be caught; what it
+    leaves, the next run into the same folder removes (``outputs.writing``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,6 +19,7 @@ from medcnn.bundle import configured_class
 from medcnn.catalog import installed_models, model_of, needs_point
 from medcnn.errors import UsageError
 from medcnn.outputs.result import Result
+from medcnn.outputs.writing import check_result_folder
 from medcnn.reading.dimensions import is_two_dimensional
 
 
@@ -164,6 +165,7 @@ class Engine:
     ) -> Result:
         """Choose the model for the input, run it, write its files; the result as written."""
         chosen, because = choose_model(image, point, model, self.models)
+        check_result_folder(Path(out_dir))  # a folder that cannot take the result stops us now
         return self.analyzer(chosen).analyze_file(
             image, point, out_dir, lps, progress, series_uid, overlay, chosen_because=because
         )
