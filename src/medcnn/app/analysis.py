@@ -47,7 +47,7 @@ from medcnn.outputs.result import (
 )
 from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
 from medcnn.reading import ScanRegion, read_scan
-from medcnn.volume import Volume, ras_point
+from medcnn.volume import MAX_COORDINATE_MM, Volume, ras_point
 
 Progress = Callable[[str, float], None]
 
@@ -107,9 +107,10 @@ def checked_point(point: Sequence[float] | None, lps: bool) -> np.ndarray:
             "--point R A S (millimetres, RAS)."
         )
     values = np.asarray(point, dtype=float).reshape(-1)
-    if values.size != 3 or not np.all(np.isfinite(values)):
+    if values.size != 3 or not np.all(np.abs(values) <= MAX_COORDINATE_MM):  # NaN fails too
         raise UsageError(
-            "The point must be three finite numbers in millimetres, e.g. --point 21.9 120.5 -611.5."
+            "The point must be three finite numbers in millimetres, each within "
+            f"{MAX_COORDINATE_MM:g} of the origin, e.g. --point 21.9 120.5 -611.5."
         )
     return ras_point(values, lps=lps)
 

@@ -612,5 +612,6 @@ def terminated_as_cancel() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,9 @@ allows it."""
 
 from __future__ import annotations
 
+import gzip
+import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import SimpleITK as sitk
 
 from medcnn.errors import GeometryError, UnreadableImageError
 from medcnn.reading.region import ScanRegion, slices_reached, volume_or_slab
+from medcnn.reading.trust import check_grid
 from medcnn.reading.voxels import (
     array_from_sitk,
     check_size,
@@ -67,8 +71,12 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
         ) from err
     shape3 = _three_dimensions(shape, path)
     check_size(int(np.prod(shape3)) * max(2, header_dtype.itemsize), str(path))
-    slope, intercept = image.dataobj.slope, image.dataobj.inter
     affine = np.asarray(image.affine, dtype=float)
+    check_nifti_header(image.header, shape, path)
+    # Without an sform the header's pixdim places the voxels: its numbers must be spacings.
+    by_pixdim = int(image.header["sform_code"]) == 0
+    check_grid(affine, path.name, spacing=image.header["pixdim"][1:4] if by_pixdim else None)
+    slope, intercept = image.dataobj.slope, image.dataobj.inter
     unscaled = slope == 1 and intercept == 0
     # A region reads only its slab of the last (slowest) axis, when no voxel elsewhere can be
     # NaN or beyond the HU range (integer files within int16, unscaled); others are read whole.
@@ -98,6 +106,55 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     return volume_or_slab(array, affine, metadata, first, shape3)
 
 
+def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> None:
+    """Refuse a NIfTI header that disagrees with itself or its file: distances not in
+    millimetres (nibabel's affine assumes them), a ``bitpix`` other than its data type's, or a
+    file shorter than the voxels its header promises (a click reads only a slab, so a file cut
+    after that slab would otherwise pass)."""
+    units = header.get_xyzt_units()[0]
+    if units not in ("unknown", "mm"):
+        raise GeometryError(
+            f"{path.name}'s header gives distances in {units}s, not millimetres; convert it to "
+            "millimetres (for example with 3D Slicer or dcm2niix) and give that file."
+        )
+    dtype = np.dtype(header.get_data_dtype())
+    if int(header["bitpix"]) != dtype.itemsize * 8:
+        raise UnreadableImageError(
+            f"{path.name}'s header contradicts itself: its data type {dtype} has "
+            f"{dtype.itemsize * 8} bits a voxel, its bitpix says {int(header['bitpix'])}; the "
+            "file is corrupt: copy or convert it again."
+        )
+    promised = int(header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    held = stored_bytes(path, promised)
+    if held < promised:
+        raise UnreadableImageError(
+            f"{path} is truncated: its header promises {promised} bytes, the file holds "
+            f"{held}; copy or convert it again."
+        )
+
+
+def stored_bytes(path: Path, promised: int) -> int:
+    """The bytes a NIfTI file holds once decompressed. A gzip file's last four bytes give its
+    length modulo 2**32, so a whole file is told at once; a file whose trailer does not match
+    (cut short, or written in several gzip members) is counted by decompressing it."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() >= 18:
+            handle.seek(-4, os.SEEK_END)
+            if int.from_bytes(handle.read(4), "little") == promised % 2**32:
+                return promised
+    held = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                held += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass  # cut short: what came out before the cut is what the file holds
+    return held
+
+
 def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = None) -> Volume:
     """NRRD or MetaImage through ITK, whose LPS geometry becomes RAS here.
 
@@ -122,6 +179,8 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             "or colour image); MedCNN needs a single grey-level 3D CT volume."
         )
     shape3 = _three_dimensions(size, path)
+    if len(size) == 3:
+        check_grid(lps_affine(reader), path.name, spacing=reader.GetSpacing())
     voxel_bytes = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
     first, count = 0, shape3[2]
@@ -144,6 +203,7 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             ) from err
         if image.GetDimension() == 4:
             image = image[:, :, :, 0]
+            check_grid(lps_affine(image), path.name, spacing=image.GetSpacing())
         array, low, high = array_from_sitk(image)
     warnings = value_warnings(array, low, high, modality_known=False)
     metadata = scan_metadata(path, image_format, None, warnings)

@@ -60,6 +60,7 @@ from medcnn.reading.dicom import (
     what_modality,
 )
 from medcnn.reading.image_files import format_of, lps_affine
+from medcnn.reading.trust import check_grid, check_regular_file
 from medcnn.reading.voxels import first_line
 from medcnn.volume import LPS_TO_RAS, Volume
 
@@ -134,6 +135,8 @@ def read_radiograph(path: Path | str) -> Radiograph:
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist; check the path to the radiograph.")
+    if not path.is_dir():
+        check_regular_file(path)  # a pipe or device would block the reader forever
     if path.is_dir() or path.name.upper() == "DICOMDIR":
         radiograph = read_dicom_radiograph(
             single_dicom_image(path if path.is_dir() else path.parent)
@@ -144,6 +147,7 @@ def read_radiograph(path: Path | str) -> Radiograph:
         radiograph = read_image_file(path, image_format)
     else:
         radiograph = read_dicom_radiograph(path)
+    check_grid(radiograph.grid.affine, path.name, axes=2)
     check_values(radiograph.pixels, path.name)
     return radiograph
 
