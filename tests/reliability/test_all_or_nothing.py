@@ -49,9 +49,11 @@ def test_the_overlay_needs_no_slice_the_analysis_did_not_read(
     overlay's field, outside the network's cube) is analysed whole, overlay included."""
     series = tmp_path / "series"
     shutil.copytree(phantom["dicom_dir"], series)
-    slices = sorted(
-        series.iterdir(), key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2])
-    )
+
+    def height(path: Path) -> float:
+        return float(pydicom.dcmread(path).ImagePositionPatient[2])
+
+    slices = sorted(series.iterdir(), key=height)
     far = slices[20]  # z = -140.25 mm; the nodule is at -103.9
     far.write_bytes(far.read_bytes()[:-20000])
     run = run_cli(capsys, *analyze_args(series, tmp_path / "out", tmp_bundle, "--overlay"))
