@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.openers import ImageOpener
 
 from medcnn.errors import GeometryError, UnreadableImageError
 from medcnn.reading.region import ScanRegion, slices_reached, volume_or_slab
@@ -72,10 +74,10 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     shape3 = _three_dimensions(shape, path)
     check_size(int(np.prod(shape3)) * max(2, header_dtype.itemsize), str(path))
     affine = np.asarray(image.affine, dtype=float)
-    check_nifti_header(image.header, shape, path)
+    stored = check_nifti_header(image.header, shape, path)
     # Without an sform the header's pixdim places the voxels: its numbers must be spacings.
-    by_pixdim = int(image.header["sform_code"]) == 0
-    check_grid(affine, path.name, spacing=image.header["pixdim"][1:4] if by_pixdim else None)
+    by_pixdim = int(stored["sform_code"]) == 0
+    check_grid(affine, path.name, spacing=stored["pixdim"][1:4] if by_pixdim else None)
     slope, intercept = image.dataobj.slope, image.dataobj.inter
     unscaled = slope == 1 and intercept == 0
     # A region reads only its slab of the last (slowest) axis, when no voxel elsewhere can be
@@ -106,11 +108,14 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     return volume_or_slab(array, affine, metadata, first, shape3)
 
 
-def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> None:
+def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> Any:
     """Refuse a NIfTI header that disagrees with itself or its file: distances not in
     millimetres (nibabel's affine assumes them), a ``bitpix`` other than its data type's, or a
     file shorter than the voxels its header promises (a click reads only a slab, so a file cut
-    after that slab would otherwise pass)."""
+    after that slab would otherwise pass). Returns the header as stored: nibabel repairs some
+    fields as it loads (a pixdim of 0 becomes 1), which would hide what the file says."""
+    with ImageOpener(str(path)) as handle:
+        header = type(header).from_fileobj(handle, check=False)
     units = header.get_xyzt_units()[0]
     if units not in ("unknown", "mm"):
         raise GeometryError(
@@ -131,6 +136,7 @@ def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> None:
             f"{path} is truncated: its header promises {promised} bytes, the file holds "
             f"{held}; copy or convert it again."
         )
+    return header
 
 
 def stored_bytes(path: Path, promised: int) -> int:
@@ -181,6 +187,7 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
     shape3 = _three_dimensions(size, path)
     if len(size) == 3:
         check_grid(lps_affine(reader), path.name, spacing=reader.GetSpacing())
+        check_grid(lps_affine(reader), path.name, spacing=nrrd_spacings(path))
     voxel_bytes = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
     first, count = 0, shape3[2]
@@ -225,6 +232,25 @@ def _raw_nrrd_slab(
     size = tuple(int(n) for n in reader.GetSize())
     if count >= size[2]:
         return None
+    header = nrrd_header(path)
+    if header is None:
+        return None
+    fields, offset = header
+    if fields.get("encoding") != "raw" or _NRRD_DETACHED_OR_SKIPPED & set(fields):
+        return None
+    dtype = np.dtype(_NRRD_PIXEL_DTYPES[reader.GetPixelID()])
+    dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
+    if path.stat().st_size != offset + int(np.prod(size)) * dtype.itemsize:
+        return None
+    voxels = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])
+    slab = np.array(voxels[first : first + count], dtype=dtype.newbyteorder("="))
+    del voxels
+    return slab.transpose(2, 1, 0)
+
+
+def nrrd_header(path: Path) -> tuple[dict[str, str], int] | None:
+    """An attached NRRD header's fields (names and values in lower case) and where the voxels
+    start; None when the file does not begin with one."""
     with open(path, "rb") as handle:
         head = handle.read(_NRRD_HEADER_LIMIT)
     end = head.find(b"\n\n")
@@ -235,17 +261,27 @@ def _raw_nrrd_slab(
         key, colon, value = line.partition(": ")
         if colon and not line.startswith("#"):
             fields[key.strip().lower()] = value.strip().lower()
-    if fields.get("encoding") != "raw" or _NRRD_DETACHED_OR_SKIPPED & set(fields):
+    return fields, end + 2
+
+
+def nrrd_spacings(path: Path) -> list[float] | None:
+    """The spacings an NRRD header states (the lengths of its space directions, or its
+    ``spacings``), as written: ITK quietly replaces some it cannot use (1e300 by 1)."""
+    header = nrrd_header(path) if path.name.lower().endswith(".nrrd") else None
+    if header is None:
         return None
-    dtype = np.dtype(_NRRD_PIXEL_DTYPES[reader.GetPixelID()])
-    dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
-    offset = end + 2
-    if path.stat().st_size != offset + int(np.prod(size)) * dtype.itemsize:
-        return None
-    voxels = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])
-    slab = np.array(voxels[first : first + count], dtype=dtype.newbyteorder("="))
-    del voxels
-    return slab.transpose(2, 1, 0)
+    fields = header[0]
+    try:
+        if "space directions" in fields:
+            vectors = re.findall(r"\(([^)]*)\)", fields["space directions"])
+            return [
+                float(np.linalg.norm([float(v) for v in vector.split(",")])) for vector in vectors
+            ]
+        if "spacings" in fields:
+            return [float(v) for v in fields["spacings"].split() if v != "nan"]
+    except ValueError:
+        return None  # ITK says what is wrong with such a header
+    return None
 
 
 def lps_affine(source: sitk.Image | sitk.ImageFileReader) -> np.ndarray:

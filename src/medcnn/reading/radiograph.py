@@ -59,7 +59,7 @@ from medcnn.reading.dicom import (
     tag_value,
     what_modality,
 )
-from medcnn.reading.image_files import format_of, lps_affine
+from medcnn.reading.image_files import check_nifti_header, format_of, lps_affine
 from medcnn.reading.trust import check_grid, check_regular_file
 from medcnn.reading.voxels import first_line
 from medcnn.volume import LPS_TO_RAS, Volume
@@ -305,6 +305,7 @@ def _nifti_values(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The voxels (scaled as the header says) as float32 (i, j, k), and the RAS affine."""
     try:
         image: Any = nib.load(path)  # a NIfTI image; nibabel types it as any file
+        check_nifti_header(image.header, image.shape, path)
         shape3 = _plane_shape(tuple(int(n) for n in image.shape), path.name)
         array = np.asanyarray(image.dataobj)
     except MedCNNError:

@@ -58,14 +58,7 @@ def check_grid(
     numbers where it has them, must be in that range too (a negative one would mirror the
     image silently)."""
     if spacing is not None:
-        given = np.asarray(spacing, dtype=float)
-        if not np.all(np.isfinite(given)) or given.min() <= 0:
-            shown = ", ".join(f"{s:.4g}" for s in given)
-            raise GeometryError(
-                f"{name} has voxel spacings of {shown} mm in its header; a spacing must be a "
-                "positive number, so its geometry is corrupt: export or convert the image again "
-                "with its true spacing."
-            )
+        check_spacing(spacing, name)
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise GeometryError(
@@ -73,14 +66,8 @@ def check_grid(
             "place in the patient is unknown; export or convert the image again."
         )
     columns = affine[:3, :axes]
-    lengths = np.linalg.norm(columns, axis=0)
-    if np.any(lengths < MIN_SPACING_MM) or np.any(lengths > MAX_SPACING_MM):
-        shown = ", ".join(f"{s:.4g}" for s in lengths)
-        raise GeometryError(
-            f"{name} has voxel spacings of {shown} mm in its header, outside "
-            f"{MIN_SPACING_MM:g}-{MAX_SPACING_MM:g} mm, so its geometry is corrupt; export or "
-            "convert the image again with its true spacing."
-        )
+    lengths = np.hypot.reduce(columns, axis=0)  # no overflow for a spacing of 1e300
+    check_spacing(lengths, name)
     directions = columns / lengths
     cosines = np.abs(directions.T @ directions - np.eye(axes))
     if cosines.max() > ORTHOGONALITY_TOLERANCE:
@@ -95,4 +82,16 @@ def check_grid(
             f"{name}'s origin lies {np.abs(affine[:3, 3]).max():.3g} mm from the scanner's "
             f"centre, beyond {MAX_COORDINATE_MM:g} mm, so its geometry is corrupt; export or "
             "convert the image again."
+        )
+
+
+def check_spacing(spacing: Sequence[float] | np.ndarray, name: str) -> None:
+    """Refuse voxel spacings outside [MIN_SPACING_MM, MAX_SPACING_MM] (NaN and negatives too)."""
+    given = np.asarray(spacing, dtype=float)
+    if not np.all((given >= MIN_SPACING_MM) & (given <= MAX_SPACING_MM)):
+        shown = ", ".join(f"{s:.4g}" for s in given)
+        raise GeometryError(
+            f"{name} has voxel spacings of {shown} mm; a spacing must lie between "
+            f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm, so its geometry is corrupt: export "
+            "or convert the image again with its true spacing."
         )
