@@ -513,7 +513,7 @@ def _stack_geometry(
     step = _check_regular_spacing(distances[order])
 
     lps = plane_lps_affine(orientations[0], pixel_spacings[0], positions[order[0]], step)
-    check_grid(lps, "The DICOM series", spacing=(*pixel_spacings[0], step))
+    check_grid(lps, "the DICOM series", spacing=(*pixel_spacings[0], step))
     return ordered, LPS_TO_RAS @ lps, warnings
 
 

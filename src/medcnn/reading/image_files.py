@@ -18,7 +18,7 @@ from nibabel.openers import ImageOpener
 
 from medcnn.errors import GeometryError, UnreadableImageError
 from medcnn.reading.region import ScanRegion, slices_reached, volume_or_slab
-from medcnn.reading.trust import check_grid
+from medcnn.reading.trust import check_grid, check_stored_bytes
 from medcnn.reading.voxels import (
     array_from_sitk,
     check_size,
@@ -130,12 +130,7 @@ def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> Any:
             "file is corrupt: copy or convert it again."
         )
     promised = int(header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
-    held = stored_bytes(path, promised)
-    if held < promised:
-        raise UnreadableImageError(
-            f"{path} is truncated: its header promises {promised} bytes, the file holds "
-            f"{held}; copy or convert it again."
-        )
+    check_stored_bytes(path, promised, stored_bytes(path, promised))
     return header
 
 
@@ -185,6 +180,8 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             "or colour image); MedCNN needs a single grey-level 3D CT volume."
         )
     shape3 = _three_dimensions(size, path)
+    if image_format == "mha":
+        check_metaimage_bytes(path)
     if len(size) == 3:
         check_grid(lps_affine(reader), path.name, spacing=reader.GetSpacing())
         check_grid(lps_affine(reader), path.name, spacing=nrrd_spacings(path))
@@ -248,6 +245,51 @@ def _raw_nrrd_slab(
     return slab.transpose(2, 1, 0)
 
 
+# Bytes of a MetaImage element type.
+_MET_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_FLOAT": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_DOUBLE": 8,
+}
+
+
+def check_metaimage_bytes(path: Path) -> None:
+    """Refuse an uncompressed MetaImage whose voxels (in the file, or the one data file it
+    names) are fewer than its header promises; ITK's streaming reads only a click's slab."""
+    fields, start = {}, 0
+    with open(path, "rb") as handle:
+        for raw in iter(lambda: handle.readline(4096), b""):
+            key, equals, value = raw.decode("latin-1").partition("=")
+            if equals:
+                fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                start = handle.tell()
+                break
+    try:
+        element = _MET_BYTES[fields["elementtype"].upper()]
+        voxels = int(np.prod([int(n) for n in fields["dimsize"].split()]))
+        channels = int(fields.get("elementnumberofchannels", "1"))
+        source = fields["elementdatafile"]
+    except (KeyError, ValueError):
+        return  # ITK says what is wrong with such a header
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    if compressed or fields.get("headersize", "0") != "0" or " " in source or "%" in source:
+        return  # compressed data are checked as they are decompressed; lists are ITK's
+    promised = voxels * element * channels
+    if source.upper() == "LOCAL":
+        check_stored_bytes(path, start + promised, path.stat().st_size)
+    else:
+        data = path.parent / source
+        check_stored_bytes(data, promised, data.stat().st_size if data.is_file() else 0)
+
+
 def nrrd_header(path: Path) -> tuple[dict[str, str], int] | None:
     """An attached NRRD header's fields (names and values in lower case) and where the voxels
     start; None when the file does not begin with one."""
@@ -275,7 +317,7 @@ def nrrd_spacings(path: Path) -> list[float] | None:
         if "space directions" in fields:
             vectors = re.findall(r"\(([^)]*)\)", fields["space directions"])
             return [
-                float(np.linalg.norm([float(v) for v in vector.split(",")])) for vector in vectors
+                float(np.hypot.reduce([float(v) for v in vector.split(",")])) for vector in vectors
             ]
         if "spacings" in fields:
             return [float(v) for v in fields["spacings"].split() if v != "nan"]

@@ -62,7 +62,7 @@ def check_grid(
     affine = np.asarray(affine, dtype=float)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise GeometryError(
-            f"{name} has a geometry with missing or infinite numbers in its header, so its "
+            f"The geometry of {name} has missing or infinite numbers in its header, so its "
             "place in the patient is unknown; export or convert the image again."
         )
     columns = affine[:3, :axes]
@@ -73,13 +73,13 @@ def check_grid(
     if cosines.max() > ORTHOGONALITY_TOLERANCE:
         angle = float(np.degrees(np.arcsin(min(1.0, float(cosines.max())))))
         raise GeometryError(
-            f"{name}'s voxel axes are not perpendicular (sheared by about {angle:.2g} degrees), "
-            "so it is not a regular grid MedCNN can place; resample it to a regular grid (for "
-            "example with dcm2niix or 3D Slicer) and give that file."
+            f"The voxel axes of {name} are not perpendicular (sheared by about {angle:.2g} "
+            "degrees), so it is not a regular grid MedCNN can place; resample it to a regular "
+            "grid (for example with dcm2niix or 3D Slicer) and give that file."
         )
     if np.abs(affine[:3, 3]).max() > MAX_COORDINATE_MM:
         raise GeometryError(
-            f"{name}'s origin lies {np.abs(affine[:3, 3]).max():.3g} mm from the scanner's "
+            f"The origin of {name} lies {np.abs(affine[:3, 3]).max():.3g} mm from the scanner's "
             f"centre, beyond {MAX_COORDINATE_MM:g} mm, so its geometry is corrupt; export or "
             "convert the image again."
         )
@@ -91,7 +91,17 @@ def check_spacing(spacing: Sequence[float] | np.ndarray, name: str) -> None:
     if not np.all((given >= MIN_SPACING_MM) & (given <= MAX_SPACING_MM)):
         shown = ", ".join(f"{s:.4g}" for s in given)
         raise GeometryError(
-            f"{name} has voxel spacings of {shown} mm; a spacing must lie between "
+            f"The voxel spacings of {name} are {shown} mm; a spacing must lie between "
             f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm, so its geometry is corrupt: export "
             "or convert the image again with its true spacing."
+        )
+
+
+def check_stored_bytes(path: Path, promised: int, held: int) -> None:
+    """Refuse a file that holds fewer bytes than its header promises: a click reads only the
+    slab around its point, so a file cut after that slab would otherwise pass."""
+    if held < promised:
+        raise UnreadableImageError(
+            f"{path} is truncated: its header promises {promised} bytes, the file holds "
+            f"{held}; copy or convert it again."
         )
