@@ -28,7 +28,7 @@ class InputNotFoundError(MedCNNError):
 
 
 class UnreadableImageError(MedCNNError):
-    """The file exists but is not an image MedCNN can read, or it is truncated or corrupt."""
+    """The file is not a regular image file MedCNN can read, or it is truncated or corrupt."""
 
     exit_code = 4
 
@@ -46,7 +46,7 @@ class NotCTError(MedCNNError):
 
 
 class GeometryError(MedCNNError):
-    """The scan is not a usable 3D volume: 2D, 4D, too thin, tilted, missing or uneven slices."""
+    """The scan is not a usable 3D volume: 2D, 4D, too thin, tilted, uneven, or a corrupt grid."""
 
     exit_code = 7
 
@@ -82,7 +82,7 @@ class BatchIncompleteError(MedCNNError):
 
 
 class OutputError(MedCNNError):
-    """The output folder cannot be written (no space left, no permission, or it is a file)."""
+    """The output cannot be written: no space or permission, a file, or a folder of other files."""
 
     exit_code = 13
 
