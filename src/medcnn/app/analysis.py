@@ -110,7 +110,7 @@ def checked_point(point: Sequence[float] | None, lps: bool) -> np.ndarray:
     if values.size != 3 or not np.all(np.abs(values) <= MAX_COORDINATE_MM):  # NaN fails too
         raise UsageError(
             "The point must be three finite numbers in millimetres, each within "
-            f"{MAX_COORDINATE_MM:g} of the origin, e.g. --point 21.9 120.5 -611.5."
+            f"{MAX_COORDINATE_MM:g} mm of the origin, e.g. --point 21.9 120.5 -611.5."
         )
     return ras_point(values, lps=lps)
 
