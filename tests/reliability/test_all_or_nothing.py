@@ -208,6 +208,15 @@ def test_the_earlier_result_set_aside_by_a_killed_swap_is_put_back(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
+def test_a_run_into_another_folder_beside_cleans_up_too(tmp_path: Path) -> None:
+    """3D Slicer gives each click a new folder: the next click's commit removes what a killed
+    one left beside it."""
+    commit_twice_then(tmp_path, "while writing")
+    with staged_output(tmp_path / "next_click") as staging:
+        (staging / RESULT).write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["next_click", "out"]
+
+
 def test_a_live_run_s_staging_folder_is_not_taken_for_a_leftover(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with staged_output(out) as first:

@@ -172,6 +172,21 @@ def test_an_unreadable_slice_is_said_to_be_unreadable(tmp_path: Path) -> None:
     assert "missing" not in str(caught.value) and "truncated" not in str(caught.value)
 
 
+def test_a_slice_without_read_permission_is_said_so_even_for_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root reads any file, so the permission is taken away where MedCNN asks for it."""
+    paths = write_dicom_series(Volume(ct_array(), AFFINE), tmp_path / "series")
+    real_access = os.access
+    monkeypatch.setattr(
+        "medcnn.reading.trust.os.access",
+        lambda path, mode: Path(path) != paths[5] and real_access(path, mode),
+    )
+    with pytest.raises(UnreadableImageError, match="permission denied") as caught:
+        read_scan(tmp_path / "series")
+    assert paths[5].name in str(caught.value) and "missing" not in str(caught.value)
+
+
 def test_a_huge_rescale_slope_is_one_line_on_stderr(tmp_bundle: Path, tmp_path: Path) -> None:
     """The issue's example: RescaleSlope 1e39 ends with exit 4, and numpy's RuntimeWarning
     lines do not come first: nothing but MedCNN's sentence reaches stderr."""

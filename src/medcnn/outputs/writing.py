@@ -8,8 +8,9 @@ in it, so no file of an earlier run (an ``overlay.png``) stays beside the new re
 that holds anything else is refused before the work, so MedCNN never deletes files it did not
 write. Two runs into one ``--out`` each stage their own folder and swap it in under a lock on
 the parent folder, so the folder ends as one run's result, whole. A run killed on the way
-(SIGKILL leaves no chance to clean up) leaves only its hidden folder, which the next run into
-the same ``--out`` removes; a failure leaves nothing, not even the parent folders it made.
+(SIGKILL leaves no chance to clean up) leaves only its hidden folder, which the next run into a
+folder of the same parent removes; a failure leaves nothing, not even the parent folders it
+made.
 
 ``staged_output`` is the one commit path: it gives a staging folder and commits it whole.
 ``write_outputs`` writes an analysis (``result.json``, volumes, pictures) through it.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -41,6 +43,9 @@ except ImportError:  # pragma: no cover - Windows: no lock; the folder rename is
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
 OVERLAY, HEATMAP_PNG = "overlay.png", "heatmap.png"
 STAGING_MARK, REPLACED_MARK = ".partial-", ".replaced-"
+# The hidden folders beside an output folder NAME: ``.NAME.partial-XXXXXXXX`` while a run
+# writes, ``.NAME.replaced-XXXXXXXX`` (the earlier result) for the moment of a swap.
+LEFTOVER = re.compile(r"^\.(?P<name>.+)(?P<mark>\.partial-|\.replaced-)[0-9a-f]{8}$")
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
@@ -153,18 +158,22 @@ def commit(staging: Path, out_dir: Path, option: str = "--out") -> None:
 
 
 def remove_leftovers(out_dir: Path) -> None:
-    """Remove what killed runs into ``out_dir`` left beside it (called under ``parent_lock``):
-    staging folders no live process holds, and an earlier result set aside during a swap,
-    which is put back when the swap never finished."""
+    """Remove what killed runs left beside ``out_dir`` (called under ``parent_lock``), for any
+    output folder of this parent (3D Slicer gives each click a new one): staging folders no
+    live process holds, and an earlier result set aside during a swap, which is put back
+    where the swap never finished."""
     for entry in list(os.scandir(out_dir.parent)):
-        path = Path(entry.path)
-        if entry.name.startswith(f".{out_dir.name}{STAGING_MARK}") and not held(path):
+        match = LEFTOVER.match(entry.name)
+        if match is None or not entry.is_dir(follow_symlinks=False):
+            continue
+        path, target = Path(entry.path), out_dir.parent / match["name"]
+        if match["mark"] == STAGING_MARK and not held(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.name.startswith(f".{out_dir.name}{REPLACED_MARK}"):
-            if out_dir.exists():
+        elif match["mark"] == REPLACED_MARK:
+            if target.exists():
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                os.rename(path, out_dir)
+                os.rename(path, target)
 
 
 @contextmanager
