@@ -45,6 +45,8 @@ OVERLAY, HEATMAP_PNG = "overlay.png", "heatmap.png"
 STAGING_MARK, REPLACED_MARK = ".partial-", ".replaced-"
 # The hidden folders beside an output folder NAME: ``.NAME.partial-XXXXXXXX`` while a run
 # writes, ``.NAME.replaced-XXXXXXXX`` (the earlier result) for the moment of a swap.
+# A file system without flock (some network ones): runs then go unlocked, the rename still one step.
+NO_LOCKS = {getattr(errno, name, -1) for name in ("ENOLCK", "EOPNOTSUPP", "ENOTSUP", "EINVAL")}
 LEFTOVER = re.compile(r"^\.(?P<name>.+)(?P<mark>\.partial-|\.replaced-)[0-9a-f]{8}$")
 
 
@@ -131,7 +133,8 @@ def staged_output(out_dir: Path, option: str = "--out") -> Iterator[Path]:
                 f"or choose another folder for {option}."
             ) from error
         finally:
-            os.close(alive)
+            if alive is not None:
+                os.close(alive)
     finally:
         if not committed:
             if staging is not None:
@@ -179,38 +182,49 @@ def remove_leftovers(out_dir: Path) -> None:
 @contextmanager
 def parent_lock(out_dir: Path) -> Iterator[None]:
     """An exclusive lock on ``out_dir``'s parent folder, for the short steps that look at or
-    rename the folders beside ``out_dir``."""
+    rename the folders beside ``out_dir`` (none where the system has no such locks)."""
     if fcntl is None:  # pragma: no cover - Windows
         yield
         return
     descriptor = os.open(out_dir.parent, os.O_RDONLY)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as error:
+            if error.errno not in NO_LOCKS:
+                raise
         yield
     finally:
         os.close(descriptor)
 
 
-def hold(folder: Path) -> int:
-    """Lock ``folder`` for as long as the returned descriptor is open (or the process lives)."""
+def hold(folder: Path) -> int | None:
+    """Lock ``folder`` for as long as the returned descriptor is open (or the process lives);
+    None where the system has no such locks (Windows, some network file systems)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
     descriptor = os.open(folder, os.O_RDONLY)
-    if fcntl is not None:
+    try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in NO_LOCKS:
+            os.close(descriptor)
+            raise
     return descriptor
 
 
 def held(folder: Path) -> bool:
-    """Whether a live run holds ``folder`` (``hold``); without locks, assume it does not."""
+    """Whether a live run may hold ``folder`` (``hold``); where no lock can tell, it may."""
     if fcntl is None:  # pragma: no cover - Windows
-        return False
+        return True
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
         return False
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        return error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    except OSError as error:  # held, or no locks here to tell: kept either way
+        return error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, *NO_LOCKS)
     finally:
         os.close(descriptor)
     return False
