@@ -59,9 +59,7 @@ class RadiographCommands:
         from medcnn.training.evaluation import json_safe
         from medcnn.xray.training.evaluation import FolderEvaluator
 
-        data = args.data or Path(
-            read_config(self.bundle_dir, "evaluate.json")["data_dir"]
-        )
+        data = args.data or Path(read_config(self.bundle_dir, "evaluate.json")["data_dir"])
         metrics = FolderEvaluator(
             data, args.out, args.bundle, args.trust_bundle, held_out=args.held_out
         ).run()
