@@ -24,6 +24,7 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from radiograph_files import write_dicom
 from reliability_support import assert_one_clear_sentence, run_cli
 
 from medcnn.errors import GeometryError, MedCNNError, UnreadableImageError
@@ -249,6 +250,28 @@ def test_a_nrrd_whose_spacing_itk_would_quietly_replace_is_refused(tmp_path: Pat
     path.write_bytes(text[:start] + b"space directions: (1e300,0,0) (0,1,0) (0,0,1)" + text[end:])
     with pytest.raises(GeometryError, match="1e\\+300"):
         read_scan(path)
+
+
+@pytest.mark.parametrize("spacing", [[0, 0], [-0.14, 0.14], [1e9, 1e9]])
+def test_a_radiograph_s_spacing_that_cannot_be_true_is_refused(
+    spacing: list, tmp_path: Path
+) -> None:
+    """Before, a PixelSpacing of 0 was taken for an absent one (1 mm assumed, in silence)."""
+    pixels = np.random.default_rng(0).integers(0, 4095, size=(256, 256)).astype(np.uint16)
+    path = write_dicom(tmp_path / "chest.dcm", pixels, bits_stored=12, PixelSpacing=spacing)
+    with pytest.raises(GeometryError, match="PixelSpacing"):
+        read_radiograph(path)
+
+
+def test_a_one_slice_nifti_radiograph_with_zero_pixdim_is_refused(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 4095, size=(256, 256, 1)).astype(np.int16)
+    nib.save(nib.Nifti1Image(pixels, np.eye(4)), tmp_path / "chest.nii")
+    raw = (tmp_path / "chest.nii").read_bytes()
+    stored = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=False)
+    stored["sform_code"], stored["pixdim"] = 0, [1, 0, 0, 1, 1, 1, 1, 1]
+    (tmp_path / "chest.nii").write_bytes(stored.binaryblock + raw[len(stored.binaryblock) :])
+    with pytest.raises(GeometryError, match="0, 0"):
+        read_radiograph(tmp_path / "chest.nii")
 
 
 # --- a generator of broken headers, driven by hypothesis ----------------------------------------

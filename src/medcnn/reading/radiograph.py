@@ -59,8 +59,8 @@ from medcnn.reading.dicom import (
     tag_value,
     what_modality,
 )
-from medcnn.reading.image_files import check_nifti_header, format_of, lps_affine
-from medcnn.reading.trust import check_grid, check_regular_file
+from medcnn.reading.image_files import check_nifti_header, format_of, lps_affine, nrrd_spacings
+from medcnn.reading.trust import check_grid, check_regular_file, check_spacing
 from medcnn.reading.voxels import first_line
 from medcnn.volume import LPS_TO_RAS, Volume
 
@@ -255,6 +255,7 @@ def read_image_file(path: Path, image_format: str) -> Radiograph:
         array, affine = _nifti_values(path)
     else:
         array, affine = _itk_values(path, image_format)
+        check_spacing(nrrd_spacings(path) or [1.0], path.name)  # as written: ITK may replace
     plane, plane_affine = _one_plane(array, affine)
     spacing = np.linalg.norm(plane_affine[:3, :2], axis=0)
     return from_pixels(
@@ -305,7 +306,10 @@ def _nifti_values(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The voxels (scaled as the header says) as float32 (i, j, k), and the RAS affine."""
     try:
         image: Any = nib.load(path)  # a NIfTI image; nibabel types it as any file
-        check_nifti_header(image.header, image.shape, path)
+        stored = check_nifti_header(image.header, image.shape, path)
+        if int(stored["sform_code"]) == 0:  # pixdim places the pixels: spacings, as stored
+            in_plane = [n > 1 for n in tuple(image.shape)[:3]]
+            check_spacing(np.asarray(stored["pixdim"][1:4])[: len(in_plane)][in_plane], path.name)
         shape3 = _plane_shape(tuple(int(n) for n in image.shape), path.name)
         array = np.asanyarray(image.dataobj)
     except MedCNNError:
@@ -595,10 +599,12 @@ def _dicom_geometry(ds: Dataset) -> tuple[np.ndarray, str | None, list[str]]:
 
 
 def _dicom_spacing(ds: Dataset) -> tuple[tuple[float, float], str | None]:
-    """(row spacing, column spacing) in mm and the tag it came from; 1 mm and None if unknown."""
+    """(row spacing, column spacing) in mm and the tag it came from; 1 mm and None if unknown.
+    A spacing that is there but cannot be true (0, negative, absurd) is refused, not ignored."""
     for name in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = tag_floats(tag_value(ds, name), 2)
-        if spacing is not None and np.all(spacing > 0):
+        if spacing is not None:
+            check_spacing(spacing, f"The radiograph's {name}")
             return (float(spacing[0]), float(spacing[1])), name
     return (1.0, 1.0), None
 
