@@ -6,6 +6,7 @@ an exit code or a message. Exit codes are listed in the README's "When things go
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -134,3 +135,19 @@ EXIT_CODES_BY_NAME: dict[str, int] = {
     "internal_error": MedCNNError.exit_code,
     **{error_name(cls): cls.exit_code for cls in USER_ERRORS},
 }
+
+
+# Errors of a disk, not of MedCNN: whatever writes (an output, a phantom, a cache), they are
+# the user's to fix, exit code 13.
+DISK_ERRNOS = frozenset(getattr(errno, name, -1) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG"))
+
+
+def disk_error(error: BaseException) -> OutputError | None:
+    """A full, read-only or over-quota disk's ``OSError`` as one sentence with exit code 13;
+    None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in DISK_ERRNOS:
+        return None
+    return OutputError(
+        f"A file cannot be written ({error.strerror}); free some space or choose a folder you "
+        "can write to."
+    )

@@ -5,6 +5,7 @@ they are parsed. Hypothesis writes lines no one thought of."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -207,3 +208,17 @@ def test_any_bracket_soup_is_answered(tokens: list[str]) -> None:
         assert_refused(line)
     else:  # a blank line is skipped, unanswered
         assert serve_lines(line)[0] == []
+
+
+def test_a_full_disk_is_exit_13_in_the_worker_too() -> None:
+    """ENOSPC anywhere in an analysis is the disk's, not an "unexpected" error."""
+
+    class FullDisk:
+        def analyze_file(self, *args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = io.StringIO()
+    line = json.dumps({"id": "x", "image": "scan.nrrd", "point": [1, 2, 3], "out": "o"})
+    serve(FullDisk(), iter([line]), Channel(out), (MedCNNError,))
+    message = json.loads(out.getvalue())
+    assert message["exit_code"] == 13 and "No space left on device" in message["message"]

@@ -7,7 +7,6 @@ Every failure a user can cause ends here as one sentence on stderr and a documen
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import signal
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from medcnn import __version__
-from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, OutputError, UsageError
+from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError, disk_error
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
@@ -429,22 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if verbose:
             traceback.print_exc()
-        if error.errno not in DISK_ERRNOS:
+        output = disk_error(error)
+        if output is None:
             return unexpected(error)
-        output = OutputError(
-            f"A file cannot be written ({error.strerror}); free some space or choose a folder "
-            "you can write to."
-        )
         print(f"medcnn: error: {output}", file=sys.stderr)
         return output.exit_code
     except Exception as error:
         if verbose:
             traceback.print_exc()
         return unexpected(error)
-
-
-# Errors of a disk, not of MedCNN: whatever writes, they end as exit code 13.
-DISK_ERRNOS = {getattr(errno, name, -1) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG")}
 
 
 def unexpected(error: BaseException) -> int:

@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from medcnn.catalog import model_list
-from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError
+from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError, disk_error
 from medcnn.stages import STAGES
 from medcnn.threads import in_force
 from medcnn.volume import MAX_COORDINATE_MM
@@ -318,6 +318,13 @@ def answer(
             exit_code=int(getattr(error, "exit_code", INTERNAL_ERROR)),
         )
     except Exception as error:  # the worker outlives any one analysis
+        output = disk_error(error)
+        if output is not None:  # a full or read-only disk: the user's to fix, exit code 13
+            log.info("request %s: %s", request_id, error)
+            channel.send(
+                id=request_id, event="error", message=str(output), exit_code=output.exit_code
+            )
+            return
         log.error("request %s failed unexpectedly:\n%s", request_id, traceback.format_exc())
         channel.send(
             id=request_id,
