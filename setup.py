@@ -48,6 +48,7 @@ def absolute_links(markdown: str, url: str, revision: str) -> str:
 
 
 URL, REVISION = repository()
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 setup(
     packages=[*find_packages("src"), f"medcnn.{BUNDLES}"],
@@ -57,7 +58,7 @@ setup(
         "medcnn": ["schemas/*.json"],  # result.json's schema (medcnn.outputs.result)
         f"medcnn.{BUNDLES}": shipped_bundle_files(),
     },
-    long_description=absolute_links((ROOT / "README.md").read_text(encoding="utf-8"), URL, REVISION),
+    long_description=absolute_links(README, URL, REVISION),
     long_description_content_type="text/markdown",
     project_urls={
         "Homepage": URL,
