@@ -15,8 +15,6 @@ import pytest
 from MedCNNLib.InstallLogic import readRequirements
 from slicer_test_support import EXTENSION, REPO
 
-from medcnn.bundle import installed_models
-
 LIB = EXTENSION / "MedCNNLib"
 QT_MODULES = {"qt", "ctk", "PythonQt", "qSlicerBaseQTCorePythonQt", "slicer.qSlicer"}
 
@@ -131,28 +129,14 @@ def test_every_script_and_resource_is_listed_and_exists(module_cmake):
 
 
 def test_module_cmake_builds_tests_and_ships_engine_and_bundle():
+    """What it ships beside the module is the wheel's files (tests/test_packaging.py builds
+    both), listed by ShippedFiles.cmake."""
     commands = cmake_commands(EXTENSION / "CMakeLists.txt")
     build = next(args for name, args in commands if name == "slicermacrobuildscriptedmodule")
     assert "WITH_GENERIC_TESTS" in build
     assert any(name == "slicer_add_python_unittest" for name, _ in commands)
-    variables = cmake_variables(EXTENSION / "CMakeLists.txt")
-    variables["CMAKE_CURRENT_SOURCE_DIR"] = [str(EXTENSION)]
-
-    def expand(value: str) -> str:
-        while "${" in value:
-            value = re.sub(r"\$\{(\w+)\}", lambda m: variables.get(m[1], [m[1]])[0], value)
-        return value
-
-    installs = [[expand(arg) for arg in args] for name, args in commands if name == "install"]
-    engine, bundle = (Path(args[1]).resolve() for args in installs)
-    assert engine == REPO / "src" / "medcnn" and (engine / "app" / "worker.py").is_file()
-    assert bundle == REPO / "monai_bundle"
-    assert {p.parent.parent.name for p in bundle.glob("*/configs/metadata.json")} == set(
-        installed_models()
-    )
-    # the engine finds its bundles in medcnn/monai_bundle (medcnn.bundle.bundles_dir)
-    destinations = [args[args.index("DESTINATION") + 1] for args in installs]
-    assert destinations[1] == destinations[0] + "/medcnn/monai_bundle"
+    assert ("include", ["${CMAKE_CURRENT_SOURCE_DIR}/ShippedFiles.cmake"]) in commands
+    assert (EXTENSION / "ShippedFiles.cmake").is_file()
 
 
 def test_root_cmake_is_an_extension_top_level(root_cmake):
