@@ -4,6 +4,7 @@ the package, the README's table of keys and the batch table's columns held to th
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -20,6 +21,7 @@ from medcnn.outputs.result import (
     result_schema,
     summary_columns,
 )
+
 
 def test_the_schema_is_a_valid_json_schema_shipped_inside_the_package() -> None:
     schema = result_schema()
