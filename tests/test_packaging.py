@@ -164,3 +164,42 @@ def test_the_package_metadata_is_fit_for_an_index(wheel: zipfile.ZipFile) -> Non
             assert (REPO / target.removeprefix(page).split("#")[0]).exists(), target
         else:
             assert re.match(r"https?://|mailto:|#", target), f"relative link {target}"
+
+
+def test_medcnn_export_derives_the_torchscript_the_package_does_not_carry(
+    wheel: zipfile.ZipFile, tmp_path, capsys
+) -> None:
+    """Nothing MedCNN runs loads ``model.ts``, so neither the wheel nor the repository carries
+    it; ``medcnn export`` derives it from the shipped weights (tests/test_bundle.py and
+    tests/test_radiograph_bundle.py check that it answers as they do)."""
+    import torch
+
+    from medcnn.app.cli import main
+
+    model = "chest_xray_pneumonia"
+    assert main(["export", "--model", model, "--out", str(tmp_path / "ts")]) == 0
+    target = tmp_path / "ts" / f"{model}.ts"
+    assert capsys.readouterr().out.splitlines()[-1] == f"{model}\t{target}"
+    assert torch.jit.load(str(target)).explain  # the network's own exported method
+    assert main(["export", "--model", "no_such_model"]) == 2
+    assert "no installed model 'no_such_model'" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main(["export", "--out", str(tmp_path / "a_file")]) == 13
+    assert not [n for n in wheel.namelist() if n.endswith("model.ts")]
+
+
+def test_the_repository_commits_no_derived_export_and_no_large_file() -> None:
+    """The Slicer catalog counts the whole history: each release would commit ~9 MB of
+    ``model.ts`` per model again beside ``model.pt``; it is derived instead, and ignored."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    assert not [name for name in tracked if name.endswith("model.ts")]
+    sizes = {name: (REPO / name).stat().st_size for name in tracked if (REPO / name).is_file()}
+    assert not {name: size for name, size in sizes.items() if size > 25 * 1024 * 1024}
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "monai_bundle/lung_nodule_ct/models/model.ts"], cwd=REPO
+    )
+    assert ignored.returncode == 0, "a derived model.ts must stay out of commits"

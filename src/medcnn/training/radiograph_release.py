@@ -29,7 +29,6 @@ from medcnn.training.radiograph_evaluation import (
     summarize,
 )
 from medcnn.training.radiograph_experiments import EXPERIMENTS, member_dir
-from medcnn.training.release import export_torchscript
 from medcnn.xray.network import RadiographEnsemble
 
 # The heatmap's border band: the outer cells of the network's 16 x 16 map on each side, where
@@ -252,7 +251,6 @@ def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     draft.unlink(missing_ok=True)
     sign_weights(bundle_dir, model.state_dict())
-    export_torchscript(bundle_dir)
     founding = report["experiments"].get("founding")
     curves = {
         "MedCNN, Kermany test": (test_labels, test_probability),
