@@ -20,7 +20,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 # Lower layers never import higher ones: a module may import its own layer and those below.
 # One click end to end (``app.analysis``) sits below training, whose evaluation judges every
-# nodule through exactly that path; the commands sit on top of both.
+# nodule through exactly that path; the commands sit on top of both. A task package spans the
+# layers: its analysis sits with the click's, its training with training, its commands on top.
 LAYERS = (
     (
         "medcnn",
@@ -31,12 +32,12 @@ LAYERS = (
         "medcnn.catalog",
         "medcnn.threads",
     ),
-    ("medcnn.reading", "medcnn.phantom", "medcnn.radiograph_phantom"),
+    ("medcnn.reading", "medcnn.phantom", "medcnn.xray.phantom"),
     ("medcnn.nodule", "medcnn.xray"),
     ("medcnn.bundle", "medcnn.outputs"),
-    ("medcnn.app.analysis", "medcnn.app.radiograph_analysis", "medcnn.app.engine"),
-    ("medcnn.training",),
-    ("medcnn.app", "medcnn.__main__"),
+    ("medcnn.app.analysis", "medcnn.xray.analysis", "medcnn.app.engine"),
+    ("medcnn.training", "medcnn.xray.training"),
+    ("medcnn.app", "medcnn.nodule.commands", "medcnn.xray.commands", "medcnn.__main__"),
 )
 FOREIGN = ("slicer", "qt", "ctk", "vtk", "mrml", "benchmarks", "tests", "MedCNN", "MedCNNLib")
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medcnn.app.radiograph_analysis import RadiographAnalyzer
 from medcnn.bundle import verified_weights_path
 from medcnn.catalog import XRAY_MODEL, default_bundle_dir
-from medcnn.radiograph_phantom import synthetic_radiograph
-from medcnn.training.data.radiographs import kermany_patient, kermany_records
-from medcnn.training.radiograph_trainer import RadiographTraining
+from medcnn.xray.analysis import RadiographAnalyzer
+from medcnn.xray.phantom import synthetic_radiograph
+from medcnn.xray.training.data import kermany_patient, kermany_records
+from medcnn.xray.training.trainer import RadiographTraining
 
 
 def picture(seed: int, pneumonia: bool) -> Image.Image:

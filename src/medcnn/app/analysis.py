@@ -23,6 +23,7 @@ import torch
 import medcnn
 from medcnn import stages, threads
 from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
+from medcnn.catalog import task_of
 from medcnn.errors import UsageError
 from medcnn.nodule.checks import check_scan_at_point
 from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
@@ -36,14 +37,12 @@ from medcnn.nodule.measure import (
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
 from medcnn.outputs.render import OVERLAY_FOV_MM, overlay_png, overlay_title
 from medcnn.outputs.result import (
-    LUNG_NODULE_MALIGNANCY,
     InputImage,
     ModelInfo,
     NoduleFindings,
     OutputFiles,
     Point,
     Result,
-    label_for,
 )
 from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
 from medcnn.reading import ScanRegion, read_scan
@@ -121,6 +120,7 @@ class Analyzer:
         self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
         self.model, self.model_info = load_engine(self.bundle_dir, trusted=trusted)
         self.spec = load_patch_spec(self.bundle_dir)
+        self.task = task_of(self.bundle_dir)
         self.threshold = self.model_info["threshold"]
 
     def analyze_volume(
@@ -299,7 +299,7 @@ class Analyzer:
             self.model_info["id"],
         )
         result = Result(
-            task=LUNG_NODULE_MALIGNANCY,
+            task=self.task.name,
             probability=round(probability, 6),
             uncertainty=round(prediction.uncertainty, 6),
             probability_interval=(
@@ -308,7 +308,7 @@ class Analyzer:
             ),
             member_probabilities=tuple(round(float(p), 6) for p in members),
             threshold=self.threshold,
-            label=label_for(LUNG_NODULE_MALIGNANCY, probability, self.threshold),
+            label=self.task.label(probability, self.threshold),
             findings=NoduleFindings(
                 point=Point(ras, lps),  # type: ignore[arg-type]
                 diameter_mm=round(longest_axial_diameter_mm(segmentation), 3),

@@ -7,7 +7,6 @@ Every failure a user can cause ends here as one sentence on stderr and a documen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -20,7 +19,6 @@ from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, OutputError, 
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
-    from medcnn.outputs.result import Result
 
 EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
 
@@ -47,16 +45,17 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from medcnn.catalog import NODULE_MODEL, installed_models  # the bundles, no torch
+
     parser.add_argument(
         "--model",
-        default="lung_nodule_ct",
-        choices=("lung_nodule_ct", "chest_xray_pneumonia"),
-        help=f"{what} (default lung_nodule_ct)",
+        default=NODULE_MODEL,
+        choices=tuple(installed_models()),
+        help=f"{what} (default {NODULE_MODEL}; medcnn models lists them)",
     )
 
 
 SOURCES = ("lidc", "nodulemnist3d")
-LIDC_DATA = Path("../shared/data/lidc_voi")
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -76,18 +75,9 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_path(args: argparse.Namespace) -> Path:
-    if args.data is not None:
-        return args.data
-    if args.source == "nodulemnist3d":
-        raise UsageError(
-            "--source nodulemnist3d needs --data PATH/TO/nodulemnist3d.npz (download it from "
-            "https://medmnist.com)."
-        )
-    return LIDC_DATA
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from medcnn.nodule.commands import LIDC_DATA  # light: no torch
+
     parser = _Parser(
         prog="medcnn",
         description=(
@@ -326,19 +316,6 @@ def _engine(args: argparse.Namespace) -> Engine:
     return Engine(args.bundle, trusted=args.trust_bundle)
 
 
-def answer_line(result: Result) -> str:
-    """A result in one line: the answer, the members' range and a nodule's size."""
-    low, high = result.probability_interval
-    line = (
-        f"{result.label}: probability of {result.finding} {result.probability:.3f} "
-        f"(members {low:.3f}-{high:.3f})"
-    )
-    if result.findings is not None:
-        nodule = result.nodule
-        line += f", diameter {nodule.diameter_mm:.1f} mm, volume {nodule.volume_ml:.3f} mL"
-    return line
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     from medcnn.outputs.writing import check_output_folder
 
@@ -358,7 +335,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         overlay=args.overlay,
         model=args.model,
     )
-    print(answer_line(result))
+    print(result.answer_line())
     print(f"model: {result.model.id} ({result.model.chosen_because})")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -383,148 +360,33 @@ def run_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commands(model: str):  # noqa: ANN202 - each model's own class, named by its bundle
+    """The class that runs ``model``'s demo, training and evaluation (``inference.json``'s
+    ``commands``)."""
+    from medcnn.bundle import configured_class, default_bundle_dir
+
+    bundle = default_bundle_dir(model)
+    return configured_class(bundle, "commands")(bundle)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    from medcnn.app.demo import ensure_phantom, ensure_radiograph_phantom
     from medcnn.app.engine import Engine
-    from medcnn.bundle import NODULE_MODEL, XRAY_MODEL, installed_models
+    from medcnn.catalog import installed_models
 
     engine = Engine()
     print("MedCNN demo on SYNTHETIC images (not patients; research use only)")
-    if NODULE_MODEL in installed_models():
-        phantom = ensure_phantom()
-        out = Path(args.out).resolve() / "ct_nodule"
-        result = engine.analyze_file(
-            phantom["dicom_dir"], phantom["nodule_center_ras"], out, overlay=True
-        )
-        print(f"CT phantom, {NODULE_MODEL} model:")
-        print(f"  input (DICOM series): {phantom['dicom_dir']}")
-        print(f"  input (NIfTI):        {phantom['nifti']}")
-        print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
-        print(f"  {answer_line(result)}")
-        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
-        print(
-            "  In 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz and "
-            "segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
-            "the heatmap as foreground with the 'Inferno' or 'Hot' colour map."
-        )
-    if XRAY_MODEL in installed_models():
-        image = ensure_radiograph_phantom()
-        out = Path(args.out).resolve() / "chest_xray"
-        result = engine.analyze_file(image, None, out, overlay=True)
-        print(f"Synthetic chest radiograph, {XRAY_MODEL} model (a drawing: its answer shows the")
-        print("  mechanics, not the model's accuracy):")
-        print(f"  input (PNG): {image}")
-        print(f"  {answer_line(result)}")
-        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
-    return 0
-
-
-def run_train_radiographs(args: argparse.Namespace) -> int:
-    from medcnn.bundle import XRAY_MODEL, default_bundle_dir
-    from medcnn.training.radiograph_experiments import read_config
-    from medcnn.training.radiograph_trainer import RadiographTraining
-
-    bundle = default_bundle_dir(XRAY_MODEL)
-    config = read_config(bundle, "train.json")
-    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
-    run_dir = args.run_dir or Path(config["run_dir"])
-    metadata = RadiographTraining(
-        args.data or Path(config["data_root"]),
-        run_dir,
-        bundle,
-        args.release_dir or run_dir / "bundle",
-        args.experiments or (),
-        overrides,
-    ).run()
-    if metadata:  # under torchrun, rank 0 releases and reports
-        print(json.dumps(metadata["eval_metrics"], indent=2))
+    for model in installed_models():
+        for line in _commands(model).demo(engine, Path(args.out).resolve()):
+            print(line)
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.model == "chest_xray_pneumonia":
-        return run_train_radiographs(args)
-    from medcnn.bundle import default_bundle_dir
-    from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer
-    from medcnn.training.recipe import load_train_recipe
-
-    options = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps}
-    recipe = load_train_recipe(  # train.json; the options given override it
-        default_bundle_dir(), {k: v for k, v in options.items() if v is not None}
-    )
-    settings = recipe.settings
-    limit = recipe.limit if args.limit is None else args.limit
-    if args.source == "lidc" and args.data is None:
-        args.data = recipe.data_dir
-    data = _data_path(args)
-    if args.source == "nodulemnist3d":
-        run_dir = args.run_dir or Path("runs/nodulemnist3d")
-        release_dir = args.release_dir or run_dir / "bundle"
-        summary = NoduleMNISTTrainer(
-            data,
-            run_dir,
-            settings,
-            release_dir=release_dir,
-            bundle_dir=default_bundle_dir(),
-            limit=limit,
-            verify=not args.no_verify,
-        ).run()
-        print(json.dumps(summary["validation"], indent=2))
-        print(
-            f"validation split above; for the test split: medcnn evaluate --source "
-            f"nodulemnist3d --data {data} --bundle {release_dir} --trust-bundle"
-        )
-        return 0
-    run_dir = args.run_dir or recipe.run_dir
-    trainer = CrossValidationTrainer(
-        data,
-        run_dir,
-        recipe.folds if args.folds is None else args.folds,
-        settings,
-        release_dir=args.release_dir or run_dir / "bundle",
-        bundle_dir=default_bundle_dir(),
-        limit=limit,
-        seeds=recipe.seeds if args.seeds is None else args.seeds,
-    )
-    summary = trainer.run()
-    print(json.dumps(summary["nested"], indent=2))
-    return 0
+    return int(_commands(args.model).train(args))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medcnn.training.evaluation import BundleEvaluator, json_safe
-
-    if args.model == "chest_xray_pneumonia":
-        from medcnn.bundle import XRAY_MODEL, default_bundle_dir
-        from medcnn.training.radiograph_evaluation import FolderEvaluator
-        from medcnn.training.radiograph_experiments import read_config
-
-        data = args.data or Path(
-            read_config(default_bundle_dir(XRAY_MODEL), "evaluate.json")["data_dir"]
-        )
-        metrics = FolderEvaluator(
-            data, args.out, args.bundle, args.trust_bundle, held_out=args.held_out
-        ).run()
-        print(json.dumps(json_safe(metrics), indent=2))
-        print(f"metrics.json, predictions.csv, roc.png and reliability.png in {args.out}")
-        return 0
-
-    summary = BundleEvaluator(
-        _data_path(args),
-        args.out,
-        args.bundle,
-        every=args.every,
-        trusted=args.trust_bundle,
-        source=args.source,
-        verify=not args.no_verify,
-        held_out=args.held_out,
-    ).run()
-    print(json.dumps(json_safe(summary), indent=2))
-    if args.source == "nodulemnist3d":
-        print(f"metrics.json and predictions.csv in {args.out}")
-    else:
-        print(f"metrics, predictions, roc.png and reliability.png in {args.out}")
-    return 0
+    return int(_commands(args.model).evaluate(args))
 
 
 def run_models(args: argparse.Namespace) -> int:
