@@ -3,7 +3,8 @@
 First, before anything is asked or downloaded, whether this Slicer can run MedCNN at all
 (``unsupportedReason``): its Python must be one the engine supports (Slicer 5.8 ships Python
 3.9; 5.10 and later 3.12), and PyTorch must publish a torch new enough for the platform (not for
-Slicer's Intel macOS build, whose newest torch is 2.2.2). Then torch comes first, through the PyTorch extension's ``PyTorchUtils`` (it picks the build for the
+Slicer's Intel macOS build, whose newest torch is 2.2.2). Then torch comes first, through the
+PyTorch extension's ``PyTorchUtils`` (it picks the build for the
 computer's GPU and driver); then ``Resources/requirements.txt`` through Slicer's
 ``pip_ensure`` where the Slicer version has it, else ``slicer.util.pip_install``. Packages that
 Slicer ships (numpy, SimpleITK, ...) are never replaced: they are pinned to their installed
