@@ -16,8 +16,6 @@ import pytest
 from MedCNNLib import InstallLogic as install
 from MedCNNLib.InstallLogic import InstallError, InstallLogic, readRequirements
 from packaging.utils import canonicalize_name
-
-
 from slicer_test_support import REPO
 
 

@@ -103,9 +103,9 @@ def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_p
         radiograph = write_nrrd(
             synthetic_radiograph().T[:, :, None], np.eye(4), tmp_path / "radiograph.nrrd"
         )
-        events = runner.submit(
-            AnalysisRequest(str(radiograph), None, str(tmp_path / "xray"))
-        ).wait(TIMEOUT)
+        events = runner.submit(AnalysisRequest(str(radiograph), None, str(tmp_path / "xray"))).wait(
+            TIMEOUT
+        )
         assert events[-1].kind == "result", (events[-1].message, runner.stderrTail[-20:])
         assert events[-1].result["model"]["id"] == XRAY_MODEL
     finally:
