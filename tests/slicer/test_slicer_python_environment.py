@@ -129,3 +129,28 @@ def test_click_path_parses_as_the_oldest_supported_python(path):
     (``MINIMUM_PYTHON``, the engine's ``requires-python``); ruff's ``target-version`` holds the
     rest of the repository to the same."""
     ast.parse((REPO / path).read_text(), filename=path, feature_version=MINIMUM_PYTHON)
+
+
+OLDEST_SLICER_PYTHON = (3, 9)  # Slicer 5.8's: the panel must load there to say it is unsupported
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(path.relative_to(REPO)) for path in (REPO / CLICK_PATH_ROOTS[1]).rglob("*.py")),
+)
+def test_the_panel_loads_in_slicer_5_8_to_say_it_is_not_supported(path):
+    """The extension's own modules (not the engine) stay importable on Python 3.9, so that
+    Slicer 5.8 shows ``unsupportedReason``'s sentence instead of a traceback: 3.9 syntax,
+    annotations never evaluated, no ``zip(strict=...)``."""
+    text = (REPO / path).read_text()
+    tree = ast.parse(text, filename=path, feature_version=OLDEST_SLICER_PYTHON)
+    annotated = any(isinstance(node, (ast.FunctionDef, ast.AnnAssign)) for node in ast.walk(tree))
+    assert not annotated or "from __future__ import annotations" in text
+    strict_zips = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "zip"
+        and any(keyword.arg == "strict" for keyword in node.keywords)
+    ]
+    assert strict_zips == []
