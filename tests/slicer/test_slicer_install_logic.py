@@ -244,3 +244,13 @@ def test_the_minimum_python_is_the_engines():
     text = (REPO / "pyproject.toml").read_text()
     floor = re.search(r'^requires-python = ">=(\d+)\.(\d+)"', text, re.M)
     assert tuple(int(part) for part in floor.groups()) == install.MINIMUM_PYTHON
+
+
+def test_the_readme_states_the_torch_floor_and_the_supported_slicers():
+    readme = (REPO / "README.md").read_text()
+    floor = install.TORCH_REQUIREMENT.split(">=")[1]
+    assert f"PyTorch {floor} or newer" in readme
+    assert (
+        "3D Slicer **5.10 and later**" in readme
+        and "Extensions Manager** (Slicer 5.8+)" not in readme
+    )
