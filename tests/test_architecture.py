@@ -32,13 +32,20 @@ LAYERS = (
         "medcnn.catalog",
         "medcnn.threads",
     ),
-    ("medcnn.reading", "medcnn.phantom", "medcnn.xray.phantom"),
+    ("medcnn.reading", "medcnn.phantom"),
     ("medcnn.nodule", "medcnn.xray"),
     ("medcnn.bundle", "medcnn.outputs"),
-    ("medcnn.app.analysis", "medcnn.xray.analysis", "medcnn.app.engine"),
-    ("medcnn.training", "medcnn.xray.training"),
-    ("medcnn.app", "medcnn.nodule.commands", "medcnn.xray.commands", "medcnn.__main__"),
+    ("medcnn.app.analysis", "medcnn.app.engine"),
+    ("medcnn.training",),
+    ("medcnn.app", "medcnn.__main__"),
 )
+# A task package's (``medcnn.<task>``) modules of these names sit in their peer's layer.
+TASK_MODULE_PEERS = {
+    "phantom": "medcnn.phantom",
+    "analysis": "medcnn.app.analysis",
+    "training": "medcnn.training",
+    "commands": "medcnn.app",
+}
 FOREIGN = ("slicer", "qt", "ctk", "vtk", "mrml", "benchmarks", "tests", "MedCNN", "MedCNNLib")
 
 
@@ -72,6 +79,10 @@ def imported(name: str) -> set[str]:
 
 
 def layer_of(name: str) -> int:
+    parts = name.split(".")
+    peer = TASK_MODULE_PEERS.get(parts[2]) if len(parts) >= 3 else None
+    if peer is not None and not (name == peer or name.startswith(peer + ".")):
+        return layer_of(peer)
     best = None
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from medcnn.app.analysis import FileRequest, Progress
 from medcnn.bundle import configured_class
-from medcnn.catalog import installed_models, model_of, needs_point
+from medcnn.catalog import default_bundle_dir, installed_models, model_of, needs_point
 from medcnn.errors import UsageError
 from medcnn.outputs.result import Result
 from medcnn.reading.dimensions import is_two_dimensional
@@ -129,7 +129,9 @@ class Engine:
                     f"The model {model} is not installed (installed: "
                     f"{', '.join(self.models)}); reinstall MedCNN."
                 )
-            bundle = self.bundle if model_of_bundle(self.bundle) == model else None
+            bundle = (  # --bundle where it is of this model, else the model's installed one
+                self.bundle if model_of_bundle(self.bundle) == model else default_bundle_dir(model)
+            )
             # The code that runs a model is its bundle's choice: inference.json's analyzer.
             analyzer_type = configured_class(self.models[model], "analyzer")
             self._loaded[model] = analyzer_type(bundle, trusted=self.trusted)

@@ -5,8 +5,9 @@ written, the model and the software. A task's own findings are a part of their o
 (``NoduleFindings`` for ``lung_nodule_malignancy``: the point, the diameter, the volume, the
 calcified share), absent for a task that has none (a chest radiograph classifier has no point
 and no segmentation). In the JSON a task's findings sit at the top level beside the common
-keys, so ``result.json`` reads flat; the schema shipped with the package (``result_schema()``)
-says which keys each task requires.
+keys, so ``result.json`` reads flat. The schema (``result_schema()``) is the package's common part
+and each installed model's rule for its own keys and labels; a task's words (what its
+probability is of, its labels, its table columns) are its bundle's (``medcnn.catalog.Task``).
 
 The analysis builds a ``Result``; ``outputs.writing`` writes ``to_json()``; the batch table, the
 overlay's title and the worker read it; ``from_json`` reads a written one back.
