@@ -27,7 +27,7 @@ from slicer_test_support import REPO, write_nrrd
 
 from medcnn.catalog import XRAY_MODEL
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
-from medcnn.radiograph_phantom import synthetic_radiograph
+from medcnn.xray.phantom import synthetic_radiograph
 
 SLICER_PACKAGES = Path(__file__).resolve().parent / "slicer_python.txt"
 NOT_NEEDED = ("monai", "itk", "tqdm", "matplotlib")
