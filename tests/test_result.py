@@ -4,7 +4,6 @@ the package, the README's table of keys and the batch table's columns held to th
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -23,13 +22,6 @@ from medcnn.outputs.result import (
     summary_columns,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    tomllib = None
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_the_schema_is_a_valid_json_schema_shipped_inside_the_package() -> None:
     schema = result_schema()
@@ -39,17 +31,6 @@ def test_the_schema_is_a_valid_json_schema_shipped_inside_the_package() -> None:
         Path(__import__("medcnn").__file__)
         .parent.joinpath("schemas", "result.schema.json")
         .is_file()
-    )
-
-
-@pytest.mark.skipif(tomllib is None, reason="tomllib is Python 3.11+")
-def test_a_wheel_carries_the_schema() -> None:
-    """The package data of pyproject.toml names the schema, so an installed medcnn has it."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    patterns = project["tool"]["setuptools"]["package-data"]["medcnn"]
-    package = REPO / "src" / "medcnn"
-    assert any(
-        package.joinpath("schemas", "result.schema.json") in package.glob(p) for p in patterns
     )
 
 

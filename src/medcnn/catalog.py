@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,11 @@ XRAY_MODEL = "chest_xray_pneumonia"
 
 
 def bundles_dir() -> Path:
-    """The folder of the shipped bundles: beside the source tree (a checkout or the Slicer
-    extension) or installed under ``<prefix>/share/medcnn``."""
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "monai_bundle",
-        Path(__file__).resolve().parent / "monai_bundle",
-        Path(sys.prefix) / "share" / "medcnn" / "monai_bundle",
-    ):
+    """The folder of the shipped bundles: inside the package where it is installed (a wheel
+    or sdist puts them there, setup.py; so does the Slicer extension's build), else beside
+    the source tree of a checkout (``monai_bundle/``, their one copy in the repository)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "monai_bundle", package.parents[1] / "monai_bundle"):
         if any(candidate.glob("*/configs/metadata.json")):
             return candidate
     raise ModelIntegrityError(

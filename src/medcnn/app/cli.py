@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from medcnn import __version__
-from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError, disk_error
+from medcnn.errors import (
+    EXIT_CODES,
+    CancelledError,
+    MedCNNError,
+    OutputError,
+    UsageError,
+    disk_error,
+)
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
@@ -292,6 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--path", action="store_true", help="print each model's name and bundle folder only"
     )
+    export = commands.add_parser(
+        "export",
+        help="derive each model's TorchScript export (model.ts) from its weights",
+        description="Write each installed model's TorchScript export, MONAI's ckpt_export of "
+        "the bundle's network_def with the shipped, verified weights (models/model.pt). "
+        "Nothing MedCNN runs needs it, so the bundles ship model.pt alone.",
+        epilog=EPILOG,
+    )
+    export.add_argument(
+        "--model", default=None, help="only this model (medcnn models lists them); default all"
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write DIR/<model>.ts; by default each bundle's own models/model.ts",
+    )
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
     return parser
 
@@ -383,6 +408,31 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from medcnn.catalog import default_bundle_dir, installed_models
+    from medcnn.outputs.writing import output_folder
+    from medcnn.training.release import export_torchscript
+
+    installed = list(installed_models())
+    if args.model is not None and args.model not in installed:
+        raise UsageError(
+            f"There is no installed model {args.model!r}; the installed ones are "
+            f"{', '.join(installed)} (medcnn models)."
+        )
+    folder = output_folder(args.out) if args.out else None
+    for model in [args.model] if args.model else installed:
+        bundle = default_bundle_dir(model)
+        target = folder / f"{model}.ts" if folder else bundle / "models" / "model.ts"
+        if not os.access(target.parent, os.W_OK):
+            raise OutputError(
+                f"The folder {target.parent} cannot be written to; give a folder you can write "
+                "to with --out."
+            )
+        export_torchscript(bundle, target)
+        print(f"{model}\t{target}")
+    return 0
+
+
 def run_exit_codes(args: argparse.Namespace) -> int:
     for code, meaning in sorted(EXIT_CODES.items()):
         print(f"{code:>4}  {meaning}")
@@ -396,6 +446,7 @@ COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "models": run_models,
+    "export": run_export,
     "exit-codes": run_exit_codes,
 }
 

@@ -40,7 +40,15 @@ import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+try:  # pydicom 3
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+except ImportError:  # pydicom 2.4, which 3D Slicer 5.10 ships (the extension never replaces it)
+    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi_lut,
+    )
 
 from medcnn.errors import (
     InputNotFoundError,

@@ -19,7 +19,6 @@ from medcnn.training.calibration import fit_logistic
 from medcnn.training.metrics import (
     threshold_metrics,
 )
-from medcnn.training.release import export_torchscript
 from medcnn.xray.network import RadiographEnsemble
 from medcnn.xray.training.data import RadiographCache, all_records, build_cache
 from medcnn.xray.training.evaluation import (
@@ -252,7 +251,6 @@ def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     draft.unlink(missing_ok=True)
     sign_weights(bundle_dir, model.state_dict())
-    export_torchscript(bundle_dir)
     founding = report["experiments"].get("founding")
     curves = {
         "MedCNN, Kermany test": (test_labels, test_probability),
