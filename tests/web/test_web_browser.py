@@ -162,7 +162,7 @@ def test_a_file_that_is_not_a_scan_shows_the_sentence_and_leaves_the_scene(page,
 
 
 def test_a_radiograph_shows_in_one_view_and_is_analysed_whole(browser, tmp_path):
-    from medcnn.app.demo import ensure_radiograph_phantom
+    from medcnn.xray.phantom import ensure_radiograph_phantom
 
     process, url = start_server([str(ensure_radiograph_phantom(tmp_path / "radiograph"))])
     try:
