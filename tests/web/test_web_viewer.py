@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from browser_support import heat_mask  # noqa: E402
 from slicer_test_support import STANDIN_WORKER, radiograph_matrix  # noqa: E402
 from vtkmodules.util.numpy_support import vtk_to_numpy  # noqa: E402
 from vtkmodules.vtkCommonCore import vtkCommand  # noqa: E402
+from vtkmodules.vtkCommonMath import vtkMatrix4x4  # noqa: E402
 
 from medcnn.errors import InputNotFoundError, UnreadableImageError  # noqa: E402
 from medcnn.phantom import NODULE_CENTER_RAS  # noqa: E402
@@ -358,3 +360,20 @@ def test_medcnn_web_on_a_port_in_use_says_so_in_one_sentence():
         f"medcnn: error: Port {port} on 127.0.0.1 is already in use; choose another with "
         "--port (0 picks a free one)."
     )
+
+
+def test_a_dicom_folder_opens_where_the_engine_places_it(make_viewer):
+    """The phantom's DICOM series, read by MRML's DICOM reader: the nodule's centre (RAS, as
+    the engine places it) falls on the nodule's voxels (soft tissue, not lung)."""
+    from medcnn.app.demo import ensure_phantom
+    from medcnn.phantom import HU_LUNG, HU_NODULE
+
+    viewer = make_viewer()
+    viewer.open_image(Path(ensure_phantom()["dicom_dir"]))
+    node = viewer.image.node
+    matrix = vtkMatrix4x4()
+    node.GetRASToIJKMatrix(matrix)
+    ijk = [round(v) for v in matrix.MultiplyPoint((*NODULE_CENTER_RAS, 1.0))[:3]]
+    value = node.GetImageData().GetScalarComponentAsDouble(*ijk, 0)
+    assert abs(value - HU_NODULE) < abs(value - HU_LUNG), value
+    assert viewer.state.point_needed is True
