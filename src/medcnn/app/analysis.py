@@ -34,6 +34,7 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
+from medcnn.outputs.dicom_source import check_dicom_input, dicom_source
 from medcnn.outputs.render import OVERLAY_FOV_MM, overlay_png, overlay_title
 from medcnn.outputs.result import (
     LUNG_NODULE_MALIGNANCY,
@@ -45,7 +46,16 @@ from medcnn.outputs.result import (
     Result,
     label_for,
 )
-from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
+from medcnn.outputs.writing import (
+    DICOM_HEATMAP,
+    DICOM_REPORT,
+    DICOM_SEGMENTATION,
+    HEATMAP,
+    OVERLAY,
+    RESULT,
+    SEGMENTATION,
+    write_outputs,
+)
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import Volume, ras_point
 
@@ -74,6 +84,8 @@ class FileRequest:
     overlay: bool = False
     # Why the engine chose this model, for result.json (None: the caller chose the analyzer).
     chosen_because: str | None = None
+    # Also write the results as DICOM SEG, Parametric Map and SR (a DICOM input only).
+    dicom: bool = False
 
 
 @cache
@@ -156,13 +168,17 @@ class Analyzer:
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Read a scan, analyse the point, write the outputs; returns the result as written.
 
         With ``overlay``, ``overlay.png`` is drawn from the analysis in memory and written with
-        the other files (all of them or none)."""
+        the other files (all of them or none); with ``dicom``, the DICOM results too (refused
+        before any work for an input that is not DICOM)."""
         report = progress or (lambda stage, fraction: None)
         point_ras = checked_point(point, lps)
+        if dicom:
+            check_dicom_input(image)
         total_start = time.perf_counter()
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
@@ -170,7 +186,7 @@ class Analyzer:
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
-        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay)
+        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay, dicom)
         report(stages.DONE.name, stages.DONE.fraction)
         return result
 
@@ -191,6 +207,8 @@ class Analyzer:
             timings: dict[str, float] = {}
             try:
                 point_ras = checked_point(request.point, request.lps)
+                if request.dicom:
+                    check_dicom_input(request.image)
                 scan = self._read(request.image, point_ras, None, timings, request.overlay)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
@@ -233,6 +251,7 @@ class Analyzer:
                     timings,
                     total_start,
                     request.overlay,
+                    request.dicom,
                 )
             except Exception as error:
                 outcomes[index] = error
@@ -247,6 +266,7 @@ class Analyzer:
                 request.lps,
                 overlay=request.overlay,
                 chosen_because=request.chosen_because,
+                dicom=request.dicom,
             )
         except Exception as error:
             return error
@@ -347,9 +367,11 @@ class Analyzer:
         timings: dict[str, float],
         total_start: float,
         overlay: bool = False,
+        dicom: bool = False,
     ) -> Result:
-        """Write the analysis's files (and the overlay, drawn from it in memory); returns the
-        result as written, with the point's convention and the timings."""
+        """Write the analysis's files (and the overlay, drawn from it in memory, and the DICOM
+        results); returns the result as written, with the point's convention and the
+        timings."""
         result = analysis.result
         findings = result.nodule
         result = replace(
@@ -358,7 +380,7 @@ class Analyzer:
                 findings, point=replace(findings.point, given_as="LPS" if lps else "RAS")
             ),
         )
-        pictures = {}
+        pictures: dict[str, Callable[[Path], object]] = {}
         if overlay:
             result = replace(result, outputs=replace(result.outputs, overlay=OVERLAY))
             title = overlay_title(result)
@@ -374,11 +396,39 @@ class Analyzer:
                 )
 
             pictures[OVERLAY] = draw
+        if dicom:
+            result, made = dicom_files(result, analysis, timings)
+            pictures.update(made)
         volumes = {
             HEATMAP: (analysis.heatmap, np.float32),
             SEGMENTATION: (analysis.segmentation, np.uint8),
         }
         return write_timed(out_dir, result, volumes, pictures, timings, total_start)
+
+
+def dicom_files(
+    result: Result, analysis: Analysis, timings: dict[str, float]
+) -> tuple[Result, dict[str, Callable[[Path], object]]]:
+    """The result naming the DICOM files, and the writers of those files: the objects are made
+    now, in memory (their seconds are ``timings['dicom']``), and saved with the other files."""
+    from medcnn.outputs.dicom_results import nodule_dicom_results, saver  # only when asked
+
+    started = time.perf_counter()
+    source = dicom_source(analysis.scan, analysis.heatmap)
+    made = nodule_dicom_results(result, analysis.segmentation, analysis.heatmap, source)
+    timings["dicom"] = time.perf_counter() - started
+    names = {
+        DICOM_SEGMENTATION: made.segmentation,
+        DICOM_HEATMAP: made.heatmap,
+        DICOM_REPORT: made.report,
+    }
+    outputs = replace(
+        result.outputs,
+        dicom_segmentation=DICOM_SEGMENTATION,
+        dicom_heatmap=DICOM_HEATMAP,
+        dicom_report=DICOM_REPORT,
+    )
+    return replace(result, outputs=outputs), {name: saver(ds) for name, ds in names.items()}
 
 
 def write_timed(

@@ -55,6 +55,7 @@ class ModelAnalyzer(Protocol):
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result: ...
 
     def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]: ...
@@ -161,11 +162,20 @@ class Engine:
         series_uid: str | None = None,
         overlay: bool = False,
         model: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Choose the model for the input, run it, write its files; the result as written."""
         chosen, because = choose_model(image, point, model, self.models)
         return self.analyzer(chosen).analyze_file(
-            image, point, out_dir, lps, progress, series_uid, overlay, chosen_because=because
+            image,
+            point,
+            out_dir,
+            lps,
+            progress,
+            series_uid,
+            overlay,
+            chosen_because=because,
+            dicom=dicom,
         )
 
     def analyze_files(

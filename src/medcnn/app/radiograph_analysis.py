@@ -70,6 +70,14 @@ def refuse_point(point: Sequence[float] | None) -> None:
         )
 
 
+def refuse_dicom(dicom: bool) -> None:
+    if dicom:
+        raise UsageError(
+            "DICOM results (--dicom) are written for the lung nodule model only so far; leave "
+            "out --dicom for a radiograph."
+        )
+
+
 class RadiographAnalyzer:
     """The loaded chest X-ray model of a bundle (the shipped one by default)."""
 
@@ -98,10 +106,12 @@ class RadiographAnalyzer:
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Read a radiograph, judge it, write the outputs; returns the result as written."""
         report = progress or (lambda stage, fraction: None)
         refuse_point(point)
+        refuse_dicom(dicom)
         total_start = time.perf_counter()
         timings: dict[str, float] = {}
         report(stages.READING.name, stages.READING.fraction)
@@ -182,6 +192,7 @@ class RadiographAnalyzer:
         total_start, timings = time.perf_counter(), dict[str, float]()
         try:
             refuse_point(request.point)
+            refuse_dicom(request.dicom)
             return self._read(request.image, timings), timings, total_start
         except Exception as error:
             return error, timings, total_start

@@ -23,9 +23,16 @@ from medcnn.volume import Volume
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
 OVERLAY, HEATMAP_PNG = "overlay.png", "heatmap.png"
+# --dicom: the segmentation (SEG), the heatmap (Parametric Map) and the report (SR) as DICOM.
+DICOM_SEGMENTATION, DICOM_HEATMAP, DICOM_REPORT = (
+    "segmentation.dcm",
+    "heatmap.dcm",
+    "report.dcm",
+)
+DICOM_FILES = (DICOM_SEGMENTATION, DICOM_HEATMAP, DICOM_REPORT)
 # Every file an analysis of any model may write beside result.json; one an earlier run left
 # and this one did not write is removed, so the folder holds what its result.json lists.
-OUTPUT_FILES = (HEATMAP, SEGMENTATION, OVERLAY, HEATMAP_PNG)
+OUTPUT_FILES = (HEATMAP, SEGMENTATION, OVERLAY, HEATMAP_PNG, *DICOM_FILES)
 
 
 def output_folder(path: Path, option: str = "--out") -> Path:
@@ -90,8 +97,9 @@ def write_outputs(
     """Write ``result.json``, the NIfTI ``volumes`` (file name to volume and data type: the
     heatmap, the segmentation) and any pictures atomically; returns the result as written.
 
-    ``pictures`` maps a file name to a function that draws it at the path given (the overlay):
-    drawn with the other files in the hidden folder, so a picture that fails leaves nothing.
+    ``pictures`` maps a file name to a function that draws it at the path given (the overlay,
+    the DICOM results): made with the other files in the hidden folder, so one that fails
+    leaves nothing.
     ``before_result`` may complete ``result`` (timings) once everything else is written.
     """
     out_dir = Path(out_dir)

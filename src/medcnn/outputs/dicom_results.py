@@ -1,0 +1,333 @@
+"""A nodule's analysis as DICOM, made with highdicom: the segmentation (SEG), the heatmap
+(Parametric Map) and the measurements (Comprehensive 3D SR, TID 1500 Measurement Report), each a
+new series in the source's study, its patient and study attributes copied from the source.
+
+The codes, and why each was chosen, are in the README ("Results as DICOM"). Every object lies on
+the source series' own grid: the SEG's frames are whole source frames, the Parametric Map's the
+heatmap's block of them, each placed at the source slice it was computed on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+import medcnn
+from medcnn.outputs.dicom_source import DicomSource
+from medcnn.outputs.result import Result
+from medcnn.volume import LPS_TO_RAS, Volume
+
+MANUFACTURER = "MedCNN"
+# Series numbers of the objects in the source's study (the source keeps its own).
+SEG_SERIES_NUMBER, PM_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002, 9003
+
+NODULE_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
+NODULE = codes.SCT.Nodule  # SCT 27925004
+LUNG = codes.SCT.Lung  # SCT 39607008
+SALIENCY = codes.DCM.Saliency  # DCM 130404
+CHEST_CT = Code("24627-2", "LN", "CT Chest")
+VOLUME = codes.SCT.Volume  # SCT 118565006
+LONG_AXIS = codes.SCT.LongAxis  # SCT 103339001
+CALCIFIED_PERCENT = codes.DCM.CalcificationExtentAsPercentOfVolume  # DCM 112019
+PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # DCM 111047
+STANDARD_DEVIATION = codes.SCT.StandardDeviation  # SCT 386136009
+NO_UNITS = codes.UCUM.NoUnits  # UCUM 1
+MILLILITRE = Code("mL", "UCUM", "milliliter")
+MILLIMETRE = codes.UCUM.Millimeter
+PERCENT = codes.UCUM.Percent
+
+
+@dataclass(frozen=True)
+class DicomResults:
+    """The three objects of one analysis, in memory, ready to be saved."""
+
+    segmentation: hd.seg.Segmentation
+    heatmap: hd.pm.ParametricMap
+    report: hd.sr.Comprehensive3DSR
+
+
+def nodule_dicom_results(
+    result: Result, segmentation: Volume, heatmap: Volume, source: DicomSource
+) -> DicomResults:
+    """The SEG, Parametric Map and SR of a nodule's analysis; ``segmentation`` and ``heatmap``
+    are the blocks of the scan's grid written as NIfTI, ``source`` the slices under them."""
+    equipment = _Equipment.of(result)
+    tracking_uid = hd.UID()  # the nodule of this analysis: the SEG's segment, the SR's group
+    seg = _segmentation(segmentation, source, equipment, tracking_uid)
+    pm = _parametric_map(heatmap, source, equipment)
+    for image in (seg, pm):
+        _positive_slice_spacing(image, source)
+    # The map covers lung, a paired organ, as a whole block: its laterality is unknown (type 2).
+    pm.Laterality = None
+    report = _report(result, seg, pm, source, equipment, tracking_uid)
+    return DicomResults(seg, pm, report)
+
+
+@dataclass(frozen=True)
+class _Equipment:
+    """MedCNN and the model as the objects' equipment and algorithm."""
+
+    model: str
+    version: str
+    weights_sha256: str
+
+    @classmethod
+    def of(cls, result: Result) -> _Equipment:
+        model = result.model
+        return cls(model.id or model.name, model.version, model.weights_sha256)
+
+    @property
+    def software_versions(self) -> str:
+        return f"medcnn {medcnn.__version__}; {self.model} {self.version}"
+
+    def algorithm(self) -> hd.AlgorithmIdentificationSequence:
+        return hd.AlgorithmIdentificationSequence(
+            name=f"MedCNN {self.model}",
+            family=codes.cid7162.ArtificialIntelligence,
+            version=self.version,
+            source=MANUFACTURER,
+            parameters={"weights_sha256": self.weights_sha256},
+        )
+
+    def sr_algorithm(self) -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(
+            name=f"MedCNN {self.model}",
+            version=self.version,
+            parameters=[f"weights_sha256={self.weights_sha256}"],
+        )
+
+    def common(self) -> dict:
+        """The equipment attributes every object carries; the weights' SHA-256 (64 hex digits,
+        as long as the attribute allows) serves as the device's serial number."""
+        return {
+            "manufacturer": MANUFACTURER,
+            "manufacturer_model_name": self.model,
+            "software_versions": self.software_versions,
+            "device_serial_number": self.weights_sha256,
+        }
+
+
+def _segmentation(
+    segmentation: Volume, source: DicomSource, equipment: _Equipment, tracking_uid: str
+) -> hd.seg.Segmentation:
+    """A BINARY SEG of whole source frames (rows and columns as the source's), one frame per
+    source slice that holds part of the nodule (highdicom leaves out empty frames)."""
+    rows, columns = int(source.first.Rows), int(source.first.Columns)
+    frames = np.zeros((len(source.slices), rows, columns), dtype=np.uint8)
+    ni, nj, _ = segmentation.shape
+    frames[
+        :,
+        source.first_row : source.first_row + nj,
+        source.first_column : source.first_column + ni,
+    ] = np.asarray(segmentation.array, dtype=np.uint8).transpose(2, 1, 0)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Nodule",
+        segmented_property_category=NODULE_CATEGORY,
+        segmented_property_type=NODULE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=equipment.algorithm(),
+        tracking_uid=tracking_uid,
+        tracking_id="Nodule 1",
+        anatomic_regions=[LUNG],
+    )
+    return hd.seg.Segmentation(
+        source_images=list(source.slices),
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=hd.UID(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        series_description=f"MedCNN {equipment.model}: nodule segmentation",
+        **equipment.common(),
+    )
+
+
+def _parametric_map(
+    heatmap: Volume, source: DicomSource, equipment: _Equipment
+) -> hd.pm.ParametricMap:
+    """The heatmap's block as float32 frames, each placed at its source slice's position."""
+    lps = LPS_TO_RAS @ heatmap.affine
+    positions = [
+        hd.PlanePositionSequence(
+            coordinate_system="PATIENT",
+            image_position=(lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]).tolist(),
+        )
+        for k in range(heatmap.shape[2])
+    ]
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="saliency",
+        lut_explanation="Grad-CAM relevance for malignancy, 0 to 1",
+        unit=NO_UNITS,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=SALIENCY,
+    )
+    return hd.pm.ParametricMap(
+        source_images=list(source.slices),
+        pixel_array=np.ascontiguousarray(heatmap.array.astype(np.float32).transpose(2, 1, 0)),
+        plane_positions=positions,
+        plane_orientation=hd.PlaneOrientationSequence(
+            coordinate_system="PATIENT",
+            image_orientation=[float(v) for v in source.first.ImageOrientationPatient],
+        ),
+        pixel_measures=_pixel_measures(source),
+        series_instance_uid=hd.UID(),
+        series_number=PM_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping],
+        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        content_label="HEATMAP",
+        content_description=f"MedCNN {equipment.model}: heatmap (Grad-CAM) for malignancy",
+        series_description=f"MedCNN {equipment.model}: heatmap",
+        **equipment.common(),
+    )
+
+
+def _report(
+    result: Result,
+    seg: hd.seg.Segmentation,
+    pm: hd.pm.ParametricMap,
+    source: DicomSource,
+    equipment: _Equipment,
+    tracking_uid: str,
+) -> hd.sr.Comprehensive3DSR:
+    nodule = result.nodule
+    lps_point = np.asarray([nodule.point.lps], dtype=float)
+    seed = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=lps_point,
+        frame_of_reference_uid=source.frame_of_reference_uid,
+    )
+    algorithm = equipment.sr_algorithm()
+    tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="Nodule 1")
+    size = [
+        hd.sr.Measurement(VOLUME, nodule.volume_ml, MILLILITRE, algorithm_id=algorithm),
+        hd.sr.Measurement(LONG_AXIS, nodule.diameter_mm, MILLIMETRE, algorithm_id=algorithm),
+    ]
+    if nodule.calcified_share is not None:
+        size.append(
+            hd.sr.Measurement(
+                CALCIFIED_PERCENT,
+                round(nodule.calcified_share * 100.0, 6),
+                PERCENT,
+                algorithm_id=algorithm,
+            )
+        )
+    # The segmented nodule and what was measured on it (TID 1411).
+    measured = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(source.first.SeriesInstanceUID)),
+        ),
+        finding_type=NODULE,
+        finding_sites=[hd.sr.FindingSite(LUNG)],
+        algorithm_id=algorithm,
+        measurements=size,
+    )
+    # The same nodule (same tracking UID) as the network judged it at the point, with the
+    # heatmap it looked through (TID 1501: TID 1411 allows no coordinates on a measurement).
+    seed = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.asarray([nodule.point.lps], dtype=float),
+        frame_of_reference_uid=source.frame_of_reference_uid,
+    )
+    judged = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=NODULE,
+        finding_sites=[hd.sr.FindingSite(LUNG)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                PROBABILITY_OF_CANCER,
+                result.probability,
+                NO_UNITS,
+                algorithm_id=algorithm,
+                referenced_coordinates=[seed],
+            ),
+            hd.sr.Measurement(
+                PROBABILITY_OF_CANCER,
+                result.uncertainty,
+                NO_UNITS,
+                derivation=STANDARD_DEVIATION,
+                algorithm_id=algorithm,
+            ),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(pm)],
+    )
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(equipment),
+            name=f"MedCNN {equipment.model}",
+            manufacturer_name=MANUFACTURER,
+            model_name=equipment.model,
+            serial_number=equipment.weights_sha256,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=CHEST_CT,
+        imaging_measurements=[measured, judged],
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*source.slices, seg, pm],
+        content=report[0],
+        series_instance_uid=hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=f"MedCNN {equipment.model}: measurement report",
+        is_complete=True,
+    )
+
+
+def _pixel_measures(source: DicomSource) -> hd.PixelMeasuresSequence:
+    """The source's pixel spacing and slice thickness, and the distance between its slices."""
+    first = source.first
+    return hd.PixelMeasuresSequence(
+        pixel_spacing=[float(v) for v in first.PixelSpacing],
+        slice_thickness=float(first.get("SliceThickness") or source.slice_spacing_mm),
+        spacing_between_slices=source.slice_spacing_mm,
+    )
+
+
+def _positive_slice_spacing(image: Dataset, source: DicomSource) -> None:
+    """Where highdicom copied the source's pixel measures, put in the distance between slices
+    as the reader measured it: some scanners write SpacingBetweenSlices negative (the real
+    chest CT of the tests does), which DICOM forbids and dciodvfy reports as an error."""
+    measures = image.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    if "SpacingBetweenSlices" in measures:
+        measures.SpacingBetweenSlices = format_number_as_ds(source.slice_spacing_mm)
+
+
+def _device_uid(equipment: _Equipment) -> str:
+    """The model as a device: the same UID for the same weights, everywhere."""
+    return generate_uid(entropy_srcs=["medcnn", equipment.model, equipment.weights_sha256])
+
+
+def saver(dataset: Dataset) -> Callable[[Path], None]:
+    """A writer of ``dataset`` at a path, for ``outputs.writing``'s files made in place."""
+
+    def save(path: Path) -> None:
+        dataset.save_as(path, enforce_file_format=True)
+
+    return save
