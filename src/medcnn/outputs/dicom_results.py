@@ -33,6 +33,7 @@ SEG_SERIES_NUMBER, PM_SERIES_NUMBER, SR_SERIES_NUMBER = 9001, 9002, 9003
 NODULE_CATEGORY = codes.SCT.MorphologicallyAbnormalStructure  # SCT 49755003
 NODULE = codes.SCT.Nodule  # SCT 27925004
 LUNG = codes.SCT.Lung  # SCT 39607008
+THORAX = codes.SCT.Thorax  # SCT 816094009
 SALIENCY = codes.DCM.Saliency  # DCM 130404
 CHEST_CT = Code("24627-2", "LN", "CT Chest")
 VOLUME = codes.SCT.Volume  # SCT 118565006
@@ -66,8 +67,8 @@ def nodule_dicom_results(
     pm = _parametric_map(heatmap, source, equipment)
     for image in (seg, pm):
         _positive_slice_spacing(image, source)
-    # The map covers lung, a paired organ, as a whole block: its laterality is unknown (type 2).
-    pm.Laterality = None
+    _add_frame_anatomy(pm)
+    _frames_along_the_normal(pm)
     report = _report(result, seg, pm, source, equipment, tracking_uid)
     return DicomResults(seg, pm, report)
 
@@ -317,6 +318,43 @@ def _positive_slice_spacing(image: Dataset, source: DicomSource) -> None:
     measures = image.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     if "SpacingBetweenSlices" in measures:
         measures.SpacingBetweenSlices = format_number_as_ds(source.slice_spacing_mm)
+
+
+def _add_frame_anatomy(pm: Dataset) -> None:
+    """The Parametric Map IOD requires the Frame Anatomy functional group (highdicom does not
+    write it; dcmqi's reader, which 3D Slicer uses, fails without it): the block lies in the
+    thorax, an unpaired region (laterality U)."""
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = [hd.sr.CodedConcept.from_code(THORAX)]
+    anatomy.FrameLaterality = "U"
+    pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [anatomy]
+
+
+def _frames_along_the_normal(pm: Dataset) -> None:
+    """Put the map's frames in the order they advance along the slice normal (row x column).
+
+    highdicom stores them the other way round; both are valid, each frame being placed by its
+    own position, but dcmqi's Parametric Map reader (3D Slicer's) lays frame n at the n-th
+    position from the lowest and would show the heatmap upside down. Each frame keeps its own
+    functional groups; only the order of frames changes."""
+    row, column = np.asarray(
+        pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+        dtype=float,
+    ).reshape(2, 3)
+    frames = pm.PerFrameFunctionalGroupsSequence
+    distances = [
+        float(
+            np.asarray(f.PlanePositionSequence[0].ImagePositionPatient, float)
+            @ np.cross(row, column)
+        )
+        for f in frames
+    ]
+    order = np.argsort(distances, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(order), -1)
+    pm.FloatPixelData = np.ascontiguousarray(pixels[order]).tobytes()
+    pm.PerFrameFunctionalGroupsSequence = [frames[int(n)] for n in order]
 
 
 def _device_uid(equipment: _Equipment) -> str:
