@@ -5,6 +5,7 @@ files stay where they were written.
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -39,6 +40,8 @@ def store(files: Sequence[Path], destination: str, timeout_s: float = TIMEOUT_S)
     syntax; every instance must be kept, or ``SendError`` says which was not."""
     from pynetdicom import AE  # only when sending
 
+    # pynetdicom logs each failure on its own; the SendError below is the one sentence.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     called, host, port = store_destination(destination)
     datasets = [pydicom.dcmread(path) for path in files]
     ae = AE(ae_title=CALLING_AE_TITLE)
@@ -52,7 +55,11 @@ def store(files: Sequence[Path], destination: str, timeout_s: float = TIMEOUT_S)
     except OSError as error:
         raise SendError(f"{where} cannot be reached ({error}); {not_sent}.") from error
     if not association.is_established:
-        why = "rejected the association" if association.is_rejected else "did not answer"
+        why = (
+            "rejected the association"
+            if association.is_rejected
+            else "cannot be reached or did not answer"
+        )
         raise SendError(
             f"{where} {why} (check its AE title, host, port and that it accepts "
             f"{CALLING_AE_TITLE}); {not_sent}."
