@@ -94,7 +94,7 @@ class NotRadiographError(MedCNNError):
 
 
 class NotDicomSourceError(MedCNNError):
-    """``--dicom`` needs a DICOM source with the attributes the results copy; this one is not."""
+    """--dicom needs a DICOM input with the attributes its results copy; this one is not."""
 
     exit_code = 15
 
