@@ -309,3 +309,26 @@ def test_without_dicom_no_dicom_file_is_left(
     result = analyzer.analyze_file(phantom["dicom_dir"], NODULE_CENTER_RAS, out)
     assert not any((out / name).exists() for name in FILES)
     assert "dicom_report" not in result.outputs.to_json()
+
+
+def test_batch_writes_each_cases_dicom_results_and_refuses_non_dicom_rows(
+    phantom: dict, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.csv"
+    r, a, s = (str(v) for v in NODULE_CENTER_RAS)
+    manifest.write_text(
+        "id,image,r,a,s\n"
+        f"series,{phantom['dicom_dir']},{r},{a},{s}\n"
+        f"nifti,{phantom['nifti']},{r},{a},{s}\n"
+    )
+    out = tmp_path / "out"
+    done = medcnn("batch", str(manifest), "--out", str(out), "--no-progress", "--dicom")
+    assert done.returncode == 11, done.stderr  # one case refused
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert "is not DICOM" in rows[2] and "is not DICOM" not in rows[1]
+    (series_case,) = (out / "cases").glob("*_series")
+    assert all((series_case / name).exists() for name in FILES)
+    report = pydicom.dcmread(series_case / "report.dcm")
+    source = pydicom.dcmread(next(Path(phantom["dicom_dir"]).iterdir()))
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    assert not list((out / "cases").glob("*_nifti/*.dcm"))
