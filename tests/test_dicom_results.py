@@ -20,11 +20,14 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from radiograph_files import write_dicom
 from result_checks import assert_valid_result
 
 from medcnn.app.analysis import Analyzer
+from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.errors import NotDicomSourceError
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom
+from medcnn.radiograph_phantom import synthetic_radiograph
 from medcnn.volume import LPS_TO_RAS
 
 CHEST_CT_POINT_RAS = (-48.9, -79.7, 35.5)
@@ -332,3 +335,51 @@ def test_batch_writes_each_cases_dicom_results_and_refuses_non_dicom_rows(
     source = pydicom.dcmread(next(Path(phantom["dicom_dir"]).iterdir()))
     assert report.StudyInstanceUID == source.StudyInstanceUID
     assert not list((out / "cases").glob("*_nifti/*.dcm"))
+
+
+# --- a radiograph: the report alone -------------------------------------------------------------
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_dicom_radiographs_report_holds_the_probability(tmp_path: Path) -> None:
+    pixels = synthetic_radiograph()
+    study = {name: "" for name in PATIENT_AND_STUDY}
+    study.update(
+        PatientName="SYNTHETIC^RADIOGRAPH",
+        PatientID="SYNTHETIC-1",
+        StudyInstanceUID=pydicom.uid.generate_uid(),
+        SeriesInstanceUID=pydicom.uid.generate_uid(),
+        StudyDate="20000101",
+        StudyTime="000000",
+    )
+    image = write_dicom(tmp_path / "chest.dcm", pixels, ViewPosition="PA", **study)
+    out = tmp_path / "out"
+    done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert_valid_result(result)
+    assert result["outputs"]["dicom_report"] == "report.dcm"
+    assert not (out / "segmentation.dcm").exists() and not (out / "heatmap.dcm").exists()
+    checked = subprocess.run([DCIODVFY, out / "report.dcm"], capture_output=True, text=True)
+    assert "Error" not in checked.stdout + checked.stderr
+    subprocess.run(
+        [TID1500READER, "--inputDICOM", out / "report.dcm", "--outputMetadata",
+         tmp_path / "sr.json"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (group,) = json.loads((tmp_path / "sr.json").read_text())["Measurements"]
+    assert group["Finding"]["CodeValue"] == "233604007"  # SCT Pneumonia
+    values = [float(item["value"]) for item in group["measurementItems"]]
+    assert values == [result["probability"], result["uncertainty"]]
+    report = pydicom.dcmread(out / "report.dcm")
+    source = pydicom.dcmread(image, stop_before_pixels=True)
+    for name in PATIENT_AND_STUDY:
+        assert report.get(name) == source.get(name), name
+
+
+def test_a_png_radiograph_is_refused_with_dicom(tmp_path: Path) -> None:
+    picture = tmp_path / "chest.png"
+    picture.write_bytes(b"")  # refused by its name, before it is read
+    done = medcnn("analyze", str(picture), "--out", str(tmp_path / "out"), "--dicom")
+    assert done.returncode == 15 and "is not DICOM" in done.stderr

@@ -47,9 +47,6 @@ from medcnn.outputs.result import (
     label_for,
 )
 from medcnn.outputs.writing import (
-    DICOM_HEATMAP,
-    DICOM_REPORT,
-    DICOM_SEGMENTATION,
     HEATMAP,
     OVERLAY,
     RESULT,
@@ -411,24 +408,13 @@ def dicom_files(
 ) -> tuple[Result, dict[str, Callable[[Path], object]]]:
     """The result naming the DICOM files, and the writers of those files: the objects are made
     now, in memory (their seconds are ``timings['dicom']``), and saved with the other files."""
-    from medcnn.outputs.dicom_results import nodule_dicom_results, saver  # only when asked
+    from medcnn.outputs.dicom_results import nodule_dicom_results, with_dicom_files  # if asked
 
     started = time.perf_counter()
     source = dicom_source(analysis.scan, analysis.heatmap)
     made = nodule_dicom_results(result, analysis.segmentation, analysis.heatmap, source)
     timings["dicom"] = time.perf_counter() - started
-    names = {
-        DICOM_SEGMENTATION: made.segmentation,
-        DICOM_HEATMAP: made.heatmap,
-        DICOM_REPORT: made.report,
-    }
-    outputs = replace(
-        result.outputs,
-        dicom_segmentation=DICOM_SEGMENTATION,
-        dicom_heatmap=DICOM_HEATMAP,
-        dicom_report=DICOM_REPORT,
-    )
-    return replace(result, outputs=outputs), {name: saver(ds) for name, ds in names.items()}
+    return with_dicom_files(result, made)
 
 
 def write_timed(

@@ -10,7 +10,7 @@ heatmap's block of them, each placed at the source slice it was computed on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import highdicom as hd
@@ -24,6 +24,7 @@ from pydicom.valuerep import format_number_as_ds
 import medcnn
 from medcnn.outputs.dicom_source import DicomSource
 from medcnn.outputs.result import Result
+from medcnn.outputs.writing import DICOM_HEATMAP, DICOM_REPORT, DICOM_SEGMENTATION
 from medcnn.volume import LPS_TO_RAS, Volume
 
 MANUFACTURER = "MedCNN"
@@ -44,16 +45,40 @@ STANDARD_DEVIATION = codes.SCT.StandardDeviation  # SCT 386136009
 NO_UNITS = codes.UCUM.NoUnits  # UCUM 1
 MILLILITRE = Code("mL", "UCUM", "milliliter")
 MILLIMETRE = codes.UCUM.Millimeter
+PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
+PROBABILITY = codes.DCM.Probability  # DCM 122157
+RADIOGRAPH = codes.cid100.XRUnspecifiedBodyRegion  # LN 43468-8
 PERCENT = codes.UCUM.Percent
 
 
 @dataclass(frozen=True)
 class DicomResults:
-    """The three objects of one analysis, in memory, ready to be saved."""
+    """The objects of one analysis, in memory, ready to be saved (a radiograph's are the report
+    alone)."""
 
-    segmentation: hd.seg.Segmentation
-    heatmap: hd.pm.ParametricMap
     report: hd.sr.Comprehensive3DSR
+    heatmap: hd.pm.ParametricMap | None = None
+    segmentation: hd.seg.Segmentation | None = None
+
+
+def with_dicom_files(
+    result: Result, made: DicomResults
+) -> tuple[Result, dict[str, Callable[[Path], object]]]:
+    """The result naming the DICOM files, and a writer of each, for ``outputs.writing``'s files
+    made in the hidden folder with the others."""
+    made_files = {
+        DICOM_SEGMENTATION: made.segmentation,
+        DICOM_HEATMAP: made.heatmap,
+        DICOM_REPORT: made.report,
+    }
+    files = {name: dataset for name, dataset in made_files.items() if dataset is not None}
+    outputs = replace(
+        result.outputs,
+        dicom_segmentation=DICOM_SEGMENTATION if made.segmentation is not None else None,
+        dicom_heatmap=DICOM_HEATMAP if made.heatmap is not None else None,
+        dicom_report=DICOM_REPORT,
+    )
+    return replace(result, outputs=outputs), {name: saver(ds) for name, ds in files.items()}
 
 
 def nodule_dicom_results(
@@ -70,7 +95,39 @@ def nodule_dicom_results(
     _add_frame_anatomy(pm)
     _frames_along_the_normal(pm)
     report = _report(result, seg, pm, source, equipment, tracking_uid)
-    return DicomResults(seg, pm, report)
+    return DicomResults(report, pm, seg)
+
+
+def radiograph_dicom_results(result: Result, source: Dataset) -> DicomResults:
+    """The SR of a radiograph's analysis, on the radiograph (``source``, its header).
+
+    No Parametric Map: a projection radiograph has no frame of reference, and highdicom 0.28
+    cannot make a Parametric Map of an image without one (it fails indexing its frame)."""
+    equipment = _Equipment.of(result)
+    algorithm = equipment.sr_algorithm()
+    judged = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Radiograph"),
+        finding_type=PNEUMONIA,
+        finding_sites=[hd.sr.FindingSite(LUNG)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(PROBABILITY, result.probability, NO_UNITS, algorithm_id=algorithm),
+            hd.sr.Measurement(
+                PROBABILITY,
+                result.uncertainty,
+                NO_UNITS,
+                derivation=STANDARD_DEVIATION,
+                algorithm_id=algorithm,
+            ),
+        ],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(equipment),
+        procedure_reported=RADIOGRAPH,
+        imaging_measurements=[judged],
+    )
+    return DicomResults(_document(report, [source], equipment))
 
 
 @dataclass(frozen=True)
@@ -167,15 +224,6 @@ def _parametric_map(
         )
         for k in range(heatmap.shape[2])
     ]
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label="saliency",
-        lut_explanation="Grad-CAM relevance for malignancy, 0 to 1",
-        unit=NO_UNITS,
-        value_range=(0.0, 1.0),
-        slope=1.0,
-        intercept=0.0,
-        quantity_definition=SALIENCY,
-    )
     return hd.pm.ParametricMap(
         source_images=list(source.slices),
         pixel_array=np.ascontiguousarray(heatmap.array.astype(np.float32).transpose(2, 1, 0)),
@@ -185,18 +233,50 @@ def _parametric_map(
             image_orientation=[float(v) for v in source.first.ImageOrientationPatient],
         ),
         pixel_measures=_pixel_measures(source),
-        series_instance_uid=hd.UID(),
-        series_number=PM_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        contains_recognizable_visual_features=False,
-        real_world_value_mappings=[mapping],
-        voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
-        content_label="HEATMAP",
-        content_description=f"MedCNN {equipment.model}: heatmap (Grad-CAM) for malignancy",
-        series_description=f"MedCNN {equipment.model}: heatmap",
-        **equipment.common(),
+        **_heatmap_attributes(equipment, "malignancy"),
     )
+
+
+def _observation_context(equipment: _Equipment) -> hd.sr.ObservationContext:
+    """The model as the observing device: the same UID for the same weights, everywhere."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=["medcnn", equipment.model, equipment.weights_sha256]),
+        name=f"MedCNN {equipment.model}",
+        manufacturer_name=MANUFACTURER,
+        model_name=equipment.model,
+        serial_number=equipment.weights_sha256,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def _heatmap_attributes(equipment: _Equipment, finding: str) -> dict:
+    """What every heatmap's Parametric Map says of its values: Grad-CAM saliency, 0 to 1."""
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="saliency",
+        lut_explanation=f"Grad-CAM relevance for {finding}, 0 to 1",
+        unit=NO_UNITS,
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+        quantity_definition=SALIENCY,
+    )
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": PM_SERIES_NUMBER,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "contains_recognizable_visual_features": False,
+        "real_world_value_mappings": [mapping],
+        "voi_lut_transformations": [hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+        "content_label": "HEATMAP",
+        "content_description": f"MedCNN {equipment.model}: heatmap (Grad-CAM) for {finding}",
+        "series_description": f"MedCNN {equipment.model}: heatmap",
+        **equipment.common(),
+    }
 
 
 def _report(
@@ -273,23 +353,20 @@ def _report(
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(pm)],
     )
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=_device_uid(equipment),
-            name=f"MedCNN {equipment.model}",
-            manufacturer_name=MANUFACTURER,
-            model_name=equipment.model,
-            serial_number=equipment.weights_sha256,
-        ),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=_observation_context(equipment),
         procedure_reported=CHEST_CT,
         imaging_measurements=[measured, judged],
     )
+    return _document(report, [*source.slices, seg, pm], equipment)
+
+
+def _document(
+    report: hd.sr.MeasurementReport, evidence: list[Dataset], equipment: _Equipment
+) -> hd.sr.Comprehensive3DSR:
+    """The report as an SR document in the evidence's study (the source, the SEG, the map)."""
     return hd.sr.Comprehensive3DSR(
-        evidence=[*source.slices, seg, pm],
+        evidence=evidence,
         content=report[0],
         series_instance_uid=hd.UID(),
         series_number=SR_SERIES_NUMBER,
@@ -355,11 +432,6 @@ def _frames_along_the_normal(pm: Dataset) -> None:
     pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(order), -1)
     pm.FloatPixelData = np.ascontiguousarray(pixels[order]).tobytes()
     pm.PerFrameFunctionalGroupsSequence = [frames[int(n)] for n in order]
-
-
-def _device_uid(equipment: _Equipment) -> str:
-    """The model as a device: the same UID for the same weights, everywhere."""
-    return generate_uid(entropy_srcs=["medcnn", equipment.model, equipment.weights_sha256])
 
 
 def saver(dataset: Dataset) -> Callable[[Path], None]:

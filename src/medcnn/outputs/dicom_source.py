@@ -34,6 +34,8 @@ REQUIRED_ATTRIBUTES = (
     "Rows",
     "Columns",
 )
+# A projection radiograph has no place in the patient's coordinates: only the identities.
+RADIOGRAPH_REQUIRED = REQUIRED_ATTRIBUTES[:5] + ("Rows", "Columns")
 # Patient and study attributes that DICOM requires present but lets be empty (type 2): copied
 # as the source has them, and a source without one of them is refused rather than filled in.
 TYPE2_ATTRIBUTES = (
@@ -107,20 +109,35 @@ def dicom_source(scan: Volume, block: Volume) -> DicomSource:
     return DicomSource(headers, first_row=j.start, first_column=i.start, slice_spacing_mm=step)
 
 
-def _check_attributes(header: Dataset, where: str) -> None:
-    for name in REQUIRED_ATTRIBUTES:
+def radiograph_source(metadata: dict) -> Dataset:
+    """The header of the DICOM radiograph an analysis read (``Radiograph.metadata``), checked
+    for what the DICOM results copy; a radiograph has no geometry in the patient to check."""
+    path = metadata.get("source_file")
+    if not path:
+        raise NotDicomSourceError(
+            "The radiograph was not read from a DICOM file, so it has no study to attach DICOM "
+            "results to; give the DICOM file, or leave out --dicom."
+        )
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    _check_attributes(header, path, RADIOGRAPH_REQUIRED)
+    return header
+
+
+def _check_attributes(
+    header: Dataset, where: str, required: tuple[str, ...] = REQUIRED_ATTRIBUTES
+) -> None:
+    for name in required:
         if not str(header.get(name, "") or "").strip():
             raise NotDicomSourceError(
-                f"The DICOM series of {Path(where).parent} has no {name}, which the DICOM "
-                "results must copy or reference; export the series with it, or leave out "
-                "--dicom."
+                f"The DICOM source {Path(where).name} (and its series) has no {name}, which the "
+                "DICOM results must copy or reference; export it with it, or leave out --dicom."
             )
     for name in TYPE2_ATTRIBUTES:
         if name not in header:
             raise NotDicomSourceError(
-                f"The DICOM series of {Path(where).parent} lacks {name} (DICOM requires it, "
-                "even empty), so the DICOM results cannot copy it; export the series with it, "
-                "or leave out --dicom."
+                f"The DICOM source {Path(where).name} (and its series) lacks {name} (DICOM "
+                "requires it, even empty), so the DICOM results cannot copy it; export it with "
+                "it, or leave out --dicom."
             )
 
 
