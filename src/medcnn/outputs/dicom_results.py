@@ -1,6 +1,7 @@
-"""A nodule's analysis as DICOM, made with highdicom: the segmentation (SEG), the heatmap
-(Parametric Map) and the measurements (Comprehensive 3D SR, TID 1500 Measurement Report), each a
-new series in the source's study, its patient and study attributes copied from the source.
+"""An analysis as DICOM, made with highdicom: for a nodule the segmentation (SEG), the heatmap
+(Parametric Map) and the measurements (Comprehensive 3D SR, TID 1500 Measurement Report), for a
+radiograph the report alone; each a new series in the source's study, its patient and study
+attributes copied from the source.
 
 The codes, and why each was chosen, are in the README ("Results as DICOM"). Every object lies on
 the source series' own grid: the SEG's frames are whole source frames, the Parametric Map's the
