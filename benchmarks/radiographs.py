@@ -120,9 +120,9 @@ def networks_row(batch: int, repeats: int) -> dict:
     """Forward passes per radiograph, five members each, on a batch of inputs."""
     import torch
 
-    from medcnn.app.radiograph_analysis import RadiographAnalyzer
-    from medcnn.training.radiograph_training import network_input
+    from medcnn.xray.analysis import RadiographAnalyzer
     from medcnn.xray.network import FoundingCNN
+    from medcnn.xray.training.training import network_input
 
     model = RadiographAnalyzer().model
     founding = [FoundingCNN().eval() for _ in model.members]

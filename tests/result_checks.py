@@ -8,7 +8,6 @@ from dataclasses import replace
 import jsonschema
 
 from medcnn.outputs.result import (
-    LUNG_NODULE_MALIGNANCY,
     InputImage,
     ModelInfo,
     NoduleFindings,
@@ -17,6 +16,9 @@ from medcnn.outputs.result import (
     Result,
     result_schema,
 )
+
+# The shipped CT model's task (its bundle's metadata.json says it).
+NODULE_TASK = "lung_nodule_malignancy"
 
 
 def assert_valid_result(data: dict) -> None:
@@ -27,7 +29,7 @@ def assert_valid_result(data: dict) -> None:
 def nodule_result(**changes) -> Result:
     """A valid nodule result, with ``changes`` (dataclass fields) applied."""
     result = Result(
-        task=LUNG_NODULE_MALIGNANCY,
+        task=NODULE_TASK,
         probability=0.731,
         uncertainty=0.042,
         probability_interval=(0.69, 0.78),

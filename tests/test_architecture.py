@@ -20,7 +20,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 # Lower layers never import higher ones: a module may import its own layer and those below.
 # One click end to end (``app.analysis``) sits below training, whose evaluation judges every
-# nodule through exactly that path; the commands sit on top of both.
+# nodule through exactly that path; the commands sit on top of both. A task package spans the
+# layers: its analysis sits with the click's, its training with training, its commands on top.
 LAYERS = (
     (
         "medcnn",
@@ -31,13 +32,20 @@ LAYERS = (
         "medcnn.catalog",
         "medcnn.threads",
     ),
-    ("medcnn.reading", "medcnn.phantom", "medcnn.radiograph_phantom"),
+    ("medcnn.reading", "medcnn.phantom"),
     ("medcnn.nodule", "medcnn.xray"),
     ("medcnn.bundle", "medcnn.outputs"),
-    ("medcnn.app.analysis", "medcnn.app.radiograph_analysis", "medcnn.app.engine"),
+    ("medcnn.app.analysis", "medcnn.app.engine"),
     ("medcnn.training",),
     ("medcnn.app", "medcnn.__main__"),
 )
+# A task package's (``medcnn.<task>``) modules of these names sit in their peer's layer.
+TASK_MODULE_PEERS = {
+    "phantom": "medcnn.phantom",
+    "analysis": "medcnn.app.analysis",
+    "training": "medcnn.training",
+    "commands": "medcnn.app",
+}
 FOREIGN = ("slicer", "qt", "ctk", "vtk", "mrml", "benchmarks", "tests", "MedCNN", "MedCNNLib")
 
 
@@ -71,6 +79,10 @@ def imported(name: str) -> set[str]:
 
 
 def layer_of(name: str) -> int:
+    parts = name.split(".")
+    peer = TASK_MODULE_PEERS.get(parts[2]) if len(parts) >= 3 else None
+    if peer is not None and not (name == peer or name.startswith(peer + ".")):
+        return layer_of(peer)
     best = None
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:

@@ -17,7 +17,7 @@ from result_checks import assert_valid_result
 
 from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.phantom import NODULE_CENTER_RAS, NODULE_DIAMETER_MM
-from medcnn.radiograph_phantom import COLUMNS, ROWS
+from medcnn.xray.phantom import COLUMNS, ROWS
 
 
 def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> None:
@@ -32,8 +32,8 @@ def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert "SYNTHETIC" in done.stdout
-    named = re.search(r"outputs: (.*)", done.stdout).group(1).split(", ")
     out = (tmp_path / "out" / "ct_nodule").resolve()
+    named = outputs_named(done.stdout, out)
     assert [Path(p) for p in named] == [
         out / name
         for name in ("result.json", "heatmap.nii.gz", "segmentation.nii.gz", "overlay.png")
@@ -53,11 +53,17 @@ def test_demo_analyses_the_phantom_and_names_every_output(tmp_path: Path) -> Non
         assert_the_radiograph_demo(done.stdout, (tmp_path / "out" / "chest_xray").resolve())
 
 
+def outputs_named(stdout: str, out: Path) -> list[str]:
+    """The files the demo names for the model whose outputs are in ``out``."""
+    (line,) = [line for line in re.findall(r"outputs: (.*)", stdout) if str(out) in line]
+    return line.split(", ")
+
+
 def assert_the_radiograph_demo(stdout: str, out: Path) -> None:
     """The synthetic radiograph's part: named outputs, a valid X-ray result, a heatmap the
     size of the picture."""
     assert "Synthetic chest radiograph" in stdout
-    named = re.findall(r"outputs: (.*)", stdout)[1].split(", ")
+    named = outputs_named(stdout, out)
     assert [Path(p) for p in named] == [
         out / name for name in ("result.json", "heatmap.nii.gz", "overlay.png", "heatmap.png")
     ]

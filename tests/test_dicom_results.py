@@ -27,8 +27,8 @@ from medcnn.app.analysis import Analyzer
 from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.errors import NotDicomSourceError
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom
-from medcnn.radiograph_phantom import synthetic_radiograph
 from medcnn.volume import LPS_TO_RAS
+from medcnn.xray.phantom import synthetic_radiograph
 
 CHEST_CT_POINT_RAS = (-48.9, -79.7, 35.5)
 BIN = Path(sys.executable).parent

@@ -20,8 +20,8 @@ from result_checks import assert_valid_result
 from medcnn.app.engine import choose_model
 from medcnn.catalog import NODULE_MODEL, XRAY_MODEL, installed_models, read_metadata
 from medcnn.errors import UsageError
-from medcnn.radiograph_phantom import synthetic_radiograph
 from medcnn.reading.radiograph import read_radiograph
+from medcnn.xray.phantom import synthetic_radiograph
 
 needs_xray_model = pytest.mark.skipif(
     XRAY_MODEL not in installed_models(), reason="the chest X-ray bundle is not installed"
@@ -166,8 +166,8 @@ def test_a_batch_mixes_radiographs_and_nodules_in_one_table(
 def test_the_release_numbers_reproduce_on_the_fixed_subset(shared_data: Path) -> None:
     """The model card's check subset (every 10th of Kermany's test split), judged again through
     the click's path, gives the numbers recorded in metadata.json."""
-    from medcnn.app.radiograph_analysis import RadiographAnalyzer
-    from medcnn.training.radiograph_evaluation import (
+    from medcnn.xray.analysis import RadiographAnalyzer
+    from medcnn.xray.training.evaluation import (
         LabelledRadiograph,
         member_probabilities,
         summarize,

@@ -234,7 +234,8 @@ def test_when_torch_was_imported_first_only_the_count_is_lowered() -> None:
 def worker_session(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The real worker, as a viewer starts it, with the user's ``OMP_NUM_THREADS=1``: its ready
     line and the results of a CT click and of a radiograph (both analyzers)."""
-    from medcnn.app.demo import ensure_phantom, ensure_radiograph_phantom
+    from medcnn.app.demo import ensure_phantom
+    from medcnn.xray.phantom import ensure_radiograph_phantom
 
     root = tmp_path_factory.mktemp("threads")
     phantom = ensure_phantom(root / "phantom")

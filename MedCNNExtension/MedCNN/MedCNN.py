@@ -40,7 +40,7 @@ class MedCNN(ScriptedLoadableModule):
     def __init__(self, parent: qt.QWidget) -> None:
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MedCNN")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Chest Imaging")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["MedCNN contributors"]
         self.parent.helpText = _(
@@ -55,7 +55,7 @@ class MedCNN(ScriptedLoadableModule):
             "<br><br>"
             "<b>Research use only. Not a medical device and not for clinical use or "
             "diagnosis.</b><br><br>"
-            'See the <a href="https://github.com/medcnn/medcnn#3d-slicer">documentation</a>.'
+            'See the <a href="https://github.com/medcnn/medcnn#for-radiologists-3d-slicer">documentation</a>.'
         )
         self.parent.acknowledgementText = _(
             "The lung nodule model was trained on nodules of the LIDC-IDRI collection: Armato "

@@ -2,15 +2,17 @@
 
 Only the standard library: the worker announces the models in its first line, before torch is
 imported, and ``medcnn models`` lists them without loading one. A model's facts (its name, its
-task, whether it needs a point) are its bundle's ``metadata.json``, read here.
+task, whether it needs a point, the words of its answer) are its bundle's ``metadata.json``,
+read here, so a new model brings them in its bundle and no code lists the models.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medcnn.errors import ModelIntegrityError
 
@@ -20,13 +22,11 @@ XRAY_MODEL = "chest_xray_pneumonia"
 
 
 def bundles_dir() -> Path:
-    """The folder of the shipped bundles: beside the source tree (a checkout or the Slicer
-    extension) or installed under ``<prefix>/share/medcnn``."""
-    for candidate in (
-        Path(__file__).resolve().parents[2] / "monai_bundle",
-        Path(__file__).resolve().parent / "monai_bundle",
-        Path(sys.prefix) / "share" / "medcnn" / "monai_bundle",
-    ):
+    """The folder of the shipped bundles: inside the package where it is installed (a wheel
+    or sdist puts them there, setup.py; so does the Slicer extension's build), else beside
+    the source tree of a checkout (``monai_bundle/``, their one copy in the repository)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "monai_bundle", package.parents[1] / "monai_bundle"):
         if any(candidate.glob("*/configs/metadata.json")):
             return candidate
     raise ModelIntegrityError(
@@ -100,3 +100,59 @@ def model_list() -> list[dict]:
             }
         )
     return listed
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a model judges, in the words its answers use (``metadata.json``'s ``medcnn``
+    section): ``result.json``'s ``task``, the finding its probability is of, the label at or
+    above the threshold and below it, the keys of its own a batch's table shows, and the JSON
+    Schema rule of its own keys in ``result.json``."""
+
+    name: str
+    finding: str
+    positive: str
+    negative: str
+    summary_columns: tuple[str, ...]
+    result_schema: dict[str, Any]
+
+    def label(self, probability: float, threshold: float) -> str:
+        return self.positive if probability >= threshold else self.negative
+
+
+def task_of(bundle_dir: Path) -> Task:
+    """The task a bundle's model judges, from its ``metadata.json``."""
+    own = read_metadata(bundle_dir).get("medcnn", {})
+    try:
+        positive, negative = own["labels"]
+        return Task(
+            name=str(own["task"]),
+            finding=str(own["finding"]),
+            positive=str(positive),
+            negative=str(negative),
+            summary_columns=tuple(str(key) for key in own.get("summary_columns", ())),
+            result_schema=dict(own.get("result_schema", {})),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelIntegrityError(
+            f"The bundle {bundle_dir} does not say what its model judges (metadata.json's "
+            f"medcnn section needs task, finding and two labels; {error!r} is missing or "
+            "wrong); reinstall MedCNN or fix the bundle."
+        ) from error
+
+
+def installed_tasks() -> dict[str, Task]:
+    """The task of each installed model, by task name, in model order."""
+    tasks = (task_of(default_bundle_dir(model)) for model in installed_models())
+    return {task.name: task for task in tasks}
+
+
+def task_named(name: str) -> Task:
+    """An installed model's task by its name (``result.json``'s ``task``)."""
+    tasks = installed_tasks()
+    if name not in tasks:
+        raise ModelIntegrityError(
+            f"No installed model judges the task {name!r} (installed: {', '.join(tasks)}); "
+            "reinstall MedCNN or install that model's bundle."
+        )
+    return tasks[name]

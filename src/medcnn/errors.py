@@ -6,6 +6,7 @@ an exit code or a message. Exit codes are listed in the README's "When things go
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -28,7 +29,7 @@ class InputNotFoundError(MedCNNError):
 
 
 class UnreadableImageError(MedCNNError):
-    """The file exists but is not an image MedCNN can read, or it is truncated or corrupt."""
+    """The file is not a regular image file MedCNN can read, or it is truncated or corrupt."""
 
     exit_code = 4
 
@@ -46,7 +47,7 @@ class NotCTError(MedCNNError):
 
 
 class GeometryError(MedCNNError):
-    """The scan is not a usable 3D volume: 2D, 4D, too thin, tilted, missing or uneven slices."""
+    """The scan is not a usable 3D volume: 2D, 4D, too thin, tilted, uneven, or a corrupt grid."""
 
     exit_code = 7
 
@@ -82,7 +83,7 @@ class BatchIncompleteError(MedCNNError):
 
 
 class OutputError(MedCNNError):
-    """The output folder cannot be written (no space left, no permission, or it is a file)."""
+    """The output cannot be written: no space or permission, a file, or a folder of other files."""
 
     exit_code = 13
 
@@ -148,3 +149,19 @@ EXIT_CODES_BY_NAME: dict[str, int] = {
     "internal_error": MedCNNError.exit_code,
     **{error_name(cls): cls.exit_code for cls in USER_ERRORS},
 }
+
+
+# Errors of a disk, not of MedCNN: whatever writes (an output, a phantom, a cache), they are
+# the user's to fix, exit code 13.
+DISK_ERRNOS = frozenset(getattr(errno, name, -1) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG"))
+
+
+def disk_error(error: BaseException) -> OutputError | None:
+    """A full, read-only or over-quota disk's ``OSError`` as one sentence with exit code 13;
+    None for any other error."""
+    if not isinstance(error, OSError) or error.errno not in DISK_ERRNOS:
+        return None
+    return OutputError(
+        f"A file cannot be written ({error.strerror}); free some space or choose a folder you "
+        "can write to."
+    )

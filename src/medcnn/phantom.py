@@ -11,6 +11,7 @@ synthetic: PatientName ``SYNTHETIC^PHANTOM``, a series description that says "no
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -72,6 +73,12 @@ _NODULE_LOBES = (
     ((-0.4, -2.2, -2.2), 2.6),
 )
 _EDGE_MM = 0.8  # width of the partial-volume ramp at nodule and vessel borders
+
+
+def examples_cache() -> Path:
+    """Where generated examples are kept between runs (``$XDG_CACHE_HOME/medcnn``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "medcnn"
 
 
 def phantom_affine() -> np.ndarray:

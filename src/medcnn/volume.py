@@ -63,6 +63,11 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ affine[:3, :3].T + affine[:3, 3]
 
 
+# The farthest a point or an image's origin may lie from the scanner's centre, in mm: far beyond
+# any scanner's field (100 m), yet small enough that no arithmetic on it overflows.
+MAX_COORDINATE_MM = 100_000.0
+
+
 def ras_point(point: np.ndarray | list[float], lps: bool = False) -> np.ndarray:
     """A user's point as RAS; ``lps=True`` when it was given in DICOM/ITK's LPS convention."""
     p = np.asarray(point, dtype=float).reshape(3)

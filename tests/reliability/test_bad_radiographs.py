@@ -16,7 +16,7 @@ from radiograph_files import write_dicom
 from reliability_support import assert_one_clear_sentence, run_cli, snapshot
 
 from medcnn.catalog import XRAY_MODEL, installed_models
-from medcnn.radiograph_phantom import synthetic_radiograph
+from medcnn.xray.phantom import synthetic_radiograph
 
 pytestmark = pytest.mark.skipif(
     XRAY_MODEL not in installed_models(), reason="the chest X-ray bundle is not installed"

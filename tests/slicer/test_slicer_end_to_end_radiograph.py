@@ -18,7 +18,7 @@ from slicer_test_support import SLICER_CORE_MISSING, wait_until, write_nrrd
 
 from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.outputs.result import result_schema
-from medcnn.radiograph_phantom import synthetic_radiograph
+from medcnn.xray.phantom import synthetic_radiograph
 
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 

@@ -305,6 +305,8 @@ def test_cancel_marks_every_remaining_point(scene, phantom, phantom_ct, standin_
     before = node_ids(scene)
     points = [pointFromRAS(phantom_ct.nodule_ras), pointFromRAS((0, 0, 0))]
     task = logic.startAnalysis(phantom, points)
+    assert task.statusText.startswith(f"Writing '{phantom.GetName()}' to the temporary folder")
+    task.poll()
     assert task.statusText == f"{points[0].label} (1/2): {STARTING_TITLE}"
 
     def running() -> bool:
@@ -319,16 +321,62 @@ def test_cancel_marks_every_remaining_point(scene, phantom, phantom_ct, standin_
     assert [o.exitCode for o in task.outcomes] == [CancelledError.exit_code] * 2
     assert task.message == "The analysis was cancelled."
     assert node_ids(scene) == before
+    assert list((tmp_path / "w").rglob("*.nrrd")) == []  # the written CT went with it
     logic.cleanup()
     assert not (tmp_path / "w").exists() or not any((tmp_path / "w").rglob("result.json"))
 
 
-def test_export_is_reused_until_the_volume_changes(logic, phantom):
-    first = logic.exportVolume(phantom)
-    assert logic.exportVolume(phantom) == first
-    phantom.GetImageData().Modified()
-    second = logic.exportVolume(phantom)
-    assert second != first and second.exists() and not first.exists()
+def exported(logic) -> list:
+    return sorted((logic.workDir / "input").glob("*.nrrd"))
+
+
+def test_the_written_volume_lives_as_long_as_its_analysis(logic, phantom, phantom_ct):
+    """Written on the task's first poll (the panel says so meanwhile), removed when it ends,
+    whether it succeeded, failed or was refused."""
+    task = logic.startAnalysis(phantom, [pointFromRAS(phantom_ct.nodule_ras)])
+    assert exported(logic) == []
+    assert "Writing 'phantom' to the temporary folder" in task.statusText
+    task.wait(60)
+    assert task.failed == [] and exported(logic) == []
+    task = logic.analyze(phantom, [pointFromRAS((5000.0, 0.0, 0.0))], timeout=60)
+    assert len(task.failed) == 1 and exported(logic) == []
+
+
+def test_a_volume_that_cannot_be_written_fails_every_point_in_one_sentence(
+    logic, phantom, phantom_ct, monkeypatch
+):
+    def full_disk(volumeNode):
+        raise AnalysisError("'phantom' could not be written; check the free disk space.", "output")
+
+    monkeypatch.setattr(logic, "exportVolume", full_disk)
+    points = [pointFromRAS(phantom_ct.nodule_ras), pointFromRAS((0.0, 0.0, 0.0))]
+    task = logic.analyze(phantom, points, timeout=10)
+    assert [o.error for o in task.outcomes] == [
+        "'phantom' could not be written; check the free disk space."
+    ] * 2
+    assert logic.runner.pid is None  # nothing was sent
+
+
+def test_a_volume_removed_before_the_first_poll_is_one_message(logic, phantom, phantom_ct, scene):
+    task = logic.startAnalysis(phantom, [pointFromRAS(phantom_ct.nodule_ras)])
+    scene.RemoveNode(phantom)
+    assert task.poll() is True
+    assert "removed from the scene" in task.message
+
+
+def test_the_temporary_folder_is_slicers_when_there_is_one(
+    scene, standin_runner, monkeypatch, tmp_path
+):
+    class App:
+        temporaryPath = str(tmp_path / "SlicerTemp")
+
+    monkeypatch.setattr(slicer, "app", App(), raising=False)
+    logic = MedCNNLogic(scene, standin_runner())
+    try:
+        assert logic.workDir.parent == tmp_path / "SlicerTemp"
+    finally:
+        logic.cleanup()
+    assert not logic.workDir.exists()
 
 
 def test_parameters_round_trip_through_a_settings_store():
@@ -357,3 +405,34 @@ def test_a_busy_runner_is_one_clear_message(scene, phantom, phantom_ct, standin_
     other = second.analyze(phantom, [pointFromRAS(phantom_ct.nodule_ras)], timeout=10)
     assert "already running" in other.message
     task.cancel()
+
+
+def test_only_placed_control_points_are_sent(logic, phantom, phantom_ct, scene):
+    markups = slicer.vtkMRMLMarkupsFiducialNode()
+    scene.AddNode(markups)
+    markups.AddControlPoint(*phantom_ct.nodule_ras, "placed")
+    markups.AddControlPoint(0.0, 0.0, 0.0, "being placed")
+    markups.AddControlPoint(5000.0, 0.0, 0.0, "skipped")
+    markups.UnsetNthControlPointPosition(1)
+    markups.SetNthControlPointPositionMissing(2)
+    assert [p.label for p in pointsFromMarkups(markups)] == ["placed"]
+    task = logic.analyze(phantom, markups, timeout=60)
+    assert [o.point.label for o in task.outcomes] == ["placed"] and task.failed == []
+    markups.UnsetNthControlPointPosition(0)
+    with pytest.raises(AnalysisError, match="no placed point"):
+        logic.startAnalysis(phantom, markups)
+
+
+def test_results_sit_under_the_cts_study_in_the_data_tree(logic, phantom, phantom_ct, scene):
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Patient")
+    study = hierarchy.CreateStudyItem(patient, "Chest CT study")
+    hierarchy.CreateItem(study, phantom)
+    task = analyse(logic, phantom, phantom_ct.nodule_ras)
+    assert task.failed == [], task.message
+    nodeIDs = task.outcomes[0].nodeIDs
+    assert set(nodeIDs) == {"heatmap", "segmentation", "table"}
+    for role, nodeID in nodeIDs.items():
+        item = hierarchy.GetItemByDataNode(scene.GetNodeByID(nodeID))
+        assert item != hierarchy.GetInvalidItemID(), role
+        assert hierarchy.GetItemParent(item) == study, role

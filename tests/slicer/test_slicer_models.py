@@ -4,7 +4,7 @@ radiograph), and a radiograph's answer in the scene (its heatmap over it, its ta
 model and empty nodule columns). The protocol stand-in plays both models; the same checks with
 the real chest X-ray model are in ``test_slicer_end_to_end_radiograph.py``.
 
-The radiograph is the engine's synthetic one (``medcnn.radiograph_phantom``) as a volume of one
+The radiograph is the engine's synthetic one (``medcnn.xray.phantom``) as a volume of one
 slice, placed obliquely with unequal spacing and an origin away from 0, so a heatmap that lost
 any part of that geometry would not overlay it."""
 
@@ -19,7 +19,7 @@ import pytest
 from slicer_test_support import SLICER_CORE_MISSING, radiograph_matrix, wait_until
 
 from medcnn.outputs.result import result_schema
-from medcnn.radiograph_phantom import synthetic_radiograph
+from medcnn.xray.phantom import synthetic_radiograph
 
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 

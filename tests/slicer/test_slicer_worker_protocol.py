@@ -9,11 +9,12 @@ import json
 import subprocess
 import sys
 
+from result_checks import NODULE_TASK
+
 from medcnn.app.worker import PROTOCOL_VERSION, Channel, hello, serve
 from medcnn.catalog import model_list
 from medcnn.errors import EXIT_CODES, EXIT_CODES_BY_NAME, MedCNNError, PointOutsideScanError
 from medcnn.outputs.result import (
-    LUNG_NODULE_MALIGNANCY,
     InputImage,
     ModelInfo,
     NoduleFindings,
@@ -40,7 +41,7 @@ class StandInAnalyzer:
         for stage, fraction in (("reading", 0.0), ("network", 0.3), ("writing", 0.9)):
             progress(stage, fraction)
         return Result(
-            task=LUNG_NODULE_MALIGNANCY,
+            task=NODULE_TASK,
             probability=0.25,
             uncertainty=0.01,
             probability_interval=(0.24, 0.26),
@@ -76,7 +77,7 @@ def test_progress_then_result_each_with_the_request_id():
     assert [m["event"] for m in a] == ["progress", "progress", "progress", "result"]
     assert [m["stage"] for m in a[:3]] == ["reading", "network", "writing"]
     assert a[-1]["result"]["label"] == "benign"
-    assert a[-1]["result"]["task"] == LUNG_NODULE_MALIGNANCY  # result.json's content
+    assert a[-1]["result"]["task"] == NODULE_TASK  # result.json's content
     assert analyzer.calls[1][3] is True  # lps passed through
     assert messages[-1] == {**messages[-1], "id": "b", "event": "result"}
 

@@ -52,6 +52,17 @@ __all__ = [
 ]
 
 
+def temporaryFolder() -> str | None:
+    """Slicer's temporary folder (Application Settings, General), which Slicer and the user
+    know to clean; None outside the application (bare MRML): the system's."""
+    app = getattr(slicer, "app", None)
+    folder = getattr(app, "temporaryPath", None) if app is not None else None
+    if not folder:
+        return None
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
 class ModelChoice(NamedTuple):
     """One entry of the model selector: the id sent (``AUTOMATIC``: none), its title and what
     it takes."""
@@ -63,8 +74,10 @@ class ModelChoice(NamedTuple):
 
 class MedCNNLogic:
     """The module's logic. ``scene`` is Slicer's scene by default; ``runner`` the persistent
-    worker by default (tests and other front ends may pass their own). The engine's output files
-    are deleted once imported, unless ``keepOutputs`` (then each outcome has its ``outputDir``)."""
+    worker by default (tests and other front ends may pass their own). Its files live in
+    ``workDir``, by default a new folder in Slicer's temporary folder (``temporaryFolder``):
+    the volume written for an analysis is removed when the analysis ends, the engine's output
+    files once imported, unless ``keepOutputs`` (then each outcome has its ``outputDir``)."""
 
     def __init__(
         self,
@@ -80,7 +93,7 @@ class MedCNNLogic:
         self.display = ResultDisplay(self.scene, parameters or Parameters())
         self.results = ResultImporter(self.scene, self.display)
         self._ownsWorkDir = workDir is None
-        self.workDir = Path(workDir or tempfile.mkdtemp(prefix="MedCNN-"))
+        self.workDir = Path(workDir or tempfile.mkdtemp(prefix="MedCNN-", dir=temporaryFolder()))
         self._resultNumbers = itertools.count(1)
         self._export = VolumeExport(self.workDir / "input")
 
@@ -178,6 +191,9 @@ class MedCNNLogic:
 
     def exportVolume(self, volumeNode: slicer.vtkMRMLScalarVolumeNode) -> Path:
         return self._export.export(volumeNode)
+
+    def removeExport(self, path: Path) -> None:
+        self._export.remove(path)
 
     # -- results into the scene (ResultImport, then Display) ----------------------------------
 

@@ -1,6 +1,10 @@
 """Installing what the analysis process needs into Slicer's Python, after asking the user.
 
-Torch comes first, through the PyTorch extension's ``PyTorchUtils`` (it picks the build for the
+First, before anything is asked or downloaded, whether this Slicer can run MedCNN at all
+(``unsupportedReason``): its Python must be one the engine supports (Slicer 5.8 ships Python
+3.9; 5.10 and later 3.12), and PyTorch must publish a torch new enough for the platform (not for
+Slicer's Intel macOS build, whose newest torch is 2.2.2). Then torch comes first, through the
+PyTorch extension's ``PyTorchUtils`` (it picks the build for the
 computer's GPU and driver); then ``Resources/requirements.txt`` through Slicer's
 ``pip_ensure`` where the Slicer version has it, else ``slicer.util.pip_install``. Packages that
 Slicer ships (numpy, SimpleITK, ...) are never replaced: they are pinned to their installed
@@ -13,8 +17,11 @@ decisions are tested without Slicer; ``forSlicer`` wires Slicer's own.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
+import platform
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,11 +29,19 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion
 
 log = logging.getLogger("MedCNN.Install")
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requirements.txt"
-TORCH_REQUIREMENT = "torch>=2.4"
+# The engine's floor, ``requires-python`` in pyproject.toml (tests hold the two equal): Slicer
+# 5.8's Python 3.9 is refused before any download; 5.10 and later ship 3.12.
+MINIMUM_PYTHON = (3, 10)
+# The oldest torch a click is proven with: CI's Slicer-like environment runs real clicks on it
+# (.ci/run, tests/slicer/test_slicer_python_environment.py). An older torch may work; it is not
+# claimed, so an older one (another extension's) is upgraded, after asking.
+TORCH_REQUIREMENT = "torch>=2.13"
+SLICER_DOWNLOAD = "https://download.slicer.org"
 # Shipped with Slicer and used as they are; replacing them breaks Slicer (SimpleITK has
 # Slicer-specific IO, numpy is compiled against by VTK and ITK).
 SHIPPED_BY_SLICER = (
@@ -45,7 +60,37 @@ SHIPPED_BY_SLICER = (
 
 
 class InstallError(Exception):
-    """Installing failed or was declined; ``str(error)`` is one sentence for the panel."""
+    """Installing failed, was declined or cannot be done here; ``str(error)`` is one sentence
+    for the panel."""
+
+
+def unsupportedReason(
+    python: tuple[int, ...] | None = None,
+    system: str | None = None,
+    machine: str | None = None,
+) -> str | None:
+    """One sentence saying why MedCNN cannot run in this Slicer and what to use instead, or None
+    where it can. Asked before any question or download (the arguments default to this
+    Python and computer)."""
+    python = tuple(sys.version_info[:2]) if python is None else tuple(python[:2])
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    if python < MINIMUM_PYTHON:
+        needed = ".".join(str(part) for part in MINIMUM_PYTHON)
+        return (
+            f"MedCNN needs 3D Slicer 5.10 or newer: this Slicer runs Python "
+            f"{'.'.join(str(part) for part in python)} and MedCNN needs Python {needed} or "
+            f"newer; install the current 3D Slicer from {SLICER_DOWNLOAD} (nothing was "
+            "downloaded)."
+        )
+    if system == "Darwin" and machine.lower() in ("x86_64", "i386", "amd64"):
+        return (
+            "MedCNN cannot run in 3D Slicer for macOS yet: Slicer for macOS is an Intel "
+            f"(x86_64) build, for which PyTorch's newest is 2.2.2 while MedCNN needs "
+            f"{TORCH_REQUIREMENT}; use 3D Slicer on Windows or Linux, or MedCNN's command line "
+            "on this Mac (nothing was downloaded)."
+        )
+    return None
 
 
 def readRequirements(path: Path = REQUIREMENTS_FILE) -> list[Requirement]:
@@ -65,10 +110,17 @@ def installedVersion(name: str) -> str | None:
 
 
 def isSatisfied(requirement: Requirement) -> bool:
+    """Installed in a version the requirement allows; a version that is not PEP 440 (a local
+    build's) counts as not satisfying it, never as an error."""
     if requirement.marker is not None and not requirement.marker.evaluate():
         return True
     version = installedVersion(requirement.name)
-    return version is not None and requirement.specifier.contains(version, prereleases=True)
+    if version is None:
+        return False
+    try:
+        return requirement.specifier.contains(version, prereleases=True)
+    except InvalidVersion:
+        return False
 
 
 @dataclass
@@ -91,7 +143,12 @@ class InstallPlan:
 
 
 class InstallLogic:
-    """Checks and installs the analysis process's Python packages."""
+    """Checks and installs the analysis process's Python packages.
+
+    ``busy`` wraps the download and install only (the panel's busy cursor), never the question;
+    ``torchLoaded`` says whether this process has imported torch (another module may have), in
+    which case a torch that must change asks for a restart instead of failing half-way (on
+    Windows its files are in use). One install at a time: ``ensure`` refuses while one runs."""
 
     def __init__(
         self,
@@ -100,12 +157,17 @@ class InstallLogic:
         pipEnsure: Callable[[list[Requirement], Path], None],
         requirementsFile: Path = REQUIREMENTS_FILE,
         log_: Callable[[str], None] | None = None,
+        busy: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+        torchLoaded: Callable[[], bool] = lambda: "torch" in sys.modules,
     ) -> None:
         self.confirm = confirm
         self.installTorch = installTorch
         self.pipEnsure = pipEnsure
         self.requirementsFile = Path(requirementsFile)
         self.log = log_ or log.info
+        self.busy = busy
+        self.torchLoaded = torchLoaded
+        self.installing = False
 
     def plan(self) -> InstallPlan:
         plan = InstallPlan()
@@ -124,10 +186,26 @@ class InstallLogic:
 
     def ensure(self) -> bool:
         """Install what is missing after the user agreed; True when nothing was missing or all
-        got installed. Raises ``InstallError`` when declined or failed."""
+        got installed. Raises ``InstallError`` (one sentence) when this Slicer cannot run
+        MedCNN, when declined, when an install already runs, when a loaded torch must change
+        and whenever installing fails, whatever the installer raised."""
+        if self.installing:
+            raise InstallError(
+                "MedCNN is already installing its Python packages; wait until it has finished."
+            )
+        reason = unsupportedReason()
+        if reason is not None:
+            raise InstallError(reason)
         plan = self.plan()
         if plan.empty:
             return True
+        if plan.torch is not None and self.torchLoaded():
+            raise InstallError(
+                f"MedCNN needs {plan.torch} but PyTorch {installedVersion('torch')} is already "
+                "loaded in this Slicer session (by another module) and cannot be replaced while "
+                "it runs; restart Slicer and press Analyze in MedCNN before using other modules "
+                "that use PyTorch."
+            )
         question = (
             "MedCNN needs these Python packages in Slicer's Python environment: "
             f"{plan.describe()}. They are downloaded from the Python Package Index, which can "
@@ -138,6 +216,32 @@ class InstallLogic:
                 "MedCNN cannot analyse without its Python packages; press Analyze again to "
                 "install them."
             )
+        self.installing = True
+        try:
+            with self.busy():
+                self.install(plan)
+        except InstallError:
+            raise
+        except Exception as error:  # pip's CalledProcessError, PyTorchUtils' own, anything
+            log.exception("installing MedCNN's Python packages failed")
+            raise InstallError(
+                f"Installing {plan.describe()} failed ({failureText(error)}); check the "
+                "internet connection and the Python console's log, then press Analyze to try "
+                "again."
+            ) from error
+        finally:
+            self.installing = False
+        remaining = self.plan()
+        if not remaining.empty:
+            raise InstallError(
+                f"Installing {remaining.describe()} did not succeed; see the Python console's "
+                "log, then restart Slicer and try again."
+            )
+        return True
+
+    def install(self, plan: InstallPlan) -> None:
+        """Torch through the PyTorch extension, then the rest through pip, Slicer's own
+        packages (and the torch just installed) pinned."""
         if plan.torch is not None:
             self.log(f"Installing {plan.torch} through the PyTorch extension...")
             self.installTorch(str(plan.torch.specifier))
@@ -147,13 +251,6 @@ class InstallLogic:
                 constraints = Path(folder) / "constraints.txt"
                 constraints.write_text(self.constraintsText())
                 self.pipEnsure(plan.packages, constraints)
-        remaining = self.plan()
-        if not remaining.empty:
-            raise InstallError(
-                f"Installing {remaining.describe()} did not succeed; see the Python console's "
-                "log, then restart Slicer and try again."
-            )
-        return True
 
     @staticmethod
     def constraintsText() -> str:
@@ -166,9 +263,24 @@ class InstallLogic:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def forSlicer(cls, confirm: Callable[[str], bool], log_: Callable[[str], None] | None = None):
+    def forSlicer(
+        cls,
+        confirm: Callable[[str], bool],
+        log_: Callable[[str], None] | None = None,
+        busy: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> InstallLogic:
         """The installer wired to Slicer: PyTorchUtils for torch, pip_ensure or pip_install."""
-        return cls(confirm, slicerInstallTorch, slicerPipEnsure, log_=log_)
+        return cls(confirm, slicerInstallTorch, slicerPipEnsure, log_=log_, busy=busy)
+
+
+def failureText(error: BaseException) -> str:
+    """A failure in a few words for the panel's sentence: a command's exit status (pip's
+    ``CalledProcessError`` names its whole command line), else the error's first line."""
+    returncode = getattr(error, "returncode", None)
+    if returncode is not None:
+        return f"the installer exited with status {returncode}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def slicerInstallTorch(versionSpecifier: str) -> None:

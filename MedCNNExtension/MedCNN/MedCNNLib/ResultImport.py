@@ -105,6 +105,7 @@ class ResultImporter:
             raise AnalysisError(
                 f"The results could not be loaded into the scene ({error}).", "internal_error"
             ) from error
+        placeBesideVolume(self.scene, volumeNode, [*newNodes.values(), table])
         newIDs = {role: node.GetID() for role, node in newNodes.items()}
         for node in self.resultNodes(key):
             if node.GetID() not in newIDs.values():
@@ -313,6 +314,28 @@ def setProvenance(
         attributes["Result"] = json.dumps(result, sort_keys=True)
     for name, value in attributes.items():
         node.SetAttribute(ATTRIBUTE + name, str(value))
+
+
+def placeBesideVolume(
+    scene: slicer.vtkMRMLScene, volumeNode: slicer.vtkMRMLVolumeNode, nodes: list
+) -> None:
+    """Put result nodes in the subject hierarchy (the Data module's tree) where their volume
+    is: under the CT's study for a CT loaded from DICOM, not at the top of the tree. A volume
+    without an item there (bare MRML) leaves the nodes where they are."""
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if hierarchy is None:
+        return
+    invalid = hierarchy.GetInvalidItemID()
+    volumeItem = hierarchy.GetItemByDataNode(volumeNode)
+    if volumeItem == invalid:
+        return
+    parent = hierarchy.GetItemParent(volumeItem)
+    for node in nodes:
+        item = hierarchy.GetItemByDataNode(node)
+        if item == invalid:
+            hierarchy.CreateItem(parent, node)
+        elif hierarchy.GetItemParent(item) != parent:
+            hierarchy.SetItemParent(item, parent)
 
 
 def removeNodeWithDependents(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLNode | None) -> None:

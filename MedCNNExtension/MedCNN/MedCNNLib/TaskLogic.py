@@ -157,42 +157,40 @@ def checkedInputs(
 
 
 class VolumeExport:
-    """Volumes written for the engine, one file a volume, reused while unchanged."""
+    """Volumes written for the engine, one file an analysis, each removed when its analysis
+    ends (``remove``); ``clear`` removes any left (the module closing)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._exports: dict[str, tuple[tuple, Path]] = {}
+        self._paths: set[Path] = set()
+        self._count = 0
 
     def export(self, volumeNode: slicer.vtkMRMLScalarVolumeNode) -> Path:
-        """Write the volume (its own coordinates) through an MRML storage node, reusing the
-        file while the voxels and geometry are unchanged."""
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        signature = (
-            volumeNode.GetImageData().GetMTime(),
-            tuple(matrix.GetElement(i, j) for i in range(4) for j in range(4)),
-        )
-        cached = self._exports.get(volumeNode.GetID())
-        if cached is not None and cached[0] == signature and cached[1].exists():
-            return cached[1]
-        if cached is not None:
-            cached[1].unlink(missing_ok=True)
+        """Write the volume (its own coordinates) through an MRML storage node, uncompressed
+        (fastest to write and to read; the file lives only as long as its analysis)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"volume-{len(self._exports) + 1}-{int(time.time() * 1000)}.nrrd"
+        self._count += 1
+        path = self.folder / f"volume-{self._count}-{int(time.time() * 1000)}.nrrd"
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))
         storage.SetUseCompression(0)
         if not storage.WriteData(volumeNode) or not path.exists():
+            path.unlink(missing_ok=True)
             raise AnalysisError(
                 f"'{volumeNode.GetName()}' could not be written to the temporary folder "
                 f"{self.folder}; check the free disk space.",
                 "output",
             )
-        self._exports[volumeNode.GetID()] = (signature, path)
+        self._paths.add(path)
         return path
 
+    def remove(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self._paths.discard(path)
+
     def clear(self) -> None:
-        self._exports.clear()
+        for path in list(self._paths):
+            self.remove(path)
 
 
 @dataclass
@@ -224,10 +222,13 @@ class PointOutcome:
 class TaskHost(Protocol):
     """What a task needs from the logic that starts it."""
 
+    scene: slicer.vtkMRMLScene
     runner: InferenceRunner
     keepOutputs: bool
 
     def exportVolume(self, volumeNode: slicer.vtkMRMLScalarVolumeNode) -> Path: ...
+
+    def removeExport(self, path: Path) -> None: ...
 
     def newResultDir(self) -> Path: ...
 
@@ -239,7 +240,9 @@ class TaskHost(Protocol):
 class AnalysisTask:
     """The analysis of a list of points (or of the whole image, ``wholeImage``) on one volume
     by one model (``AUTOMATIC``: the engine chooses by the input), advanced by ``poll`` from the
-    caller's (main) thread: it submits the points one after another and imports each answer."""
+    caller's (main) thread: its first poll writes the volume for the engine (until then
+    ``statusText`` says so: a large scan takes seconds), then it submits the points one after
+    another and imports each answer. The written volume is removed when the task ends."""
 
     def __init__(
         self,
@@ -250,13 +253,14 @@ class AnalysisTask:
     ) -> None:
         self.host = host
         self.volumeNodeID = volumeNode.GetID()
+        self.volumeName = volumeNode.GetName() or "the volume"
         self.points = list(points)
         self.model = model
         self.outcomes: list[PointOutcome] = []
         self.progress = 0.0
         self.stage = STARTING_STAGE
         self.cancelled = False
-        self._image = host.exportVolume(volumeNode)
+        self._image: Path | None = None
         self._toLocal = worldToVolumeTransform(volumeNode)
         self._job: InferenceJob | None = None
         self._outDir: Path | None = None
@@ -278,6 +282,11 @@ class AnalysisTask:
         """What is happening now, for the progress bar."""
         if self.done:
             return "Cancelled." if self.cancelled else "Done."
+        if self._image is None:
+            return (
+                f"Writing '{self.volumeName}' to the temporary folder for the analysis (a "
+                "large scan takes a few seconds)"
+            )
         title = self.host.runner.hello.stageTitle(self.stage)
         if len(self.points) > 1:
             point = self.points[len(self.outcomes)]
@@ -293,7 +302,10 @@ class AnalysisTask:
         return "\n".join(lines)
 
     def poll(self) -> bool:
-        """Advance without blocking; returns True once every point has an outcome."""
+        """Advance without blocking (but for writing the volume, on the first poll); returns
+        True once every point has an outcome."""
+        if not self.done and self._image is None and not self._export():
+            return True
         while not self.done:
             if self._job is None:
                 self._submitNext()
@@ -302,6 +314,8 @@ class AnalysisTask:
             if self._job is not None and not self._job.done:
                 break
             self._job = None
+        if self.done:
+            self._removeExport()
         return self.done
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> AnalysisTask:
@@ -323,12 +337,35 @@ class AnalysisTask:
             self._job.cancel()
             self._job = None
         self._removeOutDir()
+        self._removeExport()
         code = self.host.runner.hello.exitCode("cancelled")
         while not self.done:
             point = self.points[len(self.outcomes)]
             self.outcomes.append(
                 PointOutcome(point, error="Cancelled.", exitCode=code, cancelled=True)
             )
+
+    def _export(self) -> bool:
+        """Write the volume for the engine; when that fails every point fails with the
+        reason, and False is returned."""
+        volumeNode = self.host.scene.GetNodeByID(self.volumeNodeID)
+        try:
+            if volumeNode is None:
+                raise AnalysisError(
+                    "The volume was removed from the scene before the analysis started."
+                )
+            self._image = self.host.exportVolume(volumeNode)
+        except AnalysisError as error:
+            code = self.host.runner.hello.exitCode(error.reason)
+            while not self.done:
+                point = self.points[len(self.outcomes)]
+                self.outcomes.append(PointOutcome(point, error=str(error), exitCode=code))
+            return False
+        return True
+
+    def _removeExport(self) -> None:
+        if self._image is not None:
+            self.host.removeExport(self._image)
 
     def _submitNext(self) -> None:
         point = self.points[len(self.outcomes)]

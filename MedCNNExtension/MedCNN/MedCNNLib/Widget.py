@@ -15,7 +15,7 @@ import qt
 import slicer
 
 from .AnalysisLogic import AUTOMATIC, AnalysisError, MedCNNLogic
-from .InstallLogic import InstallError, InstallLogic
+from .InstallLogic import InstallError, InstallLogic, unsupportedReason
 from .Parameters import Parameters
 
 UI_FILE = Path(__file__).resolve().parent.parent / "Resources" / "UI" / "MedCNN.ui"
@@ -32,6 +32,12 @@ class Widget(qt.QWidget):
         self.logic.parameters = Parameters.load(self.settings)
         self.task = None
         self._cleanedUp = False
+        # One installer for the panel: it refuses a second install while one runs.
+        self.installer = InstallLogic.forSlicer(
+            confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, "MedCNN"),
+            log_=self.showInstallProgress,
+            busy=slicer.util.WaitCursor,
+        )
 
         uiWidget = slicer.util.loadUI(str(UI_FILE))
         layout = qt.QVBoxLayout(self)
@@ -63,15 +69,20 @@ class Widget(qt.QWidget):
             self.logic.scene.StartCloseEvent, self.onSceneClosing
         )
 
-        # The engine lists its models at once, then loads them while the user places points.
+        # The engine lists its models at once, then loads them while the user places points;
+        # in a Slicer that cannot run it, the panel says so at once and starts nothing.
         self.fillModelSelector()
         self.updateInputs()
         self._enginePolls = 0
         self.engineTimer = qt.QTimer()
         self.engineTimer.setInterval(POLL_INTERVAL_MS)
         self.engineTimer.connect("timeout()", self.onEngineUpdate)
-        self.logic.startEngine()
-        self.engineTimer.start()
+        reason = unsupportedReason()
+        if reason is not None:
+            self.showStatus(reason, error=True)
+        else:
+            self.logic.startEngine()
+            self.engineTimer.start()
 
     def cleanup(self) -> None:
         """Called when the module is closed or reloaded: stop the work and the worker."""
@@ -125,31 +136,32 @@ class Widget(qt.QWidget):
             self.task.cancel()
             self.onPoll()
             return
+        if self.installer.installing:
+            return  # the button is disabled meanwhile; a queued click does nothing
         self.showStatus("")
+        self.ui.analyzeButton.enabled = False  # no second click while installing
         try:
-            if not self.ensureDependencies():
-                return
+            self.installer.ensure()
             self.task = self.logic.startAnalysis(
                 self.ui.volumeSelector.currentNode(), self.ui.pointsSelector.currentNode()
             )
         except (AnalysisError, InstallError) as error:
             self.showStatus(str(error), error=True)
             return
+        except Exception as error:  # whatever else: one sentence, never a stuck panel
+            logging.exception("MedCNN could not start the analysis")
+            self.showStatus(
+                f"The analysis could not start ({type(error).__name__}: {error}); see the "
+                "Python console's log.",
+                error=True,
+            )
+            return
+        finally:
+            self.ui.analyzeButton.enabled = True
         self.ui.analyzeButton.text = "Cancel"
         self.ui.progressBar.value = 0
         self.ui.progressBar.format = self.task.statusText
         self.timer.start()
-
-    def ensureDependencies(self) -> bool:
-        installer = InstallLogic.forSlicer(
-            confirm=lambda question: slicer.util.confirmOkCancelDisplay(question, "MedCNN"),
-            log_=self.showInstallProgress,
-        )
-        if installer.plan().empty:
-            return True
-        with slicer.util.WaitCursor():
-            installer.ensure()
-        return True
 
     def onPoll(self) -> None:
         task = self.task

@@ -8,7 +8,8 @@
   volume exported, points (or the whole radiograph) analysed one after another (``AnalysisTask``);
 - ``ResultImport``: each answer into the scene as MRML nodes, all or nothing;
 - ``Display``: how the results look (heat colours, threshold, segment display, slice views);
-- ``InstallLogic``: installing the analysis process's Python packages, after asking;
+- ``InstallLogic``: whether this Slicer can run MedCNN at all (``unsupportedReason``), then
+  installing the analysis process's Python packages, after asking;
 - ``Parameters``: the user's model choice and display settings;
 - ``Widget``: the Qt panel, the only module here that needs Qt.
 

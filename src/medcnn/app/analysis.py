@@ -23,6 +23,7 @@ import torch
 import medcnn
 from medcnn import stages, threads
 from medcnn.bundle import default_bundle_dir, load_engine, load_patch_spec
+from medcnn.catalog import task_of
 from medcnn.errors import UsageError
 from medcnn.nodule.checks import check_scan_at_point
 from medcnn.nodule.explain import malignancy_heatmap, malignancy_heatmaps
@@ -35,16 +36,14 @@ from medcnn.nodule.measure import (
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
 from medcnn.outputs.dicom_source import check_dicom_input, dicom_source
-from medcnn.outputs.render import OVERLAY_FOV_MM, overlay_png, overlay_title
+from medcnn.outputs.render import overlay_png, overlay_title
 from medcnn.outputs.result import (
-    LUNG_NODULE_MALIGNANCY,
     InputImage,
     ModelInfo,
     NoduleFindings,
     OutputFiles,
     Point,
     Result,
-    label_for,
 )
 from medcnn.outputs.writing import (
     HEATMAP,
@@ -54,7 +53,7 @@ from medcnn.outputs.writing import (
     write_outputs,
 )
 from medcnn.reading import ScanRegion, read_scan
-from medcnn.volume import Volume, ras_point
+from medcnn.volume import MAX_COORDINATE_MM, Volume, ras_point
 
 Progress = Callable[[str, float], None]
 
@@ -116,9 +115,10 @@ def checked_point(point: Sequence[float] | None, lps: bool) -> np.ndarray:
             "--point R A S (millimetres, RAS)."
         )
     values = np.asarray(point, dtype=float).reshape(-1)
-    if values.size != 3 or not np.all(np.isfinite(values)):
+    if values.size != 3 or not np.all(np.abs(values) <= MAX_COORDINATE_MM):  # NaN fails too
         raise UsageError(
-            "The point must be three finite numbers in millimetres, e.g. --point 21.9 120.5 -611.5."
+            "The point must be three finite numbers in millimetres, each within "
+            f"{MAX_COORDINATE_MM:g} mm of the origin, e.g. --point 21.9 120.5 -611.5."
         )
     return ras_point(values, lps=lps)
 
@@ -130,6 +130,7 @@ class Analyzer:
         self.bundle_dir = Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir()
         self.model, self.model_info = load_engine(self.bundle_dir, trusted=trusted)
         self.spec = load_patch_spec(self.bundle_dir)
+        self.task = task_of(self.bundle_dir)
         self.threshold = self.model_info["threshold"]
 
     def analyze_volume(
@@ -179,7 +180,7 @@ class Analyzer:
         total_start = time.perf_counter()
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
-        scan = self._read(image, point_ras, series_uid, timings, overlay)
+        scan = self._read(image, point_ras, series_uid, timings)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
@@ -206,7 +207,7 @@ class Analyzer:
                 point_ras = checked_point(request.point, request.lps)
                 if request.dicom:
                     check_dicom_input(request.image)
-                scan = self._read(request.image, point_ras, None, timings, request.overlay)
+                scan = self._read(request.image, point_ras, None, timings)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
                 outcomes[index] = error
@@ -274,14 +275,11 @@ class Analyzer:
         point_ras: np.ndarray,
         series_uid: str | None,
         timings: dict[str, float],
-        overlay: bool = False,
     ) -> Volume:
         started = time.perf_counter()
-        # Only the slices the network's cube reaches are decoded (DICOM series), or the
-        # overlay's field of view where that is wider.
+        # Only the slices the network's cube reaches are decoded; the overlay is drawn from
+        # them too, so it can never fail on a slice the analysis did not need.
         half_width = self.spec.size * self.spec.spacing_mm / 2.0
-        if overlay:
-            half_width = max(half_width, OVERLAY_FOV_MM / 2.0)
         scan = read_scan(image, series_uid=series_uid, around=ScanRegion(point_ras, half_width))
         timings["read"] = time.perf_counter() - started
         return scan
@@ -316,7 +314,7 @@ class Analyzer:
             self.model_info["id"],
         )
         result = Result(
-            task=LUNG_NODULE_MALIGNANCY,
+            task=self.task.name,
             probability=round(probability, 6),
             uncertainty=round(prediction.uncertainty, 6),
             probability_interval=(
@@ -325,7 +323,7 @@ class Analyzer:
             ),
             member_probabilities=tuple(round(float(p), 6) for p in members),
             threshold=self.threshold,
-            label=label_for(LUNG_NODULE_MALIGNANCY, probability, self.threshold),
+            label=self.task.label(probability, self.threshold),
             findings=NoduleFindings(
                 point=Point(ras, lps),  # type: ignore[arg-type]
                 diameter_mm=round(longest_axial_diameter_mm(segmentation), 3),

@@ -21,6 +21,7 @@ the run before any case.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -30,7 +31,13 @@ from typing import Protocol
 
 from medcnn import distributed
 from medcnn.app.analysis import FileRequest
-from medcnn.errors import BatchIncompleteError, InputNotFoundError, MedCNNError, UsageError
+from medcnn.errors import (
+    BatchIncompleteError,
+    InputNotFoundError,
+    MedCNNError,
+    OutputError,
+    UsageError,
+)
 from medcnn.outputs.result import Result, table_columns
 from medcnn.outputs.writing import output_folder
 
@@ -148,15 +155,38 @@ def parse_point(row: ManifestRow) -> tuple[float, float, float] | None:
         ) from error
 
 
+# What makes a spreadsheet read a cell as a formula (or as the start of one) when it leads.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A cell a spreadsheet shows as text: one that begins like a formula (a manifest id of
+    ``=HYPERLINK(...)``) gets a leading apostrophe; numbers, negative ones too, stay numbers."""
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    try:
+        if math.isfinite(float(value)):
+            return value
+    except ValueError:
+        pass
+    return "'" + value
+
+
 def write_predictions(rows: list[dict], path: Path) -> None:
-    """Write ``predictions.csv`` atomically: a failed write leaves neither it nor a partial file."""
+    """Write ``predictions.csv`` atomically: a failed write leaves neither it nor a partial file
+    (one sentence, exit code 13). Cells are made safe to open in a spreadsheet."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
         with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
         os.replace(tmp, path)
+    except OSError as error:
+        raise OutputError(
+            f"{path} cannot be written ({error.strerror}); free some space or choose another "
+            "folder for --out."
+        ) from error
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -7,15 +7,26 @@ Every failure a user can cause ends here as one sentence on stderr and a documen
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from medcnn import __version__
-from medcnn.errors import EXIT_CODES, CancelledError, MedCNNError, UsageError
+from medcnn.errors import (
+    EXIT_CODES,
+    CancelledError,
+    MedCNNError,
+    OutputError,
+    UsageError,
+    disk_error,
+)
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
@@ -55,16 +66,17 @@ def _add_dicom_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from medcnn.catalog import NODULE_MODEL, installed_models  # the bundles, no torch
+
     parser.add_argument(
         "--model",
-        default="lung_nodule_ct",
-        choices=("lung_nodule_ct", "chest_xray_pneumonia"),
-        help=f"{what} (default lung_nodule_ct)",
+        default=NODULE_MODEL,
+        choices=tuple(installed_models()),
+        help=f"{what} (default {NODULE_MODEL}; medcnn models lists them)",
     )
 
 
 SOURCES = ("lidc", "nodulemnist3d")
-LIDC_DATA = Path("../shared/data/lidc_voi")
 
 
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
@@ -84,18 +96,9 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _data_path(args: argparse.Namespace) -> Path:
-    if args.data is not None:
-        return args.data
-    if args.source == "nodulemnist3d":
-        raise UsageError(
-            "--source nodulemnist3d needs --data PATH/TO/nodulemnist3d.npz (download it from "
-            "https://medmnist.com)."
-        )
-    return LIDC_DATA
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from medcnn.nodule.commands import LIDC_DATA  # light: no torch
+
     parser = _Parser(
         prog="medcnn",
         description=(
@@ -321,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--path", action="store_true", help="print each model's name and bundle folder only"
     )
+    export = commands.add_parser(
+        "export",
+        help="derive each model's TorchScript export (model.ts) from its weights",
+        description="Write each installed model's TorchScript export, MONAI's ckpt_export of "
+        "the bundle's network_def with the shipped, verified weights (models/model.pt). "
+        "Nothing MedCNN runs needs it, so the bundles ship model.pt alone.",
+        epilog=EPILOG,
+    )
+    export.add_argument(
+        "--model", default=None, help="only this model (medcnn models lists them); default all"
+    )
+    export.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write DIR/<model>.ts; by default each bundle's own models/model.ts",
+    )
     commands.add_parser("exit-codes", help="list the exit codes and what they mean")
     return parser
 
@@ -331,30 +351,17 @@ def _engine(args: argparse.Namespace) -> Engine:
     return Engine(args.bundle, trusted=args.trust_bundle)
 
 
-def answer_line(result: Result) -> str:
-    """A result in one line: the answer, the members' range and a nodule's size."""
-    low, high = result.probability_interval
-    line = (
-        f"{result.label}: probability of {result.finding} {result.probability:.3f} "
-        f"(members {low:.3f}-{high:.3f})"
-    )
-    if result.findings is not None:
-        nodule = result.nodule
-        line += f", diameter {nodule.diameter_mm:.1f} mm, volume {nodule.volume_ml:.3f} mL"
-    return line
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     from medcnn.outputs.dicom_source import check_dicom_input
     from medcnn.outputs.sending import store_destination
-    from medcnn.outputs.writing import check_output_folder
+    from medcnn.outputs.writing import check_result_folder
 
     dicom = args.dicom or args.store is not None or args.stow is not None
     if args.store is not None:
         store_destination(args.store)
     if dicom:
         check_dicom_input(args.image)
-    check_output_folder(args.out)
+    check_result_folder(args.out)
     engine = _engine(args)  # loads a model only once the input has chosen it
 
     def report(stage: str, fraction: float) -> None:
@@ -371,7 +378,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         model=args.model,
         dicom=dicom,
     )
-    print(answer_line(result))
+    print(result.answer_line())
     print(f"model: {result.model.id} ({result.model.chosen_because})")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -414,148 +421,33 @@ def run_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _commands(model: str):  # noqa: ANN202 - each model's own class, named by its bundle
+    """The class that runs ``model``'s demo, training and evaluation (``inference.json``'s
+    ``commands``)."""
+    from medcnn.bundle import configured_class, default_bundle_dir
+
+    bundle = default_bundle_dir(model)
+    return configured_class(bundle, "commands")(bundle)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    from medcnn.app.demo import ensure_phantom, ensure_radiograph_phantom
     from medcnn.app.engine import Engine
-    from medcnn.bundle import NODULE_MODEL, XRAY_MODEL, installed_models
+    from medcnn.catalog import installed_models
 
     engine = Engine()
     print("MedCNN demo on SYNTHETIC images (not patients; research use only)")
-    if NODULE_MODEL in installed_models():
-        phantom = ensure_phantom()
-        out = Path(args.out).resolve() / "ct_nodule"
-        result = engine.analyze_file(
-            phantom["dicom_dir"], phantom["nodule_center_ras"], out, overlay=True
-        )
-        print(f"CT phantom, {NODULE_MODEL} model:")
-        print(f"  input (DICOM series): {phantom['dicom_dir']}")
-        print(f"  input (NIfTI):        {phantom['nifti']}")
-        print(f"  point (RAS mm):       {[round(v, 1) for v in phantom['nodule_center_ras']]}")
-        print(f"  {answer_line(result)}")
-        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
-        print(
-            "  In 3D Slicer: File > Add Data, choose the phantom NIfTI, heatmap.nii.gz and "
-            "segmentation.nii.gz (tick 'LabelMap' for the segmentation); in the slice views set "
-            "the heatmap as foreground with the 'Inferno' or 'Hot' colour map."
-        )
-    if XRAY_MODEL in installed_models():
-        image = ensure_radiograph_phantom()
-        out = Path(args.out).resolve() / "chest_xray"
-        result = engine.analyze_file(image, None, out, overlay=True)
-        print(f"Synthetic chest radiograph, {XRAY_MODEL} model (a drawing: its answer shows the")
-        print("  mechanics, not the model's accuracy):")
-        print(f"  input (PNG): {image}")
-        print(f"  {answer_line(result)}")
-        print(f"  outputs: {', '.join(str(out / n) for n in result.outputs.to_json().values())}")
-    return 0
-
-
-def run_train_radiographs(args: argparse.Namespace) -> int:
-    from medcnn.bundle import XRAY_MODEL, default_bundle_dir
-    from medcnn.training.radiograph_experiments import read_config
-    from medcnn.training.radiograph_trainer import RadiographTraining
-
-    bundle = default_bundle_dir(XRAY_MODEL)
-    config = read_config(bundle, "train.json")
-    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
-    run_dir = args.run_dir or Path(config["run_dir"])
-    metadata = RadiographTraining(
-        args.data or Path(config["data_root"]),
-        run_dir,
-        bundle,
-        args.release_dir or run_dir / "bundle",
-        args.experiments or (),
-        overrides,
-    ).run()
-    if metadata:  # under torchrun, rank 0 releases and reports
-        print(json.dumps(metadata["eval_metrics"], indent=2))
+    for model in installed_models():
+        for line in _commands(model).demo(engine, Path(args.out).resolve()):
+            print(line)
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
-    if args.model == "chest_xray_pneumonia":
-        return run_train_radiographs(args)
-    from medcnn.bundle import default_bundle_dir
-    from medcnn.training.loop import CrossValidationTrainer, NoduleMNISTTrainer
-    from medcnn.training.recipe import load_train_recipe
-
-    options = {"epochs": args.epochs, "max_steps_per_epoch": args.max_steps}
-    recipe = load_train_recipe(  # train.json; the options given override it
-        default_bundle_dir(), {k: v for k, v in options.items() if v is not None}
-    )
-    settings = recipe.settings
-    limit = recipe.limit if args.limit is None else args.limit
-    if args.source == "lidc" and args.data is None:
-        args.data = recipe.data_dir
-    data = _data_path(args)
-    if args.source == "nodulemnist3d":
-        run_dir = args.run_dir or Path("runs/nodulemnist3d")
-        release_dir = args.release_dir or run_dir / "bundle"
-        summary = NoduleMNISTTrainer(
-            data,
-            run_dir,
-            settings,
-            release_dir=release_dir,
-            bundle_dir=default_bundle_dir(),
-            limit=limit,
-            verify=not args.no_verify,
-        ).run()
-        print(json.dumps(summary["validation"], indent=2))
-        print(
-            f"validation split above; for the test split: medcnn evaluate --source "
-            f"nodulemnist3d --data {data} --bundle {release_dir} --trust-bundle"
-        )
-        return 0
-    run_dir = args.run_dir or recipe.run_dir
-    trainer = CrossValidationTrainer(
-        data,
-        run_dir,
-        recipe.folds if args.folds is None else args.folds,
-        settings,
-        release_dir=args.release_dir or run_dir / "bundle",
-        bundle_dir=default_bundle_dir(),
-        limit=limit,
-        seeds=recipe.seeds if args.seeds is None else args.seeds,
-    )
-    summary = trainer.run()
-    print(json.dumps(summary["nested"], indent=2))
-    return 0
+    return int(_commands(args.model).train(args))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medcnn.training.evaluation import BundleEvaluator, json_safe
-
-    if args.model == "chest_xray_pneumonia":
-        from medcnn.bundle import XRAY_MODEL, default_bundle_dir
-        from medcnn.training.radiograph_evaluation import FolderEvaluator
-        from medcnn.training.radiograph_experiments import read_config
-
-        data = args.data or Path(
-            read_config(default_bundle_dir(XRAY_MODEL), "evaluate.json")["data_dir"]
-        )
-        metrics = FolderEvaluator(
-            data, args.out, args.bundle, args.trust_bundle, held_out=args.held_out
-        ).run()
-        print(json.dumps(json_safe(metrics), indent=2))
-        print(f"metrics.json, predictions.csv, roc.png and reliability.png in {args.out}")
-        return 0
-
-    summary = BundleEvaluator(
-        _data_path(args),
-        args.out,
-        args.bundle,
-        every=args.every,
-        trusted=args.trust_bundle,
-        source=args.source,
-        verify=not args.no_verify,
-        held_out=args.held_out,
-    ).run()
-    print(json.dumps(json_safe(summary), indent=2))
-    if args.source == "nodulemnist3d":
-        print(f"metrics.json and predictions.csv in {args.out}")
-    else:
-        print(f"metrics, predictions, roc.png and reliability.png in {args.out}")
-    return 0
+    return int(_commands(args.model).evaluate(args))
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -563,6 +455,31 @@ def run_models(args: argparse.Namespace) -> int:
 
     for line in describe_models(paths_only=args.path):
         print(line)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from medcnn.catalog import default_bundle_dir, installed_models
+    from medcnn.outputs.writing import output_folder
+    from medcnn.training.release import export_torchscript
+
+    installed = list(installed_models())
+    if args.model is not None and args.model not in installed:
+        raise UsageError(
+            f"There is no installed model {args.model!r}; the installed ones are "
+            f"{', '.join(installed)} (medcnn models)."
+        )
+    folder = output_folder(args.out) if args.out else None
+    for model in [args.model] if args.model else installed:
+        bundle = default_bundle_dir(model)
+        target = folder / f"{model}.ts" if folder else bundle / "models" / "model.ts"
+        if not os.access(target.parent, os.W_OK):
+            raise OutputError(
+                f"The folder {target.parent} cannot be written to; give a folder you can write "
+                "to with --out."
+            )
+        export_torchscript(bundle, target)
+        print(f"{model}\t{target}")
     return 0
 
 
@@ -579,24 +496,28 @@ COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "models": run_models,
+    "export": run_export,
     "exit-codes": run_exit_codes,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
-    if not verbose:  # nibabel logs its own repairs of odd headers; our sentence is enough
-        logging.getLogger("nibabel").setLevel(logging.CRITICAL)
+    if not verbose:  # the libraries' own warnings and repairs: our sentence is enough
+        from medcnn.app.quiet import quiet_libraries
+
+        quiet_libraries()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(message)s",
     )
     try:
-        args = build_parser().parse_args(argv)
-        if not args.command:
-            build_parser().print_help()
-            return 2
-        return COMMANDS[args.command](args)
+        with terminated_as_cancel():
+            args = build_parser().parse_args(argv)
+            if not args.command:
+                build_parser().print_help()
+                return 2
+            return COMMANDS[args.command](args)
     except MedCNNError as error:
         if verbose:
             traceback.print_exc()
@@ -605,15 +526,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medcnn: error: {CancelledError('Cancelled by the user.')}", file=sys.stderr)
         return CancelledError.exit_code
+    except OSError as error:
+        if verbose:
+            traceback.print_exc()
+        output = disk_error(error)
+        if output is None:
+            return unexpected(error)
+        print(f"medcnn: error: {output}", file=sys.stderr)
+        return output.exit_code
     except Exception as error:
         if verbose:
             traceback.print_exc()
-        print(
-            f"medcnn: error: unexpected {type(error).__name__}: {error}. Rerun with --verbose "
-            "and report it.",
-            file=sys.stderr,
-        )
-        return 1
+        return unexpected(error)
+
+
+def unexpected(error: BaseException) -> int:
+    print(
+        f"medcnn: error: unexpected {type(error).__name__}: {error}. Rerun with --verbose "
+        "and report it.",
+        file=sys.stderr,
+    )
+    return 1
+
+
+@contextmanager
+def terminated_as_cancel() -> Iterator[None]:
+    """SIGTERM (a process manager stopping MedCNN) cancels like Ctrl-C: the work stops, its
+    staging folder is removed and the exit code is 130. SIGKILL cannot be caught; what it
+    leaves, the next run into the same folder removes (``outputs.writing``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from typing import Protocol
 
 from medcnn.app.analysis import FileRequest, Progress
 from medcnn.bundle import configured_class
-from medcnn.catalog import installed_models, model_of, needs_point
+from medcnn.catalog import default_bundle_dir, installed_models, model_of, needs_point
 from medcnn.errors import UsageError
 from medcnn.outputs.result import Result
+from medcnn.outputs.writing import check_result_folder
 from medcnn.reading.dimensions import is_two_dimensional
 
 
@@ -130,7 +131,9 @@ class Engine:
                     f"The model {model} is not installed (installed: "
                     f"{', '.join(self.models)}); reinstall MedCNN."
                 )
-            bundle = self.bundle if model_of_bundle(self.bundle) == model else None
+            bundle = (  # --bundle where it is of this model, else the model's installed one
+                self.bundle if model_of_bundle(self.bundle) == model else default_bundle_dir(model)
+            )
             # The code that runs a model is its bundle's choice: inference.json's analyzer.
             analyzer_type = configured_class(self.models[model], "analyzer")
             self._loaded[model] = analyzer_type(bundle, trusted=self.trusted)
@@ -166,6 +169,7 @@ class Engine:
     ) -> Result:
         """Choose the model for the input, run it, write its files; the result as written."""
         chosen, because = choose_model(image, point, model, self.models)
+        check_result_folder(Path(out_dir))  # a folder that cannot take the result stops us now
         return self.analyzer(chosen).analyze_file(
             image,
             point,

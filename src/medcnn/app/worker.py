@@ -69,15 +69,17 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 from medcnn.catalog import model_list
-from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError
+from medcnn.errors import EXIT_CODES_BY_NAME, MedCNNError, disk_error
 from medcnn.stages import STAGES
 from medcnn.threads import in_force
+from medcnn.volume import MAX_COORDINATE_MM
 
 log = logging.getLogger("medcnn.app.worker")
 
@@ -115,30 +117,140 @@ class BadRequest(ValueError):
         self.request_id = request_id
 
 
+# Bounds on a request line, checked before it is parsed: a request is a few hundred characters.
+MAX_LINE_CHARS = 65_536
+MAX_NESTING = 8
+MAX_TEXT_CHARS = 4096  # a path
+MAX_ID_CHARS = 256
+REQUEST_FIELDS = {"id", "command", "image", "point", "lps", "out", "series_uid", "model"}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def read_lines(stream: TextIO, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The stream's lines, each cut to ``limit + 1`` characters: a longer line is not kept in
+    memory whole (the rest is read and dropped), and ``parse_request`` refuses it."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith("\n"):
+            while True:
+                rest = stream.readline(limit)
+                if not rest or rest.endswith("\n"):
+                    break
+        yield line
+
+
+def nesting_depth(line: str) -> int:
+    """How deeply the line's JSON arrays and objects nest, without parsing it."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub('""', line)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def parse_request(line: str) -> tuple[str | None, dict]:
-    """The request's id and content; raises ``BadRequest`` with a user sentence when invalid."""
-    try:
-        request = json.loads(line)
+    """The request's id and content, every field checked for its type and bounds; raises
+    ``BadRequest`` with a user sentence when the line is not a valid request."""
+    if len(line) > MAX_LINE_CHARS:
+        raise BadRequest(f"The request is longer than {MAX_LINE_CHARS} characters.")
+    if nesting_depth(line) > MAX_NESTING:
+        raise BadRequest(f"The request nests deeper than {MAX_NESTING} levels.")
+    try:  # integers become floats: a 5,000-digit integer is then infinite, and refused below
+        request = json.loads(line, parse_int=float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as error:
         raise BadRequest(f"The request is not valid JSON ({error.msg}).") from None
+    except (ValueError, RecursionError) as error:
+        raise BadRequest(f"The request is not valid JSON ({error}).") from None
     if not isinstance(request, dict):
         raise BadRequest("The request must be a JSON object.")
-    request_id = None if request.get("id") is None else str(request["id"])
+    request_id = _request_id(request.get("id"))
+    unknown = sorted(str(key)[:40] for key in set(request) - REQUEST_FIELDS)
+    if unknown:
+        raise BadRequest(
+            f"The request has fields the worker does not know ({', '.join(unknown)}).", request_id
+        )
     if request.get("command") is not None:
+        if not isinstance(request["command"], str) or len(request["command"]) > MAX_ID_CHARS:
+            raise BadRequest("The request's command must be a short string.", request_id)
         return request_id, request
-    missing = [key for key in ("id", "image", "out") if key not in request]
+    missing = [key for key in ("id", "image", "out") if request.get(key) is None]
     if missing:
         raise BadRequest(f"The request lacks {', '.join(missing)}.", request_id)
-    point = request.get("point")
-    if point is not None and (not isinstance(point, list) or len(point) != 3):
+    checked = {
+        "id": request_id,
+        "image": _text(request, "image", "the path of the image", request_id),
+        "out": _text(request, "out", "the path of the output folder", request_id),
+        "point": _point(request.get("point"), request_id),
+        "lps": request.get("lps", False),
+    }
+    if not isinstance(checked["lps"], bool):
+        raise BadRequest("The request's lps must be true or false (a JSON boolean).", request_id)
+    for key, what in (("model", "a model's name"), ("series_uid", "a series UID")):
+        if request.get(key) is not None:
+            checked[key] = _text(request, key, what, request_id, limit=MAX_ID_CHARS)
+    return request_id, checked
+
+
+def _request_id(value: object) -> str | None:
+    """The id as text: a string or a whole number (sent back as a string)."""
+    if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    if value is None:
+        return None
+    raise BadRequest(f"The request's id must be a string of at most {MAX_ID_CHARS} characters.")
+
+
+def _text(
+    request: dict, key: str, what: str, request_id: str | None, limit: int = MAX_TEXT_CHARS
+) -> str:
+    value = request[key]
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > limit
+        or "\0" in value
+        or not _encodable(value)
+    ):
         raise BadRequest(
-            "The request's point must be a list of three numbers, or absent for a radiograph.",
+            f"The request's {key} must be {what}: a non-empty string of at most {limit} "
+            "characters.",
             request_id,
         )
-    model = request.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("The request's model must be a model's name.", request_id)
-    return request_id, request
+    return value
+
+
+def _encodable(text: str) -> bool:
+    """Whether a path can be given to the file system (no lone surrogates from JSON escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _point(value: object, request_id: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, float) and abs(v) <= MAX_COORDINATE_MM for v in value)
+    ):
+        return [float(v) for v in value]
+    raise BadRequest(
+        "The request's point must be a list of three finite numbers in millimetres (at most "
+        f"{MAX_COORDINATE_MM:g} from the origin), or absent for a radiograph.",
+        request_id,
+    )
 
 
 def serve(
@@ -192,7 +304,7 @@ def answer(
             request["image"],
             request.get("point"),
             request["out"],
-            lps=bool(request.get("lps", False)),
+            lps=request["lps"],
             progress=progress,
             model=request.get("model"),
             **options,
@@ -206,6 +318,13 @@ def answer(
             exit_code=int(getattr(error, "exit_code", INTERNAL_ERROR)),
         )
     except Exception as error:  # the worker outlives any one analysis
+        output = disk_error(error)
+        if output is not None:  # a full or read-only disk: the user's to fix, exit code 13
+            log.info("request %s: %s", request_id, error)
+            channel.send(
+                id=request_id, event="error", message=str(output), exit_code=output.exit_code
+            )
+            return
         log.error("request %s failed unexpectedly:\n%s", request_id, traceback.format_exc())
         channel.send(
             id=request_id,
@@ -291,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         software=software_versions(),
         threading=threads.to_json(),
     )
-    return serve(analyzer, sys.stdin, channel, error_types)
+    sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]  # bytes that are not
+    # UTF-8 become U+FFFD: the line is then refused or names no file, and the worker goes on
+    return serve(analyzer, read_lines(sys.stdin), channel, error_types)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from medcnn.volume import Volume
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# The picture's field of view: the scan read for an overlay must reach this far around the point.
+# The picture's field of view around the point. It shows what the analysis read (whole axial
+# slices of an axial scan); a part of the plane outside that slab is drawn as air.
 OVERLAY_FOV_MM = 80.0
 
 

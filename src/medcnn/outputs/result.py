@@ -5,8 +5,9 @@ written, the model and the software. A task's own findings are a part of their o
 (``NoduleFindings`` for ``lung_nodule_malignancy``: the point, the diameter, the volume, the
 calcified share), absent for a task that has none (a chest radiograph classifier has no point
 and no segmentation). In the JSON a task's findings sit at the top level beside the common
-keys, so ``result.json`` reads flat; the schema shipped with the package (``result_schema()``)
-says which keys each task requires.
+keys, so ``result.json`` reads flat. The schema (``result_schema()``) is the package's common part
+and each installed model's rule for its own keys and labels; a task's words (what its
+probability is of, its labels, its table columns) are its bundle's (``medcnn.catalog.Task``).
 
 The analysis builds a ``Result``; ``outputs.writing`` writes ``to_json()``; the batch table, the
 overlay's title and the worker read it; ``from_json`` reads a written one back.
@@ -14,61 +15,54 @@ overlay's title and the worker read it; ``from_json`` reads a written one back.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+from medcnn.catalog import installed_tasks, task_named
 from medcnn.threads import Threading
 
 SCHEMA_VERSION = 2
-LUNG_NODULE_MALIGNANCY = "lung_nodule_malignancy"
-CHEST_XRAY_PNEUMONIA = "chest_xray_pneumonia"
-TASKS = (LUNG_NODULE_MALIGNANCY, CHEST_XRAY_PNEUMONIA)
-# What each task's probability is the probability of, in words.
-FINDINGS = {LUNG_NODULE_MALIGNANCY: "malignancy", CHEST_XRAY_PNEUMONIA: "pneumonia"}
-# The label each task gives at or above its threshold, and below it.
-LABELS = {
-    LUNG_NODULE_MALIGNANCY: ("malignant", "benign"),
-    CHEST_XRAY_PNEUMONIA: ("pneumonia", "no pneumonia"),
-}
 SCHEMA_FILE = "result.schema.json"
 
-# The columns of a batch's table, per task, after its own identifying columns: the answer
-# first, then the task's measurements.
+# The columns of a batch's table common to every task, after its own identifying columns: the
+# answer; each task's own measurements follow (its bundle's ``summary_columns``).
 _COMMON_SUMMARY = ("probability", "uncertainty", "label")
-_TASK_SUMMARY: dict[str, tuple[str, ...]] = {
-    LUNG_NODULE_MALIGNANCY: ("diameter_mm", "volume_ml"),
-    CHEST_XRAY_PNEUMONIA: (),
-}
 
 
 @cache
-def result_schema() -> dict:
-    """The JSON Schema of ``result.json`` (draft 2020-12), as shipped inside the package."""
+def _common_schema() -> dict:
     text = resources.files("medcnn").joinpath("schemas").joinpath(SCHEMA_FILE).read_text("utf-8")
     return json.loads(text)
 
 
+def result_schema() -> dict:
+    """The JSON Schema of ``result.json`` (draft 2020-12): the keys common to every task, as
+    shipped inside the package, and each installed model's rule for its own keys and labels,
+    as its bundle states it."""
+    schema = copy.deepcopy(_common_schema())
+    for task in installed_tasks().values():
+        rule = copy.deepcopy(task.result_schema)
+        rule.setdefault("properties", {})["label"] = {"enum": [task.positive, task.negative]}
+        schema["allOf"].append({"if": {"properties": {"task": {"const": task.name}}}, "then": rule})
+    return schema
+
+
 def summary_columns(task: str) -> tuple[str, ...]:
     """The keys of ``result.json`` that a batch's table shows for ``task``."""
-    if task not in _TASK_SUMMARY:
-        raise ValueError(f"Unknown task {task!r}; known: {', '.join(TASKS)}.")
-    return _COMMON_SUMMARY + _TASK_SUMMARY[task]
+    return _COMMON_SUMMARY + task_named(task).summary_columns
 
 
 def table_columns() -> tuple[str, ...]:
     """The summary columns of a table that holds results of any task (``medcnn batch``'s):
-    the common ones, then each task's own in task order; a task without a column leaves it
-    empty."""
-    own = [key for task in TASKS for key in _TASK_SUMMARY[task]]
+    the common ones, then each installed task's own in model order; a task without a column
+    leaves it empty."""
+    own = [key for task in installed_tasks().values() for key in task.summary_columns]
     return _COMMON_SUMMARY + tuple(dict.fromkeys(own))
-
-
-def label_for(task: str, probability: float, threshold: float) -> str:
-    positive, negative = LABELS[task]
-    return positive if probability >= threshold else negative
 
 
 @dataclass(frozen=True)
@@ -247,12 +241,12 @@ class Result:
     @property
     def label_positive(self) -> str:
         """The label of the task's positive class ("malignant", "pneumonia")."""
-        return LABELS[self.task][0]
+        return task_named(self.task).positive
 
     @property
     def finding(self) -> str:
         """What the probability is of, in words ("malignancy", "pneumonia")."""
-        return FINDINGS[self.task]
+        return task_named(self.task).finding
 
     @property
     def nodule(self) -> NoduleFindings:
@@ -260,6 +254,23 @@ class Result:
         if not isinstance(self.findings, NoduleFindings):
             raise AttributeError(f"A {self.task} result has no nodule findings.")
         return self.findings
+
+    def answer_line(self) -> str:
+        """The answer in one line: the label, the probability, the members' range and a
+        nodule's size."""
+        low, high = self.probability_interval
+        line = (
+            f"{self.label}: probability of {self.finding} {self.probability:.3f} "
+            f"(members {low:.3f}-{high:.3f})"
+        )
+        if self.findings is not None:
+            nodule = self.nodule
+            line += f", diameter {nodule.diameter_mm:.1f} mm, volume {nodule.volume_ml:.3f} mL"
+        return line
+
+    def output_paths(self, out_dir: Path) -> str:
+        """The files written, as paths in ``out_dir``, comma-separated."""
+        return ", ".join(str(Path(out_dir) / name) for name in self.outputs.to_json().values())
 
     def to_json(self) -> dict[str, Any]:
         """``result.json``'s content: plain JSON types, the task's findings at the top level."""
@@ -299,7 +310,7 @@ class Result:
                 f"result.json has schema version {version!r}; this MedCNN reads {SCHEMA_VERSION}."
             )
         task = data["task"]
-        findings = NoduleFindings.from_json(data) if task == LUNG_NODULE_MALIGNANCY else None
+        findings = NoduleFindings.from_json(data) if "point" in data else None
         return cls(
             task=task,
             probability=data["probability"],

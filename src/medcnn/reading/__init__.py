@@ -68,6 +68,7 @@ from medcnn.errors import GeometryError, InputNotFoundError, UnreadableImageErro
 from medcnn.reading.dicom import read_dicom, read_dicom_file, scan_folder
 from medcnn.reading.image_files import format_of, lps_affine, read_itk_image, read_nifti
 from medcnn.reading.region import ScanRegion
+from medcnn.reading.trust import check_regular_file
 from medcnn.reading.voxels import MAX_SCAN_BYTES_ENV, first_line
 from medcnn.volume import LPS_TO_RAS, Volume
 
@@ -94,6 +95,7 @@ def read_scan(
         raise InputNotFoundError(f"{path} does not exist; check the path to the scan.")
     if path.is_dir():
         return read_dicom(path, scan_folder(path, recursive=True), series_uid, path, around=around)
+    check_regular_file(path)  # a pipe or device would block the reader forever
     if path.name.upper() == "DICOMDIR":  # a CD or export's index: read the media it indexes
         return read_dicom(
             path.parent, scan_folder(path.parent, recursive=True), series_uid, path, around=around

@@ -26,6 +26,7 @@ from medcnn.errors import (
     UnreadableImageError,
 )
 from medcnn.reading.region import ScanRegion, slices_reached, volume_or_slab
+from medcnn.reading.trust import check_grid, check_regular_file
 from medcnn.reading.voxels import (
     array_from_sitk,
     check_size,
@@ -172,6 +173,7 @@ def _read_slice_headers(files: list[Path]) -> _FolderScan:
     groups: dict[str, list[SliceHeader]] = {}
     unreadable = 0
     for file in files:
+        check_regular_file(file)  # no read permission: said so, not skipped as "truncated"
         try:
             header = _read_slice_header(file)
         except UnreadableImageError:
@@ -514,6 +516,7 @@ def _stack_geometry(
     step = _check_regular_spacing(distances[order])
 
     lps = plane_lps_affine(orientations[0], pixel_spacings[0], positions[order[0]], step)
+    check_grid(lps, "the DICOM series", spacing=(*pixel_spacings[0], step))
     return ordered, LPS_TO_RAS @ lps, warnings
 
 

@@ -4,15 +4,21 @@ allows it."""
 
 from __future__ import annotations
 
+import gzip
+import os
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.openers import ImageOpener
 
 from medcnn.errors import GeometryError, UnreadableImageError
 from medcnn.reading.region import ScanRegion, slices_reached, volume_or_slab
+from medcnn.reading.trust import check_grid, check_stored_bytes
 from medcnn.reading.voxels import (
     array_from_sitk,
     check_size,
@@ -67,8 +73,12 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
         ) from err
     shape3 = _three_dimensions(shape, path)
     check_size(int(np.prod(shape3)) * max(2, header_dtype.itemsize), str(path))
-    slope, intercept = image.dataobj.slope, image.dataobj.inter
     affine = np.asarray(image.affine, dtype=float)
+    stored = check_nifti_header(image.header, shape, path)
+    # Without an sform the header's pixdim places the voxels: its numbers must be spacings.
+    by_pixdim = int(stored["sform_code"]) == 0
+    check_grid(affine, path.name, spacing=stored["pixdim"][1:4] if by_pixdim else None)
+    slope, intercept = image.dataobj.slope, image.dataobj.inter
     unscaled = slope == 1 and intercept == 0
     # A region reads only its slab of the last (slowest) axis, when no voxel elsewhere can be
     # NaN or beyond the HU range (integer files within int16, unscaled); others are read whole.
@@ -98,6 +108,54 @@ def read_nifti(path: Path, around: ScanRegion | None = None) -> Volume:
     return volume_or_slab(array, affine, metadata, first, shape3)
 
 
+def check_nifti_header(header: Any, shape: tuple[int, ...], path: Path) -> Any:
+    """Refuse a NIfTI header that disagrees with itself or its file: distances not in
+    millimetres (nibabel's affine assumes them), a ``bitpix`` other than its data type's, or a
+    file shorter than the voxels its header promises (a click reads only a slab, so a file cut
+    after that slab would otherwise pass). Returns the header as stored: nibabel repairs some
+    fields as it loads (a pixdim of 0 becomes 1), which would hide what the file says."""
+    with ImageOpener(str(path)) as handle:
+        header = type(header).from_fileobj(handle, check=False)
+    units = header.get_xyzt_units()[0]
+    if units not in ("unknown", "mm"):
+        raise GeometryError(
+            f"{path.name}'s header gives distances in {units}s, not millimetres; convert it to "
+            "millimetres (for example with 3D Slicer or dcm2niix) and give that file."
+        )
+    dtype = np.dtype(header.get_data_dtype())
+    if int(header["bitpix"]) != dtype.itemsize * 8:
+        raise UnreadableImageError(
+            f"{path.name}'s header contradicts itself: its data type {dtype} has "
+            f"{dtype.itemsize * 8} bits a voxel, its bitpix says {int(header['bitpix'])}; the "
+            "file is corrupt: copy or convert it again."
+        )
+    promised = int(header.get_data_offset()) + int(np.prod(shape)) * dtype.itemsize
+    check_stored_bytes(path, promised, stored_bytes(path, promised))
+    return header
+
+
+def stored_bytes(path: Path, promised: int) -> int:
+    """The bytes a NIfTI file holds once decompressed. A gzip file's last four bytes give its
+    length modulo 2**32, so a whole file is told at once; a file whose trailer does not match
+    (cut short, or written in several gzip members) is counted by decompressing it."""
+    if not path.name.lower().endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() >= 18:
+            handle.seek(-4, os.SEEK_END)
+            if int.from_bytes(handle.read(4), "little") == promised % 2**32:
+                return promised
+    held = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                held += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        pass  # cut short: what came out before the cut is what the file holds
+    return held
+
+
 def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = None) -> Volume:
     """NRRD or MetaImage through ITK, whose LPS geometry becomes RAS here.
 
@@ -122,6 +180,11 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             "or colour image); MedCNN needs a single grey-level 3D CT volume."
         )
     shape3 = _three_dimensions(size, path)
+    if image_format == "mha":
+        check_metaimage_bytes(path)
+    if len(size) == 3:
+        check_grid(lps_affine(reader), path.name, spacing=reader.GetSpacing())
+        check_grid(lps_affine(reader), path.name, spacing=nrrd_spacings(path))
     voxel_bytes = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).itemsize
     check_size(int(np.prod(shape3)) * max(2, voxel_bytes), str(path))
     first, count = 0, shape3[2]
@@ -144,6 +207,7 @@ def read_itk_image(path: Path, image_format: str, around: ScanRegion | None = No
             ) from err
         if image.GetDimension() == 4:
             image = image[:, :, :, 0]
+            check_grid(lps_affine(image), path.name, spacing=image.GetSpacing())
         array, low, high = array_from_sitk(image)
     warnings = value_warnings(array, low, high, modality_known=False)
     metadata = scan_metadata(path, image_format, None, warnings)
@@ -165,6 +229,70 @@ def _raw_nrrd_slab(
     size = tuple(int(n) for n in reader.GetSize())
     if count >= size[2]:
         return None
+    header = nrrd_header(path)
+    if header is None:
+        return None
+    fields, offset = header
+    if fields.get("encoding") != "raw" or _NRRD_DETACHED_OR_SKIPPED & set(fields):
+        return None
+    dtype = np.dtype(_NRRD_PIXEL_DTYPES[reader.GetPixelID()])
+    dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
+    if path.stat().st_size != offset + int(np.prod(size)) * dtype.itemsize:
+        return None
+    voxels = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])
+    slab = np.array(voxels[first : first + count], dtype=dtype.newbyteorder("="))
+    del voxels
+    return slab.transpose(2, 1, 0)
+
+
+# Bytes of a MetaImage element type.
+_MET_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_FLOAT": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_DOUBLE": 8,
+}
+
+
+def check_metaimage_bytes(path: Path) -> None:
+    """Refuse an uncompressed MetaImage whose voxels (in the file, or the one data file it
+    names) are fewer than its header promises; ITK's streaming reads only a click's slab."""
+    fields, start = {}, 0
+    with open(path, "rb") as handle:
+        for raw in iter(lambda: handle.readline(4096), b""):
+            key, equals, value = raw.decode("latin-1").partition("=")
+            if equals:
+                fields[key.strip().lower()] = value.strip()
+            if key.strip().lower() == "elementdatafile":
+                start = handle.tell()
+                break
+    try:
+        element = _MET_BYTES[fields["elementtype"].upper()]
+        voxels = int(np.prod([int(n) for n in fields["dimsize"].split()]))
+        channels = int(fields.get("elementnumberofchannels", "1"))
+        source = fields["elementdatafile"]
+    except (KeyError, ValueError):
+        return  # ITK says what is wrong with such a header
+    compressed = fields.get("compresseddata", "false").lower() == "true"
+    if compressed or fields.get("headersize", "0") != "0" or " " in source or "%" in source:
+        return  # compressed data are checked as they are decompressed; lists are ITK's
+    promised = voxels * element * channels
+    if source.upper() == "LOCAL":
+        check_stored_bytes(path, start + promised, path.stat().st_size)
+    else:
+        data = path.parent / source
+        check_stored_bytes(data, promised, data.stat().st_size if data.is_file() else 0)
+
+
+def nrrd_header(path: Path) -> tuple[dict[str, str], int] | None:
+    """An attached NRRD header's fields (names and values in lower case) and where the voxels
+    start; None when the file does not begin with one."""
     with open(path, "rb") as handle:
         head = handle.read(_NRRD_HEADER_LIMIT)
     end = head.find(b"\n\n")
@@ -175,17 +303,27 @@ def _raw_nrrd_slab(
         key, colon, value = line.partition(": ")
         if colon and not line.startswith("#"):
             fields[key.strip().lower()] = value.strip().lower()
-    if fields.get("encoding") != "raw" or _NRRD_DETACHED_OR_SKIPPED & set(fields):
+    return fields, end + 2
+
+
+def nrrd_spacings(path: Path) -> list[float] | None:
+    """The spacings an NRRD header states (the lengths of its space directions, or its
+    ``spacings``), as written: ITK quietly replaces some it cannot use (1e300 by 1)."""
+    header = nrrd_header(path) if path.name.lower().endswith(".nrrd") else None
+    if header is None:
         return None
-    dtype = np.dtype(_NRRD_PIXEL_DTYPES[reader.GetPixelID()])
-    dtype = dtype.newbyteorder("<" if fields.get("endian", "little") == "little" else ">")
-    offset = end + 2
-    if path.stat().st_size != offset + int(np.prod(size)) * dtype.itemsize:
-        return None
-    voxels = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])
-    slab = np.array(voxels[first : first + count], dtype=dtype.newbyteorder("="))
-    del voxels
-    return slab.transpose(2, 1, 0)
+    fields = header[0]
+    try:
+        if "space directions" in fields:
+            vectors = re.findall(r"\(([^)]*)\)", fields["space directions"])
+            return [
+                float(np.hypot.reduce([float(v) for v in vector.split(",")])) for vector in vectors
+            ]
+        if "spacings" in fields:
+            return [float(v) for v in fields["spacings"].split() if v != "nan"]
+    except ValueError:
+        return None  # ITK says what is wrong with such a header
+    return None
 
 
 def lps_affine(source: sitk.Image | sitk.ImageFileReader) -> np.ndarray:

@@ -40,7 +40,15 @@ import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+try:  # pydicom 3
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+except ImportError:  # pydicom 2.4, which 3D Slicer 5.10 ships (the extension never replaces it)
+    from pydicom.pixel_data_handlers.util import (  # type: ignore[no-redef]
+        apply_color_lut,
+        apply_modality_lut,
+        apply_voi_lut,
+    )
 
 from medcnn.errors import (
     InputNotFoundError,
@@ -59,7 +67,8 @@ from medcnn.reading.dicom import (
     tag_value,
     what_modality,
 )
-from medcnn.reading.image_files import format_of, lps_affine
+from medcnn.reading.image_files import check_nifti_header, format_of, lps_affine, nrrd_spacings
+from medcnn.reading.trust import check_grid, check_regular_file, check_spacing
 from medcnn.reading.voxels import first_line
 from medcnn.volume import LPS_TO_RAS, Volume
 
@@ -134,6 +143,8 @@ def read_radiograph(path: Path | str) -> Radiograph:
     path = Path(path).expanduser()
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist; check the path to the radiograph.")
+    if not path.is_dir():
+        check_regular_file(path)  # a pipe or device would block the reader forever
     if path.is_dir() or path.name.upper() == "DICOMDIR":
         radiograph = read_dicom_radiograph(
             single_dicom_image(path if path.is_dir() else path.parent)
@@ -144,6 +155,7 @@ def read_radiograph(path: Path | str) -> Radiograph:
         radiograph = read_image_file(path, image_format)
     else:
         radiograph = read_dicom_radiograph(path)
+    check_grid(radiograph.grid.affine, path.name, axes=2)
     check_values(radiograph.pixels, path.name)
     return radiograph
 
@@ -251,6 +263,7 @@ def read_image_file(path: Path, image_format: str) -> Radiograph:
         array, affine = _nifti_values(path)
     else:
         array, affine = _itk_values(path, image_format)
+        check_spacing(nrrd_spacings(path) or [1.0], path.name)  # as written: ITK may replace
     plane, plane_affine = _one_plane(array, affine)
     spacing = np.linalg.norm(plane_affine[:3, :2], axis=0)
     return from_pixels(
@@ -301,6 +314,10 @@ def _nifti_values(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The voxels (scaled as the header says) as float32 (i, j, k), and the RAS affine."""
     try:
         image: Any = nib.load(path)  # a NIfTI image; nibabel types it as any file
+        stored = check_nifti_header(image.header, image.shape, path)
+        if int(stored["sform_code"]) == 0:  # pixdim places the pixels: spacings, as stored
+            in_plane = [n > 1 for n in tuple(image.shape)[:3]]
+            check_spacing(np.asarray(stored["pixdim"][1:4])[: len(in_plane)][in_plane], path.name)
         shape3 = _plane_shape(tuple(int(n) for n in image.shape), path.name)
         array = np.asanyarray(image.dataobj)
     except MedCNNError:
@@ -591,10 +608,12 @@ def _dicom_geometry(ds: Dataset) -> tuple[np.ndarray, str | None, list[str]]:
 
 
 def _dicom_spacing(ds: Dataset) -> tuple[tuple[float, float], str | None]:
-    """(row spacing, column spacing) in mm and the tag it came from; 1 mm and None if unknown."""
+    """(row spacing, column spacing) in mm and the tag it came from; 1 mm and None if unknown.
+    A spacing that is there but cannot be true (0, negative, absurd) is refused, not ignored."""
     for name in ("PixelSpacing", "ImagerPixelSpacing"):
         spacing = tag_floats(tag_value(ds, name), 2)
-        if spacing is not None and np.all(spacing > 0):
+        if spacing is not None:
+            check_spacing(spacing, f"The radiograph's {name}")
             return (float(spacing[0]), float(spacing[1])), name
     return (1.0, 1.0), None
 

@@ -476,10 +476,9 @@ class NoduleMNISTTrainer:
                 "eval_metrics": {"split": "val", **validation},
             }
         )
-        metadata["medcnn"] = {
-            "member_folds": [],
-            "threshold": threshold,
-            "training_source": "nodulemnist3d",
-        }
+        own = metadata["medcnn"]  # the model's words, the template's; the release's own numbers
+        for key in ("weights_sha256", "check_subset", "not_judged"):
+            own.pop(key, None)
+        own.update({"member_folds": [], "threshold": threshold, "training_source": "nodulemnist3d"})
         metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
         sign_weights(self.release_dir, model.state_dict())

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcnn.bundle import load_patch_spec, sign_weights
+from medcnn.bundle import load_patch_spec, sign_weights, verified_weights_path
 from medcnn.nodule.grouped import GroupedEnsemble
 from medcnn.nodule.network import NoduleEnsemble
 from medcnn.nodule.preprocessing import PatchSpec
@@ -63,9 +63,14 @@ def rounded(summary: dict) -> dict:
 
 def export_torchscript(bundle_dir: Path, target: Path | None = None) -> Path:
     """``models/model.ts`` (or ``target``) from ``models/model.pt``, MONAI's way (the bundle's
-    ``network_def`` scripted), so the two never drift apart."""
+    ``network_def`` scripted), so the two never drift apart.
+
+    The one TorchScript export (``medcnn export``): nothing MedCNN runs needs it, so bundles
+    ship ``model.pt`` alone and ``model.ts`` is derived on demand, from verified weights only.
+    """
     from monai.bundle import ckpt_export
 
+    verified_weights_path(bundle_dir)
     target = target or bundle_dir / "models" / "model.ts"
     ckpt_export(
         net_id="network_def",
@@ -125,7 +130,6 @@ def build_release(
     metadata["eval_metrics_nested_head"] = summary["nested"]
     metadata["medcnn"]["not_judged"] = [{k: r[k] for k in ("name", "reason")} for r in refused]
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
-    export_torchscript(bundle_dir)
     plot_roc_and_reliability(nested, bundle_dir / "docs" / "images", THRESHOLD)
     write_rows(nested, run_dir / "oof_nested.csv")
     (run_dir / "release_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

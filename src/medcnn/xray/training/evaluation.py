@@ -250,7 +250,7 @@ class FolderEvaluator:
         self.bundle_dir, self.trusted, self.held_out = bundle_dir, trusted, held_out
 
     def run(self) -> dict:
-        from medcnn.app.radiograph_analysis import RadiographAnalyzer
+        from medcnn.xray.analysis import RadiographAnalyzer
 
         analyzer = RadiographAnalyzer(self.bundle_dir, trusted=self.trusted)
         folds = None

@@ -1,6 +1,6 @@
 """``medcnn train --model chest_xray_pneumonia`` and the bundle's ``train.json``: train the
-members (``radiograph_experiments``), then assemble and measure the release
-(``radiograph_release``)."""
+members (``experiments``), then assemble and measure the release
+(``release``)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from pathlib import Path
 from medcnn import distributed
 from medcnn.bundle import load_radiograph_spec
 from medcnn.errors import InputNotFoundError, UsageError
-from medcnn.training.data.radiographs import build_cache
-from medcnn.training.radiograph_experiments import (
+from medcnn.xray.training.data import build_cache
+from medcnn.xray.training.experiments import (
     EXPERIMENTS,
     load_recipe,
     member_dir,
     network_args,
 )
-from medcnn.training.radiograph_release import build_release
-from medcnn.training.radiograph_training import train_member
+from medcnn.xray.training.release import build_release
+from medcnn.xray.training.training import train_member
 
 
 class RadiographTraining:

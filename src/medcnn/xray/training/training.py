@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from medcnn import distributed
-from medcnn.training.data.radiographs import RadiographCache
 from medcnn.xray.network import FoundingCNN, RadiographNet
+from medcnn.xray.training.data import RadiographCache
 
 ARCHITECTURES = ("medcnn", "founding")
 

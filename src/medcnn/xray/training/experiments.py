@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medcnn.bundle import network_arguments
-from medcnn.training.radiograph_training import (
+from medcnn.xray.training.training import (
     RadiographAugmentation,
     RadiographRecipe,
 )

@@ -1,4 +1,4 @@
-"""The radiograph model's numbers and release, from the members ``radiograph_experiments``
+"""The radiograph model's numbers and release, from the members ``experiments``
 trained.
 
 Everything chosen here is chosen on out-of-fold predictions of the training split: the Platt
@@ -16,11 +16,12 @@ import torch
 
 from medcnn.bundle import load_radiograph_spec, network_arguments, sign_weights
 from medcnn.training.calibration import fit_logistic
-from medcnn.training.data.radiographs import RadiographCache, all_records, build_cache
 from medcnn.training.metrics import (
     threshold_metrics,
 )
-from medcnn.training.radiograph_evaluation import (
+from medcnn.xray.network import RadiographEnsemble
+from medcnn.xray.training.data import RadiographCache, all_records, build_cache
+from medcnn.xray.training.evaluation import (
     LabelledRadiograph,
     judged,
     member_probabilities,
@@ -28,9 +29,7 @@ from medcnn.training.radiograph_evaluation import (
     plot_curves,
     summarize,
 )
-from medcnn.training.radiograph_experiments import EXPERIMENTS, member_dir
-from medcnn.training.release import export_torchscript
-from medcnn.xray.network import RadiographEnsemble
+from medcnn.xray.training.experiments import EXPERIMENTS, member_dir
 
 # The heatmap's border band: the outer cells of the network's 16 x 16 map on each side, where
 # film markers, text and collimation edges sit. Its share of the heatmap is compared with its
@@ -252,7 +251,6 @@ def build_release(run_dir: Path, data_root: Path, bundle_dir: Path) -> dict:
     metadata_path.write_text(json.dumps(metadata, indent=4) + "\n")
     draft.unlink(missing_ok=True)
     sign_weights(bundle_dir, model.state_dict())
-    export_torchscript(bundle_dir)
     founding = report["experiments"].get("founding")
     curves = {
         "MedCNN, Kermany test": (test_labels, test_probability),

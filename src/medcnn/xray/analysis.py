@@ -25,17 +25,11 @@ from medcnn.bundle import (
     load_network,
     load_radiograph_spec,
 )
+from medcnn.catalog import task_of
 from medcnn.errors import ModelIntegrityError, UsageError
 from medcnn.outputs.dicom_source import check_dicom_input, radiograph_source
 from medcnn.outputs.render import heatmap_png, overlay_title, radiograph_overlay_png
-from medcnn.outputs.result import (
-    CHEST_XRAY_PNEUMONIA,
-    InputImage,
-    ModelInfo,
-    OutputFiles,
-    Result,
-    label_for,
-)
+from medcnn.outputs.result import InputImage, ModelInfo, OutputFiles, Result
 from medcnn.outputs.writing import HEATMAP, HEATMAP_PNG, OVERLAY, RESULT
 from medcnn.reading.radiograph import Radiograph, read_radiograph
 from medcnn.volume import Volume
@@ -74,8 +68,6 @@ def refuse_point(point: Sequence[float] | None) -> None:
 class RadiographAnalyzer:
     """The loaded chest X-ray model of a bundle (the shipped one by default)."""
 
-    task = CHEST_XRAY_PNEUMONIA
-
     def __init__(self, bundle_dir: Path | str | None = None, trusted: bool = False) -> None:
         self.bundle_dir = (
             Path(bundle_dir).resolve() if bundle_dir else default_bundle_dir(XRAY_MODEL)
@@ -88,6 +80,7 @@ class RadiographAnalyzer:
         self.model = for_inference(model)
         self.spec = load_radiograph_spec(self.bundle_dir)
         self.threshold = self.model_info["threshold"]
+        self.task = task_of(self.bundle_dir)
 
     def analyze_file(
         self,
@@ -220,13 +213,13 @@ class RadiographAnalyzer:
         info = self.model_info
         picture = radiograph.source_format in PICTURE_FORMATS
         result = Result(
-            task=self.task,
+            task=self.task.name,
             probability=round(probability, 6),
             uncertainty=round(prediction.uncertainty, 6),
             probability_interval=(round(float(members.min()), 6), round(float(members.max()), 6)),
             member_probabilities=tuple(round(float(p), 6) for p in members),
             threshold=self.threshold,
-            label=label_for(self.task, probability, self.threshold),
+            label=self.task.label(probability, self.threshold),
             input=InputImage(
                 path=str(image),
                 format=radiograph.source_format,

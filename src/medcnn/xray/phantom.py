@@ -8,9 +8,12 @@ the mechanics, not the model's accuracy. The file name and the PNG's text say it
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
+
+from medcnn.phantom import examples_cache
 
 ROWS, COLUMNS = 640, 560
 SEED = 20261206
@@ -73,3 +76,22 @@ def write_radiograph_phantom(directory: Path) -> Path:
         Image.fromarray(synthetic_radiograph()).save(partial, pnginfo=text)
         partial.replace(path)
     return path
+
+
+def ensure_radiograph_phantom(directory: Path | None = None) -> Path:
+    """The synthetic chest radiograph (PNG), generated once and reused."""
+    return write_radiograph_phantom(
+        Path(directory) if directory else examples_cache() / "radiograph"
+    )
+
+
+def demo_radiograph_manifest(directory: Path | None = None) -> Path:
+    """A one-row manifest (no point) pointing at the synthetic radiograph: the bundle's default
+    run."""
+    image = ensure_radiograph_phantom(directory)
+    manifest = image.parent / "manifest.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "image"])
+        writer.writerow(["synthetic_radiograph", image.name])
+    return manifest

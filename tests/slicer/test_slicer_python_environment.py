@@ -1,0 +1,156 @@
+"""The worker answers real clicks in a Python environment like the oldest supported 3D Slicer's,
+without Slicer: exactly the packages Slicer 5.10 ships that a click uses (``slicer_python.txt``:
+numpy, scipy, pydicom 2.4, SimpleITK, pillow), the extension's ``requirements.txt`` at its floors
+and the oldest torch its installer accepts (``InstallLogic.TORCH_REQUIREMENT``), and nothing a
+click does not need (no MONAI, no ITK, no tqdm, no matplotlib). The engine comes from ``src/`` on
+the worker's ``PYTHONPATH``, as the installed extension puts its copy there.
+
+Only Python 3.11 can be had on our machines, while Slicer 5.10 runs 3.12: the interpreter is
+this one's; that the click path's syntax and standard library suit every supported Python is
+``test_click_path_parses_as_the_oldest_supported_python``. Builds a virtual environment with pip
+(from the machine's package cache and PyPI): slow."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from MedCNNLib.InstallLogic import MINIMUM_PYTHON, TORCH_REQUIREMENT, readRequirements
+from MedCNNLib.Runner import AnalysisRequest, WorkerRunner
+from packaging.requirements import Requirement
+from slicer_test_support import REPO, write_nrrd
+
+from medcnn.catalog import XRAY_MODEL
+from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
+from medcnn.xray.phantom import synthetic_radiograph
+
+SLICER_PACKAGES = Path(__file__).resolve().parent / "slicer_python.txt"
+NOT_NEEDED = ("monai", "itk", "tqdm", "matplotlib")
+TIMEOUT = 600.0
+
+
+def at_floor(requirement: Requirement) -> str:
+    """``name>=X`` as ``name==X``: the oldest version the extension accepts."""
+    (floor,) = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+    return f"{requirement.name}=={floor}"
+
+
+def slicer_like_requirements() -> list[str]:
+    shipped = [
+        line.split("#", 1)[0].strip()
+        for line in SLICER_PACKAGES.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    extension = [at_floor(requirement) for requirement in readRequirements()]
+    return [*shipped, *extension, at_floor(Requirement(TORCH_REQUIREMENT))]
+
+
+@pytest.fixture(scope="module")
+def slicer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("slicer-python")
+    venv.create(folder, with_pip=True)
+    python = folder / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *slicer_like_requirements()],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode:
+        pytest.fail(f"building the Slicer-like environment failed:\n{done.stderr[-3000:]}")
+    return python
+
+
+@pytest.mark.slow
+def test_the_environment_has_what_slicer_ships_and_nothing_a_click_does_not_need(
+    slicer_python,
+):
+    code = (
+        "import importlib.metadata as m, importlib.util as u, json\n"
+        f"print(json.dumps({{n: u.find_spec(n) is not None for n in {NOT_NEEDED!r}}}))\n"
+        "print(m.version('pydicom'), m.version('numpy'), m.version('torch'))\n"
+    )
+    done = subprocess.run(
+        [str(slicer_python), "-c", code], capture_output=True, text=True, check=True
+    )
+    found, versions = done.stdout.splitlines()
+    assert found == "{" + ", ".join(f'"{name}": false' for name in NOT_NEEDED) + "}"
+    assert versions.startswith("2.4.4 2.0.2 ")
+
+
+@pytest.mark.slow
+def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_path):
+    runner = WorkerRunner(pythonExecutable=str(slicer_python), extraPythonPath=[str(REPO / "src")])
+    try:
+        ct = synthetic_chest()
+        ct_path = write_nrrd(ct.array, ct.affine, tmp_path / "ct.nrrd")
+        events = runner.submit(
+            AnalysisRequest(str(ct_path), tuple(NODULE_CENTER_RAS), str(tmp_path / "ct"))
+        ).wait(TIMEOUT)
+        final = events[-1]
+        assert final.kind == "result", (final.message, runner.stderrTail[-20:])
+        assert 0.0 <= final.result["probability"] <= 1.0
+        assert final.result["software"]["monai"] == "not installed"
+        assert final.result["software"]["pydicom"] == "2.4.4"
+        assert (tmp_path / "ct" / "segmentation.nii.gz").exists()
+
+        radiograph = write_nrrd(
+            synthetic_radiograph().T[:, :, None], np.eye(4), tmp_path / "radiograph.nrrd"
+        )
+        events = runner.submit(AnalysisRequest(str(radiograph), None, str(tmp_path / "xray"))).wait(
+            TIMEOUT
+        )
+        assert events[-1].kind == "result", (events[-1].message, runner.stderrTail[-20:])
+        assert events[-1].result["model"]["id"] == XRAY_MODEL
+    finally:
+        runner.shutdown()
+
+
+CLICK_PATH_ROOTS = ("src/medcnn", "MedCNNExtension/MedCNN")
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        str(path.relative_to(REPO))
+        for root in CLICK_PATH_ROOTS
+        for path in (REPO / root).rglob("*.py")
+        if "training" not in path.parts
+    ),
+)
+def test_click_path_parses_as_the_oldest_supported_python(path):
+    """No syntax newer than the oldest Python a supported Slicer or the engine runs on
+    (``MINIMUM_PYTHON``, the engine's ``requires-python``); ruff's ``target-version`` holds the
+    rest of the repository to the same."""
+    ast.parse((REPO / path).read_text(), filename=path, feature_version=MINIMUM_PYTHON)
+
+
+OLDEST_SLICER_PYTHON = (3, 9)  # Slicer 5.8's: the panel must load there to say it is unsupported
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(str(path.relative_to(REPO)) for path in (REPO / CLICK_PATH_ROOTS[1]).rglob("*.py")),
+)
+def test_the_panel_loads_in_slicer_5_8_to_say_it_is_not_supported(path):
+    """The extension's own modules (not the engine) stay importable on Python 3.9, so that
+    Slicer 5.8 shows ``unsupportedReason``'s sentence instead of a traceback: 3.9 syntax,
+    annotations never evaluated, no ``zip(strict=...)``."""
+    text = (REPO / path).read_text()
+    tree = ast.parse(text, filename=path, feature_version=OLDEST_SLICER_PYTHON)
+    annotated = any(isinstance(node, (ast.FunctionDef, ast.AnnAssign)) for node in ast.walk(tree))
+    assert not annotated or "from __future__ import annotations" in text
+    strict_zips = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "zip"
+        and any(keyword.arg == "strict" for keyword in node.keywords)
+    ]
+    assert strict_zips == []
