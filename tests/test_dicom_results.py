@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from radiograph_files import write_dicom
 from result_checks import assert_valid_result
 
+import medcnn.app.analysis as analysis_module
 from medcnn.app.analysis import Analyzer
 from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.errors import NotDicomSourceError
@@ -288,8 +289,8 @@ def test_non_dicom_input_is_refused_before_any_work(phantom: dict, tmp_path: Pat
     assert not out.exists()
 
 
-def test_a_source_without_a_patient_id_is_refused_naming_it(
-    phantom: dict, analyzer: Analyzer, tmp_path: Path
+def test_a_source_without_a_patient_id_is_refused_naming_it_before_the_network(
+    phantom: dict, analyzer: Analyzer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     series = tmp_path / "series"
     shutil.copytree(phantom["dicom_dir"], series)
@@ -297,6 +298,11 @@ def test_a_source_without_a_patient_id_is_refused_naming_it(
         dataset = pydicom.dcmread(path)
         del dataset.PatientID
         dataset.save_as(path)
+
+    def network(*args, **kwargs):
+        raise AssertionError("the network ran for a source that cannot carry the results")
+
+    monkeypatch.setattr(analysis_module, "predict", network)
     with pytest.raises(NotDicomSourceError, match="PatientID"):
         analyzer.analyze_file(series, NODULE_CENTER_RAS, tmp_path / "out", dicom=True)
     assert not (tmp_path / "out").exists()

@@ -35,7 +35,7 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
-from medcnn.outputs.dicom_source import check_dicom_input, dicom_source
+from medcnn.outputs.dicom_source import check_dicom_input, check_scan_source, dicom_source
 from medcnn.outputs.render import overlay_png, overlay_title
 from medcnn.outputs.result import (
     InputImage,
@@ -172,7 +172,8 @@ class Analyzer:
 
         With ``overlay``, ``overlay.png`` is drawn from the analysis in memory and written with
         the other files (all of them or none); with ``dicom``, the DICOM results too (refused
-        before any work for an input that is not DICOM)."""
+        before any work for an input that is not DICOM, and before the network for a series
+        that lacks what they copy)."""
         report = progress or (lambda stage, fraction: None)
         point_ras = checked_point(point, lps)
         if dicom:
@@ -181,6 +182,8 @@ class Analyzer:
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
         scan = self._read(image, point_ras, series_uid, timings)
+        if dicom:
+            check_scan_source(scan)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
@@ -208,6 +211,8 @@ class Analyzer:
                 if request.dicom:
                     check_dicom_input(request.image)
                 scan = self._read(request.image, point_ras, None, timings)
+                if request.dicom:
+                    check_scan_source(scan)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
                 outcomes[index] = error

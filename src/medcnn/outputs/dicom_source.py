@@ -86,10 +86,14 @@ class DicomSource:
         return str(self.first.FrameOfReferenceUID)
 
 
-def dicom_source(scan: Volume, block: Volume) -> DicomSource:
-    """The source slices under ``block`` (the heatmap's or segmentation's part of the scan's
-    grid), read from the series the scan came from and checked to lie exactly where the block's
-    slices lie."""
+def check_scan_source(scan: Volume) -> None:
+    """Refuse, right after reading and before the network, a scan whose series cannot carry
+    DICOM results (not DICOM, or its first slice lacks an attribute they copy)."""
+    files = _source_files(scan)
+    _check_attributes(pydicom.dcmread(files[0], stop_before_pixels=True), files[0])
+
+
+def _source_files(scan: Volume) -> list[str]:
     files = scan.metadata.get("source_files")
     if scan.metadata.get("format") != "dicom" or not files:
         raise NotDicomSourceError(
@@ -97,6 +101,14 @@ def dicom_source(scan: Volume, block: Volume) -> DicomSource:
             "has no study to attach DICOM results to; give the DICOM series, or leave out "
             "--dicom."
         )
+    return list(files)
+
+
+def dicom_source(scan: Volume, block: Volume) -> DicomSource:
+    """The source slices under ``block`` (the heatmap's or segmentation's part of the scan's
+    grid), read from the series the scan came from and checked to lie exactly where the block's
+    slices lie."""
+    files = _source_files(scan)
     offset = int(scan.metadata.get("region", {}).get("first_slice", 0))
     i, j, k = scan.block_slices(block)
     headers = tuple(

@@ -103,6 +103,8 @@ class RadiographAnalyzer:
         timings: dict[str, float] = {}
         report(stages.READING.name, stages.READING.fraction)
         radiograph = self._read(image, timings)
+        if dicom:
+            radiograph_source(radiograph.metadata)  # refused before the network, not after
         report(stages.NETWORK.name, stages.NETWORK.fraction)
         started = time.perf_counter()
         prediction = predict_radiographs(self.model, [radiograph], self.spec)[0]
@@ -186,7 +188,10 @@ class RadiographAnalyzer:
             refuse_point(request.point)
             if request.dicom:
                 check_dicom_input(request.image)
-            return self._read(request.image, timings), timings, total_start
+            radiograph = self._read(request.image, timings)
+            if request.dicom:
+                radiograph_source(radiograph.metadata)
+            return radiograph, timings, total_start
         except Exception as error:
             return error, timings, total_start
 
