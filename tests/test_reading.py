@@ -39,6 +39,7 @@ METADATA_KEYS = {
     "series_instance_uid",
     "series_description",
     "series_choice",
+    "source_files",
     "warnings",
 }
 LUNG1_NODULE_RAS = (21.86, 120.54, -611.50)

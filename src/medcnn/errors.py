@@ -94,6 +94,18 @@ class NotRadiographError(MedCNNError):
     exit_code = 14
 
 
+class NotDicomSourceError(MedCNNError):
+    """--dicom needs a DICOM input with the attributes its results copy; this one is not."""
+
+    exit_code = 15
+
+
+class SendError(MedCNNError):
+    """The DICOM results were written but not sent: the archive refused them or did not answer."""
+
+    exit_code = 16
+
+
 class CancelledError(MedCNNError):
     """The user cancelled the analysis."""
 
@@ -114,6 +126,8 @@ USER_ERRORS: tuple[type[MedCNNError], ...] = (
     NoTissueAtPointError,
     OutputError,
     NotRadiographError,
+    NotDicomSourceError,
+    SendError,
     CancelledError,
 )
 

@@ -35,6 +35,7 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
+from medcnn.outputs.dicom_source import check_dicom_input, check_scan_source, dicom_source
 from medcnn.outputs.render import overlay_png, overlay_title
 from medcnn.outputs.result import (
     InputImage,
@@ -44,7 +45,13 @@ from medcnn.outputs.result import (
     Point,
     Result,
 )
-from medcnn.outputs.writing import HEATMAP, OVERLAY, RESULT, SEGMENTATION, write_outputs
+from medcnn.outputs.writing import (
+    HEATMAP,
+    OVERLAY,
+    RESULT,
+    SEGMENTATION,
+    write_outputs,
+)
 from medcnn.reading import ScanRegion, read_scan
 from medcnn.volume import MAX_COORDINATE_MM, Volume, ras_point
 
@@ -73,6 +80,8 @@ class FileRequest:
     overlay: bool = False
     # Why the engine chose this model, for result.json (None: the caller chose the analyzer).
     chosen_because: str | None = None
+    # Also write the results as DICOM SEG, Parametric Map and SR (a DICOM input only).
+    dicom: bool = False
 
 
 @cache
@@ -157,21 +166,28 @@ class Analyzer:
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Read a scan, analyse the point, write the outputs; returns the result as written.
 
         With ``overlay``, ``overlay.png`` is drawn from the analysis in memory and written with
-        the other files (all of them or none)."""
+        the other files (all of them or none); with ``dicom``, the DICOM results too (refused
+        before any work for an input that is not DICOM, and before the network for a series
+        that lacks what they copy)."""
         report = progress or (lambda stage, fraction: None)
         point_ras = checked_point(point, lps)
+        if dicom:
+            check_dicom_input(image)
         total_start = time.perf_counter()
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
         scan = self._read(image, point_ras, series_uid, timings)
+        if dicom:
+            check_scan_source(scan)
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
-        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay)
+        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay, dicom)
         report(stages.DONE.name, stages.DONE.fraction)
         return result
 
@@ -192,7 +208,11 @@ class Analyzer:
             timings: dict[str, float] = {}
             try:
                 point_ras = checked_point(request.point, request.lps)
+                if request.dicom:
+                    check_dicom_input(request.image)
                 scan = self._read(request.image, point_ras, None, timings)
+                if request.dicom:
+                    check_scan_source(scan)
                 patch = self._cut(scan, point_ras, timings)
             except Exception as error:
                 outcomes[index] = error
@@ -234,6 +254,7 @@ class Analyzer:
                     timings,
                     total_start,
                     request.overlay,
+                    request.dicom,
                 )
             except Exception as error:
                 outcomes[index] = error
@@ -248,6 +269,7 @@ class Analyzer:
                 request.lps,
                 overlay=request.overlay,
                 chosen_because=request.chosen_because,
+                dicom=request.dicom,
             )
         except Exception as error:
             return error
@@ -345,9 +367,11 @@ class Analyzer:
         timings: dict[str, float],
         total_start: float,
         overlay: bool = False,
+        dicom: bool = False,
     ) -> Result:
-        """Write the analysis's files (and the overlay, drawn from it in memory); returns the
-        result as written, with the point's convention and the timings."""
+        """Write the analysis's files (and the overlay, drawn from it in memory, and the DICOM
+        results); returns the result as written, with the point's convention and the
+        timings."""
         result = analysis.result
         findings = result.nodule
         result = replace(
@@ -356,7 +380,7 @@ class Analyzer:
                 findings, point=replace(findings.point, given_as="LPS" if lps else "RAS")
             ),
         )
-        pictures = {}
+        pictures: dict[str, Callable[[Path], object]] = {}
         if overlay:
             result = replace(result, outputs=replace(result.outputs, overlay=OVERLAY))
             title = overlay_title(result)
@@ -372,11 +396,28 @@ class Analyzer:
                 )
 
             pictures[OVERLAY] = draw
+        if dicom:
+            result, made = dicom_files(result, analysis, timings)
+            pictures.update(made)
         volumes = {
             HEATMAP: (analysis.heatmap, np.float32),
             SEGMENTATION: (analysis.segmentation, np.uint8),
         }
         return write_timed(out_dir, result, volumes, pictures, timings, total_start)
+
+
+def dicom_files(
+    result: Result, analysis: Analysis, timings: dict[str, float]
+) -> tuple[Result, dict[str, Callable[[Path], object]]]:
+    """The result naming the DICOM files, and the writers of those files: the objects are made
+    now, in memory (their seconds are ``timings['dicom']``), and saved with the other files."""
+    from medcnn.outputs.dicom_results import nodule_dicom_results, with_dicom_files  # if asked
+
+    started = time.perf_counter()
+    source = dicom_source(analysis.scan, analysis.heatmap)
+    made = nodule_dicom_results(result, analysis.segmentation, analysis.heatmap, source)
+    timings["dicom"] = time.perf_counter() - started
+    return with_dicom_files(result, made)
 
 
 def write_timed(

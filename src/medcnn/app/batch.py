@@ -203,6 +203,7 @@ class BatchRunner:
         progress: bool = True,
         lps: bool = False,
         group_size: int = GROUP_SIZE,
+        dicom: bool = False,
     ) -> None:
         if group_size < 1:
             raise UsageError(f"The group size must be 1 or more, not {group_size}.")
@@ -212,6 +213,7 @@ class BatchRunner:
         self.progress = progress
         self.lps = lps
         self.group_size = group_size
+        self.dicom = dicom
 
     def analyze_row(self, row: ManifestRow) -> dict:
         return self.analyze_rows([row])[0]
@@ -239,7 +241,7 @@ class BatchRunner:
                 record["error"] = str(error)
                 continue
             out = self.output_dir / "cases" / case_folder_name(row)
-            requests.append(FileRequest(row.image_path, point, out, lps=self.lps))
+            requests.append(FileRequest(row.image_path, point, out, lps=self.lps, dicom=self.dicom))
             asked.append(record)
         outcomes = self.analyzer.analyze_files(requests) if requests else []
         for record, request, outcome in zip(asked, requests, outcomes, strict=True):

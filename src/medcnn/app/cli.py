@@ -30,6 +30,7 @@ from medcnn.errors import (
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
+    from medcnn.outputs.result import Result
 
 EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
 
@@ -52,6 +53,15 @@ def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a bundle other than the shipped one: bundles can run code, "
         "so only for bundles you trust",
+    )
+
+
+def _add_dicom_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dicom",
+        action="store_true",
+        help="also write the results as DICOM (segmentation.dcm, heatmap.dcm, report.dcm: SEG, "
+        "Parametric Map, SR) in the source's study; a DICOM CT input only",
     )
 
 
@@ -149,6 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write overlay.png: the heatmap (and a nodule's outline) over the image",
     )
+    _add_dicom_option(analyze)
+    analyze.add_argument(
+        "--store",
+        metavar="AET@HOST:PORT",
+        default=None,
+        help="send the DICOM results (implies --dicom) by C-STORE to this archive",
+    )
+    analyze.add_argument(
+        "--stow",
+        metavar="URL",
+        default=None,
+        help="send the DICOM results (implies --dicom) by DICOMweb STOW-RS to URL/studies",
+    )
     _add_bundle_options(analyze)
 
     batch = commands.add_parser(
@@ -171,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="images run through the network together (default 16; 1 for the least memory)",
     )
+    _add_dicom_option(batch)
     _add_bundle_options(batch)
 
     demo = commands.add_parser(
@@ -354,8 +378,15 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from medcnn.outputs.dicom_source import check_dicom_input
+    from medcnn.outputs.sending import store_destination
     from medcnn.outputs.writing import check_result_folder
 
+    dicom = args.dicom or args.store is not None or args.stow is not None
+    if args.store is not None:
+        store_destination(args.store)
+    if dicom:
+        check_dicom_input(args.image)
     check_result_folder(args.out)
     engine = _engine(args)  # loads a model only once the input has chosen it
 
@@ -371,13 +402,31 @@ def run_analyze(args: argparse.Namespace) -> int:
         series_uid=args.series_uid,
         overlay=args.overlay,
         model=args.model,
+        dicom=dicom,
     )
     print(result.answer_line())
     print(f"model: {result.model.id} ({result.model.chosen_because})")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"outputs in {args.out}")
+    if args.store is not None or args.stow is not None:
+        send_dicom(result, Path(args.out), args.store, args.stow)
     return 0
+
+
+def send_dicom(result: Result, out: Path, store_to: str | None, stow_to: str | None) -> None:
+    """Send the DICOM files an analysis wrote, as asked; each destination says it got them."""
+    from medcnn.outputs.sending import store, stow
+
+    outputs = result.outputs
+    names = (outputs.dicom_segmentation, outputs.dicom_heatmap, outputs.dicom_report)
+    files = [out / name for name in names if name is not None]
+    if store_to is not None:
+        store(files, store_to)
+        print(f"sent {len(files)} DICOM objects to {store_to}")
+    if stow_to is not None:
+        stow(files, stow_to)
+        print(f"sent {len(files)} DICOM objects to {stow_to}")
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -391,6 +440,7 @@ def run_batch(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         lps=args.lps,
         group_size=group_size,
+        dicom=args.dicom,
     )
     predictions = runner.run()
     print(f"predictions in {predictions}")

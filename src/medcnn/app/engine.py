@@ -56,6 +56,7 @@ class ModelAnalyzer(Protocol):
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result: ...
 
     def analyze_files(self, requests: Sequence[FileRequest]) -> list[Result | Exception]: ...
@@ -164,12 +165,21 @@ class Engine:
         series_uid: str | None = None,
         overlay: bool = False,
         model: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Choose the model for the input, run it, write its files; the result as written."""
         chosen, because = choose_model(image, point, model, self.models)
         check_result_folder(Path(out_dir))  # a folder that cannot take the result stops us now
         return self.analyzer(chosen).analyze_file(
-            image, point, out_dir, lps, progress, series_uid, overlay, chosen_because=because
+            image,
+            point,
+            out_dir,
+            lps,
+            progress,
+            series_uid,
+            overlay,
+            chosen_because=because,
+            dicom=dicom,
         )
 
     def analyze_files(

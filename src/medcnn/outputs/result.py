@@ -153,6 +153,10 @@ class OutputFiles:
     overlay: str | None = None
     # The heatmap as a grey picture of the input's width and height (PNG and JPEG inputs).
     heatmap_png: str | None = None
+    # --dicom: DICOM Segmentation, Parametric Map (the heatmap) and Structured Report.
+    dicom_segmentation: str | None = None
+    dicom_heatmap: str | None = None
+    dicom_report: str | None = None
 
     def to_json(self) -> dict[str, str]:
         names = {
@@ -161,6 +165,9 @@ class OutputFiles:
             "segmentation": self.segmentation,
             "overlay": self.overlay,
             "heatmap_png": self.heatmap_png,
+            "dicom_segmentation": self.dicom_segmentation,
+            "dicom_heatmap": self.dicom_heatmap,
+            "dicom_report": self.dicom_report,
         }
         return {key: name for key, name in names.items() if name is not None}
 
@@ -172,6 +179,9 @@ class OutputFiles:
             segmentation=data.get("segmentation"),
             overlay=data.get("overlay"),
             heatmap_png=data.get("heatmap_png"),
+            dicom_segmentation=data.get("dicom_segmentation"),
+            dicom_heatmap=data.get("dicom_heatmap"),
+            dicom_report=data.get("dicom_report"),
         )
 
 

@@ -42,6 +42,12 @@ except ImportError:  # pragma: no cover - Windows: no lock; the folder rename is
 
 RESULT, HEATMAP, SEGMENTATION = "result.json", "heatmap.nii.gz", "segmentation.nii.gz"
 OVERLAY, HEATMAP_PNG = "overlay.png", "heatmap.png"
+# --dicom: the segmentation (SEG), the heatmap (Parametric Map) and the report (SR) as DICOM.
+DICOM_SEGMENTATION, DICOM_HEATMAP, DICOM_REPORT = (
+    "segmentation.dcm",
+    "heatmap.dcm",
+    "report.dcm",
+)
 STAGING_MARK, REPLACED_MARK = ".partial-", ".replaced-"
 # The hidden folders beside an output folder NAME: ``.NAME.partial-XXXXXXXX`` while a run
 # writes, ``.NAME.replaced-XXXXXXXX`` (the earlier result) for the moment of a swap.
@@ -277,7 +283,8 @@ def write_outputs(
     heatmap, the segmentation) and any other files through ``staged_output``: all or none.
 
     ``pictures`` maps a file name to a function that writes that file at the path given (the
-    overlay, a heatmap picture, any further output), in the staging folder with the others.
+    overlay, a heatmap picture, the DICOM results, any further output), in the staging folder
+    with the others.
     ``before_result`` may complete ``result`` (timings) once everything else is written.
     """
     with staged_output(Path(out_dir)) as staging:

@@ -32,8 +32,10 @@ map). Voxels are int16 when the values fit exactly, else float32.
 
 ``metadata`` holds exactly: ``path``, ``format`` ("dicom", "nifti", "nrrd" or "mha"),
 ``modality`` ("CT" or None when the format does not say), ``series_instance_uid``,
-``series_description``, ``series_choice`` (a sentence, or None) and ``warnings`` (a list of
-sentences). Nothing else leaves a DICOM header: no patient identifiers.
+``series_description``, ``series_choice`` (a sentence, or None), ``source_files`` (a DICOM
+series' files in slice order, the whole series even when a slab is read, which ``--dicom``'s
+results reference; None for other formats) and ``warnings`` (a list of sentences). Nothing else
+leaves a DICOM header: no patient identifiers.
 
 Reading around a point (``around=ScanRegion(...)``, what one click needs). A DICOM series is
 still chosen and checked from the headers of all its files, exactly as above (a process keeps

@@ -341,6 +341,9 @@ def read_dicom(
         series_uid=series.first.series_uid,
         series_description=series.first.series_description,
         series_choice=choice,
+        # The whole series' files in slice order, even when only a slab is decoded: the DICOM
+        # results reference and copy from them (medcnn.outputs.dicom_source).
+        source_files=[str(s.path) for s in slices],
     )
     return volume_or_slab(array, affine, metadata, first, (columns, rows, len(slices)))
 

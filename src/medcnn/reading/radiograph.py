@@ -423,7 +423,8 @@ def read_dicom_radiograph(path: Path) -> Radiograph:
         affine,
         "dicom",
         spacing_known=spacing_source is not None,
-        metadata=_dicom_metadata(ds, spacing_source, voi),
+        # the file itself, which DICOM results (--dicom) reference and copy from
+        metadata={**_dicom_metadata(ds, spacing_source, voi), "source_file": str(path)},
         warnings=tuple(voi_warnings + geometry_warnings),
     )
 

@@ -117,6 +117,7 @@ def scan_metadata(
     series_uid: str | None = None,
     series_description: str | None = None,
     series_choice: str | None = None,
+    source_files: list[str] | None = None,
 ) -> dict:
     """The input's description in every result; the series fields only for DICOM."""
     return {
@@ -126,6 +127,7 @@ def scan_metadata(
         "series_instance_uid": series_uid,
         "series_description": series_description,
         "series_choice": series_choice,
+        "source_files": source_files,
         "warnings": warnings,
     }
 

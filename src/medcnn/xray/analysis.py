@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +27,7 @@ from medcnn.bundle import (
 )
 from medcnn.catalog import task_of
 from medcnn.errors import ModelIntegrityError, UsageError
+from medcnn.outputs.dicom_source import check_dicom_input, radiograph_source
 from medcnn.outputs.render import heatmap_png, overlay_title, radiograph_overlay_png
 from medcnn.outputs.result import InputImage, ModelInfo, OutputFiles, Result
 from medcnn.outputs.writing import HEATMAP, HEATMAP_PNG, OVERLAY, RESULT
@@ -91,14 +92,19 @@ class RadiographAnalyzer:
         series_uid: str | None = None,
         overlay: bool = False,
         chosen_because: str | None = None,
+        dicom: bool = False,
     ) -> Result:
         """Read a radiograph, judge it, write the outputs; returns the result as written."""
         report = progress or (lambda stage, fraction: None)
         refuse_point(point)
+        if dicom:
+            check_dicom_input(image)
         total_start = time.perf_counter()
         timings: dict[str, float] = {}
         report(stages.READING.name, stages.READING.fraction)
         radiograph = self._read(image, timings)
+        if dicom:
+            radiograph_source(radiograph.metadata)  # refused before the network, not after
         report(stages.NETWORK.name, stages.NETWORK.fraction)
         started = time.perf_counter()
         prediction = predict_radiographs(self.model, [radiograph], self.spec)[0]
@@ -106,7 +112,7 @@ class RadiographAnalyzer:
         report(stages.HEATMAP.name, stages.HEATMAP.fraction)
         analysis = self._finish(radiograph, prediction, image, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
-        result = self._write(analysis, Path(out_dir), timings, total_start, overlay)
+        result = self._write(analysis, Path(out_dir), timings, total_start, overlay, dicom)
         report(stages.DONE.name, stages.DONE.fraction)
         return result
 
@@ -158,7 +164,12 @@ class RadiographAnalyzer:
                         radiograph, prediction, request.image, request.chosen_because
                     )
                     return self._write(
-                        analysis, Path(request.out_dir), timings, total_start, request.overlay
+                        analysis,
+                        Path(request.out_dir),
+                        timings,
+                        total_start,
+                        request.overlay,
+                        request.dicom,
                     )
                 except Exception as error:
                     return error
@@ -175,7 +186,12 @@ class RadiographAnalyzer:
         total_start, timings = time.perf_counter(), dict[str, float]()
         try:
             refuse_point(request.point)
-            return self._read(request.image, timings), timings, total_start
+            if request.dicom:
+                check_dicom_input(request.image)
+            radiograph = self._read(request.image, timings)
+            if request.dicom:
+                radiograph_source(radiograph.metadata)
+            return radiograph, timings, total_start
         except Exception as error:
             return error, timings, total_start
 
@@ -234,10 +250,11 @@ class RadiographAnalyzer:
         timings: dict[str, float],
         total_start: float,
         overlay: bool,
+        dicom: bool = False,
     ) -> Result:
         result = analysis.result
         heat = analysis.heatmap.array[:, :, 0].T
-        pictures = {}
+        pictures: dict[str, Callable[[Path], object]] = {}
         if result.outputs.heatmap_png:
             pictures[HEATMAP_PNG] = lambda path: heatmap_png(heat, path)
         if overlay:
@@ -245,6 +262,22 @@ class RadiographAnalyzer:
             title = overlay_title(result)
             pixels = analysis.radiograph.pixels
             pictures[OVERLAY] = lambda path: radiograph_overlay_png(pixels, heat, path, title)
+        if dicom:
+            result, made = radiograph_dicom_files(result, analysis, timings)
+            pictures.update(made)
         # The heatmap as 0..1 in 1/255 steps (outputs.writing.nifti_image).
         volumes = {HEATMAP: (analysis.heatmap, np.uint8)}
         return write_timed(out_dir, result, volumes, pictures, timings, total_start)
+
+
+def radiograph_dicom_files(
+    result: Result, analysis: RadiographAnalysis, timings: dict[str, float]
+) -> tuple[Result, dict[str, Callable[[Path], object]]]:
+    """As ``analysis.dicom_files``, for a radiograph: the SR."""
+    from medcnn.outputs.dicom_results import radiograph_dicom_results, with_dicom_files
+
+    started = time.perf_counter()
+    source = radiograph_source(analysis.radiograph.metadata)
+    made = radiograph_dicom_results(result, source)
+    timings["dicom"] = time.perf_counter() - started
+    return with_dicom_files(result, made)
