@@ -61,7 +61,10 @@ def slicerDicomDatabase() -> SlicerDicomDatabase | None:
     """The application's DICOM database, or None where there is none (bare MRML, or a Slicer
     whose DICOM database is not open)."""
     database = getattr(slicer, "dicomDatabase", None)
-    if database is None or not getattr(database, "isOpen", True):
+    if database is None:
+        return None
+    isOpen = getattr(database, "isOpen", True)  # a Qt property; a method in some wrappings
+    if not (isOpen() if callable(isOpen) else isOpen):
         return None
     return SlicerDicomDatabase(database)
 
@@ -150,8 +153,7 @@ def saveToDatabase(database: DicomDatabase | None, outDir: Path, result: dict) -
     paths = dicomResultFiles(outDir, result)
     if database is None:
         raise AnalysisError(
-            "Slicer's DICOM database closed during the analysis; the DICOM results were not "
-            "saved.",
+            "Slicer's DICOM database closed during the analysis; the DICOM results were not saved.",
             "output",
         )
     try:
