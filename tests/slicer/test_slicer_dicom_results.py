@@ -27,6 +27,7 @@ from MedCNNLib.Runner import WorkerRunner  # noqa: E402
 from MedCNNLib.TaskLogic import AnalysisError  # noqa: E402
 from slicer_scene_support import load_volume, new_scene  # noqa: E402
 
+from medcnn.catalog import XRAY_MODEL, installed_models  # noqa: E402
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom  # noqa: E402
 
 TIMEOUT = 900.0
@@ -231,3 +232,44 @@ def test_chest_ct_results_reach_the_database_as_dicom(scene, runner, shared_data
     files = sorted((shared_data / "ct" / "chest_ct_dicom").glob("*.dcm"))
     outcome, database = analyse_to_database(scene, runner, files, CHEST_LUNG_RAS, tmp_path)
     assert_objects_join_the_source(outcome, database, files)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path):
+    """One instance: the worker gets the file itself; the engine writes the report alone."""
+    from radiograph_files import write_dicom
+
+    from medcnn.xray.phantom import synthetic_radiograph
+
+    image = write_dicom(
+        tmp_path / "chest.dcm",
+        synthetic_radiograph(),
+        ViewPosition="PA",
+        PatientName="SYNTHETIC^RADIOGRAPH",
+        PatientID="SYNTHETIC-1",
+        PatientBirthDate="",
+        PatientSex="",
+        StudyInstanceUID=pydicom.uid.generate_uid(),
+        SeriesInstanceUID=pydicom.uid.generate_uid(),
+        StudyDate="20000101",
+        StudyTime="000000",
+        StudyID="",
+        AccessionNumber="",
+        ReferringPhysicianName="",
+    )
+    volume = load_dicom_volume(scene, [image], "radiograph")
+    database = RecordingDatabase(tmp_path / "db", [image])
+    logic = MedCNNLogic(
+        scene, runner, workDir=tmp_path / "work", keepOutputs=True, dicomDatabase=database
+    )
+    task = logic.analyze(volume, None, TIMEOUT, saveDicom=True)
+    assert task.failed == [], task.message
+    outcome = task.outcomes[0]
+    assert outcome.result["input"]["path"] == str(image)
+    assert outcome.result["outputs"]["dicom_report"] == "report.dcm"
+    assert database.inserted == [outcome.outputDir / "report.dcm"]
+    report = pydicom.dcmread(database.inserted[0])
+    source = pydicom.dcmread(image, stop_before_pixels=True)
+    assert report.StudyInstanceUID == source.StudyInstanceUID
+    assert report.PatientID == "SYNTHETIC-1"
