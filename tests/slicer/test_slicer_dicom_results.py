@@ -22,7 +22,11 @@ from slicer_test_support import SLICER_CORE_MISSING
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
 from MedCNNLib.AnalysisLogic import MedCNNLogic, pointFromRAS  # noqa: E402
-from MedCNNLib.DicomResults import INSTANCE_UIDS_ATTRIBUTE, dicomSeriesOf  # noqa: E402
+from MedCNNLib.DicomResults import (  # noqa: E402
+    INSTANCE_UIDS_ATTRIBUTE,
+    dicomSeriesOf,
+    saveToDatabase,
+)
 from MedCNNLib.Runner import WorkerRunner  # noqa: E402
 from MedCNNLib.TaskLogic import AnalysisError  # noqa: E402
 from slicer_scene_support import load_volume, new_scene  # noqa: E402
@@ -158,6 +162,37 @@ def test_the_checkbox_is_a_saved_parameter_and_the_default_of_a_start(
         logic.startAnalysis(volume, [pointFromRAS(NODULE_CENTER_RAS)])
 
 
+class ForgetfulDatabase(RecordingDatabase):
+    """Accepts inserts without keeping them (a database that failed quietly)."""
+
+    def importFiles(self, paths: Sequence[str]) -> None:
+        self.inserted.extend(Path(path) for path in paths)
+
+
+class BrokenDatabase(RecordingDatabase):
+    def importFiles(self, paths: Sequence[str]) -> None:
+        raise OSError("database disk image is malformed")
+
+
+def test_an_insert_the_database_did_not_keep_or_refused_is_one_sentence(phantom_series, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(phantom_series[0], out / "report.dcm")  # any DICOM object
+    result = {"outputs": {"result": "result.json", "dicom_report": "report.dcm"}}
+    kept = RecordingDatabase(tmp_path / "db")
+    assert saveToDatabase(kept, out, result) == [out / "report.dcm"]
+    assert kept.inserted == [out / "report.dcm"]
+    with pytest.raises(AnalysisError, match=r"did not keep report\.dcm;") as lost:
+        saveToDatabase(ForgetfulDatabase(tmp_path / "db2"), out, result)
+    assert lost.value.reason == "output"
+    with pytest.raises(AnalysisError, match=r"could not be added .* \(database disk image"):
+        saveToDatabase(BrokenDatabase(tmp_path / "db3"), out, result)
+    with pytest.raises(AnalysisError, match="did not write the DICOM results"):
+        saveToDatabase(kept, out, {"outputs": {"result": "result.json"}})
+    with pytest.raises(AnalysisError, match="closed during the analysis"):
+        saveToDatabase(None, out, result)
+
+
 # --- end to end: the real worker writes the objects, the database receives them ---------------
 
 
@@ -273,3 +308,17 @@ def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path
     source = pydicom.dcmread(image, stop_before_pixels=True)
     assert report.StudyInstanceUID == source.StudyInstanceUID
     assert report.PatientID == "SYNTHETIC-1"
+
+
+@pytest.mark.slow
+def test_a_database_failure_is_the_outcomes_error_and_the_scene_keeps_the_results(
+    scene, runner, phantom_series, tmp_path
+):
+    volume = load_dicom_volume(scene, phantom_series, "phantom")
+    database = BrokenDatabase(tmp_path / "db", phantom_series)
+    logic = MedCNNLogic(scene, runner, workDir=tmp_path / "work", dicomDatabase=database)
+    task = logic.analyze(volume, [pointFromRAS(NODULE_CENTER_RAS, "N1")], TIMEOUT, saveDicom=True)
+    (outcome,) = task.failed
+    assert outcome.error.startswith("The DICOM results could not be added to Slicer's DICOM")
+    assert outcome.exitCode == runner.hello.exitCode("output")
+    assert scene.GetNodeByID(outcome.nodeIDs["heatmap"]) is not None
