@@ -45,6 +45,7 @@ class TypeCheckingAnalyzer:
             assert all(abs(v) <= MAX_COORDINATE_MM for v in point)
         for key in ("model", "series_uid"):
             assert options.get(key) is None or isinstance(options[key], str)
+        assert isinstance(options.get("dicom", False), bool)
         self.calls.append((image, point, out_dir, lps, options))
         raise MedCNNError("analysed")  # an engine error is answered like any other
 
@@ -118,6 +119,8 @@ def test_lps_must_be_a_json_boolean(lps: str) -> None:
         ("out", "false", "out"),
         ("model", "7", "model"),
         ("series_uid", "1.2", "series_uid"),
+        ("dicom", '"true"', "dicom"),
+        ("dicom", "1", "dicom"),
         ("id", "true", "id"),
         ("id", "[1]", "id"),
         ("colour", '"red"', "does not know"),

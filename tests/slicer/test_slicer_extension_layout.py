@@ -268,6 +268,7 @@ def imported_modules(path: Path, skip_type_checking: bool = True) -> set[str]:
         "AnalysisLogic",
         "TaskLogic",
         "ResultImport",
+        "DicomResults",
         "Display",
         "Runner",
         "InstallLogic",

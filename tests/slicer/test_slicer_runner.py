@@ -199,9 +199,20 @@ def test_a_request_line_omits_an_absent_point_and_names_a_chosen_model():
         "out": "/o",
         "model": "chest_xray_pneumonia",
     }
+    series = AnalysisRequest("/series", (1, 2, 3.5), "/o", seriesUid="1.2.3", dicom=True)
+    assert series.toMessage("4") == {
+        "id": "4",
+        "image": "/series",
+        "point": [1.0, 2.0, 3.5],
+        "lps": False,
+        "out": "/o",
+        "series_uid": "1.2.3",
+        "dicom": True,
+    }
     # what the worker accepts (medcnn.app.worker.parse_request)
-    for request in (ct, radiograph):
+    for request in (ct, radiograph, series):
         assert worker.parse_request(json.dumps(request.toMessage("3")))[0] == "3"
+    assert worker.parse_request(json.dumps(series.toMessage("4")))[1]["dicom"] is True
 
 
 def test_the_runners_own_codes_are_the_engines():

@@ -126,7 +126,26 @@ def test_bad_lines_are_answered_and_quit_stops():
 
 def test_series_uid_is_passed_on():
     _, _, analyzer = run([request("s", series_uid="1.2.3")])
-    assert analyzer.calls[0][4] == {"series_uid": "1.2.3", "model": None}
+    assert analyzer.calls[0][4] == {"series_uid": "1.2.3", "model": None, "dicom": False}
+
+
+def test_dicom_asks_the_engine_for_dicom_results_and_must_be_a_boolean():
+    """``dicom``: the command line's ``--dicom``, for the panel's Save as DICOM."""
+    status, messages, analyzer = run(
+        [request("d", image="/series", series_uid="1.2.3", dicom=True), request("e", dicom=1)]
+    )
+    assert analyzer.calls[0][0] == "/series"
+    assert analyzer.calls[0][4] == {"series_uid": "1.2.3", "model": None, "dicom": True}
+    assert len(analyzer.calls) == 1
+    refused = [m for m in messages if m["id"] == "e"]
+    assert refused == [
+        {
+            "id": "e",
+            "event": "error",
+            "message": "The request's dicom must be true or false (a JSON boolean).",
+            "exit_code": 2,
+        }
+    ]
 
 
 def test_a_radiograph_request_has_no_point_and_may_name_its_model():
@@ -137,8 +156,9 @@ def test_a_radiograph_request_has_no_point_and_may_name_its_model():
     ]
     _, messages, analyzer = run(lines)
     assert [m["event"] for m in messages if m["id"] == "r"][-1] == "result"
-    assert analyzer.calls[0][1] is None and analyzer.calls[0][4] == {"model": None}
-    assert analyzer.calls[1][4] == {"model": "lung_nodule_ct"}
+    assert analyzer.calls[0][1] is None
+    assert analyzer.calls[0][4] == {"model": None, "dicom": False}
+    assert analyzer.calls[1][4] == {"model": "lung_nodule_ct", "dicom": False}
 
 
 def test_worker_process_reports_a_bundle_it_cannot_load(tmp_path):

@@ -8,6 +8,8 @@ behind a web viewer. ``MedCNNLogic`` is a small façade over the library's roles
   inputs checked, the volume exported, points (or the whole image) submitted to the runner one
   after another (``AnalysisTask``, advanced by ``poll``);
 - ``ResultImport``: each answer into the scene as MRML nodes, all or nothing;
+- ``DicomResults``: for results saved as DICOM, the volume's original series sent instead of an
+  export, and the DICOM objects written into Slicer's DICOM database;
 - ``Display``: how results look (heat colours, threshold, segment display, slice views);
 - ``Runner``: the background process, which also tells the engine's stage titles, exit codes
   and installed models (its hello).
@@ -23,6 +25,7 @@ from typing import NamedTuple
 
 import slicer
 
+from .DicomResults import DicomDatabase, dicomSeriesOf, saveToDatabase, slicerDicomDatabase
 from .Display import ResultDisplay
 from .Parameters import AUTOMATIC, AUTOMATIC_TITLE, Parameters
 from .ResultImport import ROLE_HEATMAP, ResultImporter
@@ -77,7 +80,8 @@ class MedCNNLogic:
     worker by default (tests and other front ends may pass their own). Its files live in
     ``workDir``, by default a new folder in Slicer's temporary folder (``temporaryFolder``):
     the volume written for an analysis is removed when the analysis ends, the engine's output
-    files once imported, unless ``keepOutputs`` (then each outcome has its ``outputDir``)."""
+    files once imported, unless ``keepOutputs`` (then each outcome has its ``outputDir``).
+    ``dicomDatabase`` receives results saved as DICOM: Slicer's by default."""
 
     def __init__(
         self,
@@ -86,8 +90,10 @@ class MedCNNLogic:
         workDir: str | Path | None = None,
         parameters: Parameters | None = None,
         keepOutputs: bool = False,
+        dicomDatabase: DicomDatabase | None = None,
     ) -> None:
         self.keepOutputs = keepOutputs
+        self._dicomDatabase = dicomDatabase
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.runner = runner if runner is not None else WorkerRunner()
         self.display = ResultDisplay(self.scene, parameters or Parameters())
@@ -161,6 +167,30 @@ class MedCNNLogic:
             return "Place a point on each nodule, then press Analyze."
         return "The whole image is judged: no point is needed; press Analyze."
 
+    # -- results as DICOM (DicomResults) ------------------------------------------------------
+
+    @property
+    def dicomDatabase(self) -> DicomDatabase | None:
+        """Where results saved as DICOM go: the one given, else Slicer's (None if not open)."""
+        if self._dicomDatabase is not None:
+            return self._dicomDatabase
+        return slicerDicomDatabase()
+
+    def dicomResultsProblem(self, volumeNode: slicer.vtkMRMLVolumeNode | None) -> str | None:
+        """Why the selected volume's results cannot be saved as DICOM, in one sentence for the
+        panel; None when they can (or nothing is selected)."""
+        if volumeNode is None:
+            return None
+        try:
+            dicomSeriesOf(volumeNode, self.dicomDatabase)
+        except AnalysisError as error:
+            return str(error)
+        return None
+
+    def saveDicomResults(self, outDir: Path, result: dict) -> list[Path]:
+        """An answer's DICOM objects into the DICOM database; their paths as written."""
+        return saveToDatabase(self.dicomDatabase, outDir, result)
+
     # -- running (TaskLogic) -------------------------------------------------------------------
 
     def startAnalysis(
@@ -168,13 +198,18 @@ class MedCNNLogic:
         volumeNode: slicer.vtkMRMLScalarVolumeNode | None,
         points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
         model: str | None = None,
+        saveDicom: bool | None = None,
     ) -> AnalysisTask:
         """Check the inputs and start; the returned task is advanced by ``poll``. ``model`` is
         the chosen one by default; a radiograph (or a model that takes no point) is analysed
-        whole and ``points`` are not sent."""
+        whole and ``points`` are not sent. ``saveDicom`` (the parameters' by default) also saves
+        the results as DICOM into the DICOM database, from the volume's original series: a
+        volume without one is refused before anything runs."""
         model = self.chosenModel() if model is None else model
+        saveDicom = self.parameters.saveDicom if saveDicom is None else saveDicom
         targets = checkedInputs(volumeNode, points, self.pointNeeded(volumeNode, model))
-        return AnalysisTask(self, volumeNode, targets, model)
+        series = dicomSeriesOf(volumeNode, self.dicomDatabase) if saveDicom else None
+        return AnalysisTask(self, volumeNode, targets, model, series)
 
     def analyze(
         self,
@@ -182,9 +217,10 @@ class MedCNNLogic:
         points: list[PointSpec] | slicer.vtkMRMLMarkupsNode | None,
         timeout: float | None = None,
         model: str | None = None,
+        saveDicom: bool | None = None,
     ) -> AnalysisTask:
         """Start and wait: for scripts, tests and the self-test."""
-        return self.startAnalysis(volumeNode, points, model).wait(timeout)
+        return self.startAnalysis(volumeNode, points, model, saveDicom).wait(timeout)
 
     def newResultDir(self) -> Path:
         return self.workDir / "results" / str(next(self._resultNumbers))

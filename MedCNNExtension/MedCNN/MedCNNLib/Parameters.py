@@ -19,7 +19,8 @@ class SettingsStore(Protocol):
 
 @dataclass
 class Parameters:
-    """Which model answers and how results are shown; the analysis itself has no knobs: each
+    """Which model answers, how results are shown and whether they are also saved as DICOM
+    into Slicer's DICOM database (``saveDicom``); the analysis itself has no knobs: each
     model's bundle defines it. ``model`` is an installed model's id, or ``AUTOMATIC``."""
 
     heatmapOpacity: float = 0.5
@@ -27,6 +28,7 @@ class Parameters:
     centerViewsOnNodule: bool = True
     showSegmentation3D: bool = True
     model: str = AUTOMATIC
+    saveDicom: bool = False
 
     PREFIX = "MedCNN/"
 

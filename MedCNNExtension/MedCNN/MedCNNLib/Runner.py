@@ -47,16 +47,21 @@ log = logging.getLogger("MedCNN.Runner")
 class AnalysisRequest:
     """One scan or radiograph file to analyse. ``point`` is in the file's world coordinates
     (RAS mm), or None for a model that judges the whole image (a radiograph); ``model`` names
-    the model to use, or None to let the engine choose by the input (a point: the CT model)."""
+    the model to use, or None to let the engine choose by the input (a point: the CT model).
+    With ``dicom`` the image is the original DICOM series (a folder, ``seriesUid`` choosing
+    its series, or one file) and the engine writes the results as DICOM objects too."""
 
     image: str
     point: tuple[float, float, float] | None
     outDir: str
     lps: bool = False
     model: str | None = None
+    seriesUid: str | None = None
+    dicom: bool = False
 
     def toMessage(self, requestId: str) -> dict:
-        """The worker's request line (protocol 2): no ``point`` key when there is none."""
+        """The worker's request line (protocol 2): no ``point`` key when there is none, and
+        ``series_uid`` and ``dicom`` only when given."""
         message: dict = {"id": requestId, "image": str(self.image)}
         if self.point is not None:
             message["point"] = [float(v) for v in self.point]
@@ -64,6 +69,10 @@ class AnalysisRequest:
         message["out"] = str(self.outDir)
         if self.model:
             message["model"] = str(self.model)
+        if self.seriesUid:
+            message["series_uid"] = str(self.seriesUid)
+        if self.dicom:
+            message["dicom"] = True
         return message
 
 

@@ -1,6 +1,8 @@
-"""The analysis of a volume as a task: its inputs checked, the volume exported, the points
-submitted one after another to the runner (or, for a model that judges a whole radiograph, the
-image once, without a point), each answer handed to the scene side.
+"""The analysis of a volume as a task: its inputs checked, the volume exported (or, for results
+saved as DICOM, its original DICOM series found: ``DicomResults``), the points submitted one
+after another to the runner (or, for a model that judges a whole radiograph, the image once,
+without a point), each answer handed to the scene side (and its DICOM objects to Slicer's DICOM
+database).
 
 What a request needs is decided here from the model chosen and the volume, as the engine decides
 (``medcnn.app.engine``): a model that takes no point, or the automatic choice on a 2D volume
@@ -20,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import slicer
 import vtk
@@ -35,6 +37,9 @@ from .Runner import (
     RunnerBusyError,
     RunnerEvent,
 )
+
+if TYPE_CHECKING:
+    from .DicomResults import DicomSeries
 
 WHOLE_IMAGE_KEY = "whole-image"
 
@@ -202,6 +207,7 @@ class PointOutcome:
     nodeIDs: dict[str, str] = field(default_factory=dict)
     outputDir: Path | None = None  # kept only when the logic keeps outputs
     cancelled: bool = False
+    dicomFiles: list[Path] = field(default_factory=list)  # as written; copied into the database
 
     def summary(self) -> str:
         if self.error is not None:
@@ -216,6 +222,8 @@ class PointOutcome:
             parts.append(f"diameter {result['diameter_mm']:.1f} mm")
         if result.get("volume_ml") is not None:
             parts.append(f"volume {result['volume_ml']:.2f} mL")
+        if self.dicomFiles:
+            parts.append(f"{len(self.dicomFiles)} DICOM objects saved to the DICOM database")
         return f"{self.point.label}: {', '.join(parts)}."
 
 
@@ -236,13 +244,19 @@ class TaskHost(Protocol):
         self, volumeNodeID: str, point: PointSpec, outDir: Path, result: dict
     ) -> dict[str, str]: ...
 
+    def saveDicomResults(self, outDir: Path, result: dict) -> list[Path]: ...
+
 
 class AnalysisTask:
     """The analysis of a list of points (or of the whole image, ``wholeImage``) on one volume
     by one model (``AUTOMATIC``: the engine chooses by the input), advanced by ``poll`` from the
     caller's (main) thread: its first poll writes the volume for the engine (until then
     ``statusText`` says so: a large scan takes seconds), then it submits the points one after
-    another and imports each answer. The written volume is removed when the task ends."""
+    another and imports each answer. The written volume is removed when the task ends.
+
+    With ``dicomSeries`` (results saved as DICOM) nothing is written: the worker reads the
+    volume's original series, writes the DICOM objects too, and each answer's objects are saved
+    into Slicer's DICOM database after its nodes enter the scene."""
 
     def __init__(
         self,
@@ -250,12 +264,14 @@ class AnalysisTask:
         volumeNode: slicer.vtkMRMLScalarVolumeNode,
         points: list[PointSpec],
         model: str = AUTOMATIC,
+        dicomSeries: DicomSeries | None = None,
     ) -> None:
         self.host = host
         self.volumeNodeID = volumeNode.GetID()
         self.volumeName = volumeNode.GetName() or "the volume"
         self.points = list(points)
         self.model = model
+        self.dicomSeries = dicomSeries
         self.outcomes: list[PointOutcome] = []
         self.progress = 0.0
         self.stage = STARTING_STAGE
@@ -282,6 +298,8 @@ class AnalysisTask:
         """What is happening now, for the progress bar."""
         if self.done:
             return "Cancelled." if self.cancelled else "Done."
+        if self._image is None and self.dicomSeries is not None:
+            return f"Sending the DICOM series of '{self.volumeName}' to the analysis"
         if self._image is None:
             return (
                 f"Writing '{self.volumeName}' to the temporary folder for the analysis (a "
@@ -354,6 +372,9 @@ class AnalysisTask:
                 raise AnalysisError(
                     "The volume was removed from the scene before the analysis started."
                 )
+            if self.dicomSeries is not None:  # the original series: nothing to write
+                self._image = Path(self.dicomSeries.image)
+                return True
             self._image = self.host.exportVolume(volumeNode)
         except AnalysisError as error:
             code = self.host.runner.hello.exitCode(error.reason)
@@ -364,15 +385,21 @@ class AnalysisTask:
         return True
 
     def _removeExport(self) -> None:
-        if self._image is not None:
+        if self._image is not None and self.dicomSeries is None:
             self.host.removeExport(self._image)
 
     def _submitNext(self) -> None:
         point = self.points[len(self.outcomes)]
         self._outDir = self.host.newResultDir()
         local = None if point.ras is None else tuple(self._toLocal.TransformPoint(point.ras))
+        series = self.dicomSeries
         request = AnalysisRequest(
-            str(self._image), local, str(self._outDir), model=self.model or None
+            str(self._image),
+            local,
+            str(self._outDir),
+            model=self.model or None,
+            seriesUid=series.seriesUid if series is not None else None,
+            dicom=series is not None,
         )
         self.stage = STARTING_STAGE
         try:
@@ -400,6 +427,8 @@ class AnalysisTask:
                 )
             else:
                 outcome = PointOutcome(point, result=event.result, nodeIDs=nodeIDs)
+                if self.dicomSeries is not None:
+                    self._saveDicom(outcome, event.result or {})
                 if self.host.keepOutputs:
                     outcome.outputDir = self._outDir
         else:
@@ -411,6 +440,15 @@ class AnalysisTask:
         self._removeOutDir()
         self.outcomes.append(outcome)
         self.progress = len(self.outcomes) / len(self.points)
+
+    def _saveDicom(self, outcome: PointOutcome, result: dict) -> None:
+        """The answer's DICOM objects into Slicer's DICOM database; a failure is the outcome's
+        error (its nodes stay in the scene)."""
+        try:
+            outcome.dicomFiles = self.host.saveDicomResults(self._outDir, result)
+        except AnalysisError as error:
+            outcome.error = str(error)
+            outcome.exitCode = self.host.runner.hello.exitCode(error.reason)
 
     def _removeOutDir(self) -> None:
         if self._outDir is not None and not self.host.keepOutputs:

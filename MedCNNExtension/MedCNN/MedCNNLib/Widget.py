@@ -48,6 +48,7 @@ class Widget(qt.QWidget):
 
         self.ui.opacitySlider.value = self.logic.parameters.heatmapOpacity
         self.ui.thresholdSlider.value = self.logic.parameters.heatmapThreshold
+        self.ui.saveDicomCheckBox.checked = self.logic.parameters.saveDicom
         self.ui.pointsPlaceWidget.placeMultipleMarkups = (
             slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         )
@@ -58,6 +59,7 @@ class Widget(qt.QWidget):
         )
         self.ui.volumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateInputs)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.saveDicomCheckBox.connect("toggled(bool)", self.onSaveDicomToggled)
         self.ui.analyzeButton.connect("clicked(bool)", self.onAnalyzeOrCancel)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
@@ -121,13 +123,21 @@ class Widget(qt.QWidget):
         self.logic.parameters.model = self.ui.modelSelector.itemData(index) or AUTOMATIC
         self.updateInputs()
 
+    def onSaveDicomToggled(self, checked: bool) -> None:
+        self.logic.parameters.saveDicom = bool(checked)
+        self.updateInputs()
+
     def updateInputs(self, *_: object) -> None:
-        """Points only where the selected volume and model take them (not for a radiograph)."""
+        """Points only where the selected volume and model take them (not for a radiograph);
+        with Save as DICOM, why the volume's results cannot be saved so, if they cannot."""
         volume = self.ui.volumeSelector.currentNode()
         needed = self.logic.pointNeeded(volume)
         self.ui.pointsSelector.enabled = needed
         self.ui.pointsPlaceWidget.enabled = needed
-        self.ui.inputHintLabel.text = self.logic.inputHint(volume)
+        hint = self.logic.inputHint(volume)
+        saveDicom = self.logic.parameters.saveDicom
+        problem = self.logic.dicomResultsProblem(volume) if saveDicom else None
+        self.ui.inputHintLabel.text = hint if problem is None else f"{hint} {problem}"
 
     # -- actions -------------------------------------------------------------------------------
 

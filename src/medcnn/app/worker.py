@@ -44,6 +44,12 @@ Requests, one JSON object per stdin line::
      "out": "/tmp/results/7"}                        # optional: "series_uid": "1.2.3..."
     {"id": "9", "image": "/tmp/chest.nrrd", "out": "/tmp/results/9"}   # a radiograph: no point
                                                      # optional: "model": "chest_xray_pneumonia"
+    {"id": "10", "image": "/data/series", "series_uid": "1.2.3...", "point": [...],
+     "out": "/tmp/results/10", "dicom": true}        # the results as DICOM too (--dicom)
+
+``dicom`` (a JSON boolean, default false) is the command line's ``--dicom``: the image must then
+be the original DICOM series (a folder, with ``series_uid`` choosing among its series, or a
+file), and the result's ``outputs`` also name the DICOM objects written in ``out``.
 
 The input decides the model as on the command line (``medcnn.app.engine``); ``model`` names one.
     {"id": "8", "command": "quit"}                   # or end of stdin: exit 0
@@ -122,7 +128,17 @@ MAX_LINE_CHARS = 65_536
 MAX_NESTING = 8
 MAX_TEXT_CHARS = 4096  # a path
 MAX_ID_CHARS = 256
-REQUEST_FIELDS = {"id", "command", "image", "point", "lps", "out", "series_uid", "model"}
+REQUEST_FIELDS = {
+    "id",
+    "command",
+    "image",
+    "point",
+    "lps",
+    "out",
+    "series_uid",
+    "model",
+    "dicom",
+}
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 
@@ -189,9 +205,13 @@ def parse_request(line: str) -> tuple[str | None, dict]:
         "out": _text(request, "out", "the path of the output folder", request_id),
         "point": _point(request.get("point"), request_id),
         "lps": request.get("lps", False),
+        "dicom": request.get("dicom", False),
     }
-    if not isinstance(checked["lps"], bool):
-        raise BadRequest("The request's lps must be true or false (a JSON boolean).", request_id)
+    for flag in ("lps", "dicom"):
+        if not isinstance(checked[flag], bool):
+            raise BadRequest(
+                f"The request's {flag} must be true or false (a JSON boolean).", request_id
+            )
     for key, what in (("model", "a model's name"), ("series_uid", "a series UID")):
         if request.get(key) is not None:
             checked[key] = _text(request, key, what, request_id, limit=MAX_ID_CHARS)
@@ -307,6 +327,7 @@ def answer(
             lps=request["lps"],
             progress=progress,
             model=request.get("model"),
+            dicom=request.get("dicom", False),
             **options,
         )
     except error_types as error:
