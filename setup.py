@@ -4,8 +4,9 @@ pictures and links work where the package is read outside the repository (a pack
 The bundles stay in ``monai_bundle/`` (their one copy); the wheel installs them as
 ``medcnn/monai_bundle/<model>/``, where ``medcnn.catalog`` finds them, and
 ``monai_bundle/shipped_files.txt`` says which of their files ship (the Slicer extension's
-build reads the same list). The repository's address is the Slicer catalog entry's
-(``MedCNN.json``), so the package and the extension name one place.
+build reads the same list). The extension's logic (``MedCNNLib``) ships too, for
+``medcnn web``. The repository's address is the Slicer catalog entry's (``MedCNN.json``), so
+the package and the extension name one place.
 """
 
 from __future__ import annotations
@@ -50,9 +51,17 @@ def absolute_links(markdown: str, url: str, revision: str) -> str:
 URL, REVISION = repository()
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
+# The 3D Slicer extension's Qt-free logic, which the web front end (medcnn.web) shares with the
+# panel: in the package as medcnn/_extension/MedCNNLib/, where medcnn.web.setup finds it.
+EXTENSION_LOGIC = "medcnn._extension.MedCNNLib"
+
 setup(
-    packages=[*find_packages("src"), f"medcnn.{BUNDLES}"],
-    package_dir={"": "src", f"medcnn.{BUNDLES}": BUNDLES},
+    packages=[*find_packages("src"), f"medcnn.{BUNDLES}", EXTENSION_LOGIC],
+    package_dir={
+        "": "src",
+        f"medcnn.{BUNDLES}": BUNDLES,
+        EXTENSION_LOGIC: "MedCNNExtension/MedCNN/MedCNNLib",
+    },
     include_package_data=False,  # exactly the files below, whatever else the sdist holds
     package_data={
         "medcnn": ["schemas/*.json"],  # result.json's schema (medcnn.outputs.result)

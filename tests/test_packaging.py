@@ -46,9 +46,18 @@ def wheel(dist: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+EXTENSION_LOGIC = "medcnn/_extension/MedCNNLib/"
+
+
 def payload(wheel: zipfile.ZipFile) -> set[str]:
     """The wheel's files less its own metadata (``*.dist-info/``)."""
     return {n for n in wheel.namelist() if not n.split("/")[0].endswith(".dist-info")}
+
+
+def engine_payload(wheel: zipfile.ZipFile) -> set[str]:
+    """The wheel's engine and bundles: its payload less the extension's own logic, which it
+    carries for ``medcnn web`` and the extension keeps in its module folder."""
+    return {n for n in payload(wheel) if not n.startswith(EXTENSION_LOGIC)}
 
 
 def test_the_wheel_carries_the_engine_and_every_bundle(wheel: zipfile.ZipFile) -> None:
@@ -60,6 +69,10 @@ def test_the_wheel_carries_the_engine_and_every_bundle(wheel: zipfile.ZipFile) -
     }
     assert engine <= names
     assert "medcnn/schemas/result.schema.json" in names
+    logic = REPO / "MedCNNExtension" / "MedCNN" / "MedCNNLib"
+    assert {f"{EXTENSION_LOGIC}{p.name}" for p in logic.glob("*.py")} == {
+        n for n in names if n.startswith(EXTENSION_LOGIC)
+    }  # the web front end's share of the extension, exactly
     models = installed_models()
     assert {"lung_nodule_ct", "chest_xray_pneumonia"} <= set(models)
     for model in models:
@@ -99,6 +112,19 @@ def test_the_installed_package_finds_its_own_bundles(wheel: zipfile.ZipFile, tmp
     for model, folder in folders.items():
         assert Path(folder) == site / "medcnn" / "monai_bundle" / model
         assert (Path(folder) / "configs" / "inference.json").is_file()
+    logic = subprocess.run(  # medcnn web's share of the extension, from the package
+        [
+            sys.executable,
+            "-c",
+            "from medcnn.web.setup import extension_library; print(extension_library().__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert logic.returncode == 0, logic.stderr
+    assert Path(logic.stdout.strip()).parent == site / "medcnn" / "_extension" / "MedCNNLib"
 
 
 def test_the_wheel_and_the_slicer_extension_ship_the_same_files(
@@ -130,7 +156,7 @@ def test_the_wheel_and_the_slicer_extension_ship_the_same_files(
     for tree in (build, prefix):
         engine = tree / "lib" / "qt-scripted-modules" / "MedCNNEngine"
         shipped = {p.relative_to(engine).as_posix() for p in engine.rglob("*") if p.is_file()}
-        assert shipped == payload(wheel), tree.name
+        assert shipped == engine_payload(wheel), tree.name
 
 
 def test_the_package_metadata_is_fit_for_an_index(wheel: zipfile.ZipFile) -> None:

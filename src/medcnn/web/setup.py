@@ -2,7 +2,8 @@
 (``UsageError``, exit code 2).
 
 The extension's library (``MedCNNLib``) is imported from the source checkout that holds this
-engine, as the Slicer extension imports it from its module folder: one logic, two front ends.
+engine, as the Slicer extension imports it from its module folder, or from the copy an
+installed package carries (``medcnn/_extension/``, setup.py): one logic, two front ends.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from types import ModuleType
 from medcnn.errors import UsageError
 
 EXTENSION_MODULE_DIR = Path(__file__).resolve().parents[3] / "MedCNNExtension" / "MedCNN"
-INSTALL_HINT = 'pip install "torch==2.13.0" -e ".[web]" in a clone of the repository'
+PACKAGED_EXTENSION_DIR = Path(__file__).resolve().parents[1] / "_extension"
+INSTALL_HINT = (
+    'pip install "torch==2.13.0" "medcnn[web]" (in a clone: pip install "torch==2.13.0" -e '
+    '".[web]")'
+)
 
 
 def require_web_packages() -> None:
@@ -32,14 +37,21 @@ def require_web_packages() -> None:
 
 
 def extension_library() -> ModuleType:
-    """The extension's library ``MedCNNLib``, put on the path from the checkout."""
-    if not (EXTENSION_MODULE_DIR / "MedCNNLib" / "AnalysisLogic.py").exists():
+    """The extension's library ``MedCNNLib``, put on the path from the checkout or the
+    package."""
+    found = [
+        folder
+        for folder in (EXTENSION_MODULE_DIR, PACKAGED_EXTENSION_DIR)
+        if (folder / "MedCNNLib" / "AnalysisLogic.py").exists()
+    ]
+    if not found:
         raise UsageError(
-            f"The web front end runs from a source checkout: the 3D Slicer extension's logic "
-            f"is not at {EXTENSION_MODULE_DIR}; {INSTALL_HINT}."
+            f"The 3D Slicer extension's logic, which the web front end shares, is neither at "
+            f"{EXTENSION_MODULE_DIR} nor at {PACKAGED_EXTENSION_DIR}; reinstall MedCNN: "
+            f"{INSTALL_HINT}."
         )
-    if str(EXTENSION_MODULE_DIR) not in sys.path:
-        sys.path.insert(0, str(EXTENSION_MODULE_DIR))
+    if str(found[0]) not in sys.path:
+        sys.path.insert(0, str(found[0]))
     import MedCNNLib
 
     return MedCNNLib
