@@ -377,3 +377,43 @@ def test_a_dicom_folder_opens_where_the_engine_places_it(make_viewer):
     value = node.GetImageData().GetScalarComponentAsDouble(*ijk, 0)
     assert abs(value - HU_NODULE) < abs(value - HU_LUNG), value
     assert viewer.state.point_needed is True
+
+
+@pytest.mark.slow
+def test_a_dicom_series_results_download_as_dicom_in_its_study(tmp_path):
+    """With "Also as DICOM", the real worker reads the opened series' own files and its SEG,
+    Parametric Map and SR are offered with the other outputs, in the source's study; a volume
+    not opened from DICOM is refused in the logic's sentence."""
+    import pydicom
+    from trame.app.core import AVAILABLE_SERVERS
+
+    from medcnn.app.demo import ensure_phantom
+
+    phantom = ensure_phantom()
+    viewer = web.WebViewer(server="medcnn-web-test-dicom", work_dir=tmp_path / "work")
+    try:
+        viewer.open_image(Path(phantom["dicom_dir"]))
+        sources = sorted(Path(phantom["dicom_dir"]).glob("*.dcm"))
+        marked = viewer.image.node.GetAttribute("DICOM.instanceUIDs").split()
+        assert len(marked) == len(sources)
+        viewer.state.save_dicom = True
+        viewer._on_save_dicom(True)
+        viewer.place_point(NODULE_CENTER_RAS)
+        run(viewer, timeout=300)
+        assert viewer.state.error == ""
+        assert {"segmentation.dcm", "heatmap.dcm", "report.dcm"} <= set(viewer.state.outputs)
+        source = pydicom.dcmread(sources[0], stop_before_pixels=True)
+        for name in ("segmentation.dcm", "heatmap.dcm", "report.dcm"):
+            written = pydicom.dcmread(viewer.outputs[name], stop_before_pixels=True)
+            assert written.StudyInstanceUID == source.StudyInstanceUID, name
+            assert written.SeriesInstanceUID != source.SeriesInstanceUID, name
+            assert viewer.dicom_files.fileForInstance(written.SOPInstanceUID), name
+
+        viewer.open_image(Path(phantom["nifti"]))  # not DICOM: refused, in one sentence
+        viewer.place_point(NODULE_CENTER_RAS)
+        viewer.analyze_or_cancel()
+        assert "was not loaded from DICOM" in viewer.state.error
+    finally:
+        viewer.cleanup()
+        AVAILABLE_SERVERS.pop(viewer.server.name, None)
+        gc.collect()

@@ -36,11 +36,19 @@ def node_ids(scene: Any) -> set[str]:
     return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
 
 
-def load_image(slicer_app: Any, path: Path, scratch: Path, note: str = "") -> LoadedImage:
+def load_image(
+    slicer_app: Any,
+    path: Path,
+    scratch: Path,
+    note: str = "",
+    dicom_files: Any = None,
+) -> LoadedImage:
     """Load ``path`` (a file or a folder searched recursively for a DICOM series) into the
     scene. Several volumes (a folder of several series): the one with the most voxels stays,
     the others are removed. A PNG or JPEG, which Slicer's MRML library cannot read, is read as
-    the engine reads a radiograph and handed to MRML as a one-slice NIfTI in ``scratch``."""
+    the engine reads a radiograph and handed to MRML as a one-slice NIfTI in ``scratch``.
+    ``dicom_files`` (``medcnn.web.dicom_files.DicomFiles``) learns a DICOM volume's original
+    files and marks the volume with its instances, so its results can be saved as DICOM."""
     path = Path(path)
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist.")
@@ -74,6 +82,8 @@ def load_image(slicer_app: Any, path: Path, scratch: Path, note: str = "") -> Lo
     for node in volumes:
         if node is not None and node is not chosen:
             scene.RemoveNode(node)
+    if dicom_files is not None:
+        dicom_files.mark(chosen, files)
     return LoadedImage(chosen, chosen.GetName() or path.name, note)
 
 

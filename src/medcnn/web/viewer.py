@@ -45,6 +45,8 @@ from MedCNNLib.ResultImport import (  # noqa: E402
 from MedCNNLib.Runner import InferenceRunner  # noqa: E402
 from MedCNNLib.TaskLogic import AnalysisTask, isTwoDimensional, pointsFromMarkups  # noqa: E402
 
+from medcnn.web.dicom_files import DicomFiles  # noqa: E402
+
 POLL_SECONDS = 0.1  # the Slicer panel polls every 100 ms too
 ENGINE_WAIT_SECONDS = 60.0  # the models are awaited this long, then at each analysis
 CT_LAYOUT = "Axial, 3D, coronal, sagittal"
@@ -139,8 +141,13 @@ class WebViewer(TrameApp):
 
         self._owns_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="MedCNN-web-"))
+        self.dicom_files = DicomFiles()  # what the DICOM results need: the original files
         self.logic = MedCNNLogic(
-            self.slicer_app.scene, runner, workDir=self.work_dir / "logic", keepOutputs=True
+            self.slicer_app.scene,
+            runner,
+            workDir=self.work_dir / "logic",
+            keepOutputs=True,
+            dicomDatabase=self.dicom_files,
         )
         self.points = self.slicer_app.scene.AddNewNodeByClass(
             "vtkMRMLMarkupsFiducialNode", "Points"
@@ -183,12 +190,14 @@ class WebViewer(TrameApp):
                 "model": parameters.model,
                 "opacity": parameters.heatmapOpacity,
                 "threshold": parameters.heatmapThreshold,
+                "save_dicom": parameters.saveDicom,
                 "upload": None,
             }
         )
         self.state.change("opacity")(self._on_opacity)
         self.state.change("threshold")(self._on_threshold)
         self.state.change("model")(self._on_model)
+        self.state.change("save_dicom")(self._on_save_dicom)
         self.state.change("placing")(self._on_placing)
         self.state.change("upload")(self._on_upload)
         self._build_ui()
@@ -200,7 +209,11 @@ class WebViewer(TrameApp):
         """Show ``path`` (the phantom when None), replacing the image shown, its points and
         results; a failure raises and leaves the scene as it was."""
         if path is not None:
-            self._show(load_image(self.slicer_app, path, self.work_dir / "pictures"))
+            self._show(
+                load_image(
+                    self.slicer_app, path, self.work_dir / "pictures", dicom_files=self.dicom_files
+                )
+            )
             return
         self._show(load_phantom(self.slicer_app, self.work_dir / "pictures"))
         self.jump_to(NODULE_CENTER_RAS)  # the phantom's nodule at every slice view's centre
@@ -258,7 +271,14 @@ class WebViewer(TrameApp):
             self.state.error = ""
             try:
                 upload = save_upload(files, folder)
-                self._show(load_image(self.slicer_app, upload, self.work_dir / "pictures"))
+                self._show(
+                    load_image(
+                        self.slicer_app,
+                        upload,
+                        self.work_dir / "pictures",
+                        dicom_files=self.dicom_files,
+                    )
+                )
             except MedCNNError as error:
                 self.state.error = str(error)
                 shutil.rmtree(folder, ignore_errors=True)
@@ -298,6 +318,9 @@ class WebViewer(TrameApp):
     def clear_points(self) -> None:
         self.points.RemoveAllControlPoints()
         self._update_inputs()
+
+    def _on_save_dicom(self, save_dicom: bool = False, **_: Any) -> None:
+        self.logic.parameters.saveDicom = bool(save_dicom)
 
     def _on_model(self, model: str = "", **_: Any) -> None:
         self.logic.parameters.model = model or ""
@@ -452,6 +475,13 @@ class WebViewer(TrameApp):
                             v_for="p in points",
                             key="p.label",
                         )
+                    v3.VCheckbox(
+                        v_model=("save_dicom",),
+                        label="Also as DICOM (SEG, Parametric Map, SR) of a DICOM series",
+                        density="compact",
+                        hide_details=True,
+                        id="save-dicom",
+                    )
                     v3.VBtn(
                         "{{ running ? 'Cancel' : 'Analyze' }}",
                         click=self.analyze_or_cancel,
