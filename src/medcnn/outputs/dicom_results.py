@@ -179,15 +179,23 @@ def _segmentation(
     segmentation: Volume, source: DicomSource, equipment: _Equipment, tracking_uid: str
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of whole source frames (rows and columns as the source's), one frame per
-    source slice that holds part of the nodule (highdicom leaves out empty frames)."""
+    source slice that holds part of the nodule, each referencing that slice.
+
+    Only those slices are given to highdicom (it would leave out the empty frames anyway, after
+    working out every slice's place): all of them when nothing is segmented, so that the SEG
+    still says where it looked."""
     rows, columns = int(source.first.Rows), int(source.first.Columns)
-    frames = np.zeros((len(source.slices), rows, columns), dtype=np.uint8)
+    mask = np.asarray(segmentation.array, dtype=np.uint8).transpose(2, 1, 0)
+    holding = np.flatnonzero(mask.any(axis=(1, 2)))
+    if holding.size == 0:
+        holding = np.arange(len(source.slices))
+    frames = np.zeros((holding.size, rows, columns), dtype=np.uint8)
     ni, nj, _ = segmentation.shape
     frames[
         :,
         source.first_row : source.first_row + nj,
         source.first_column : source.first_column + ni,
-    ] = np.asarray(segmentation.array, dtype=np.uint8).transpose(2, 1, 0)
+    ] = mask[holding]
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="Nodule",
@@ -200,7 +208,7 @@ def _segmentation(
         anatomic_regions=[LUNG],
     )
     return hd.seg.Segmentation(
-        source_images=list(source.slices),
+        source_images=[source.slices[int(k)] for k in holding],
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
