@@ -60,7 +60,7 @@ def _add_dicom_option(parser: argparse.ArgumentParser) -> None:
         "--dicom",
         action="store_true",
         help="also write the results as DICOM (segmentation.dcm, heatmap.dcm, report.dcm: SEG, "
-        "Parametric Map, SR) in the source's study; a DICOM CT input only",
+        "Parametric Map, SR; a radiograph's map and SR) in the source's study; DICOM input only",
     )
     parser.add_argument(
         "--store",

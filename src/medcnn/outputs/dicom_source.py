@@ -36,8 +36,10 @@ REQUIRED_ATTRIBUTES = (
     "Rows",
     "Columns",
 )
-# A projection radiograph has no place in the patient's coordinates: only the identities.
+# A projection radiograph has no place in the patient's coordinates: only the identities (and
+# a pixel spacing, below, for the Parametric Map's pixel measures).
 RADIOGRAPH_REQUIRED = REQUIRED_ATTRIBUTES[:5] + ("Rows", "Columns")
+RADIOGRAPH_SPACINGS = ("PixelSpacing", "ImagerPixelSpacing")
 # Patient and study attributes that DICOM requires present but lets be empty (type 2): copied
 # as the source has them, and a source without one of them is refused rather than filled in.
 TYPE2_ATTRIBUTES = (
@@ -151,6 +153,12 @@ def radiograph_source(metadata: dict) -> Dataset:
         )
     header = pydicom.dcmread(path, stop_before_pixels=True)
     _check_attributes(header, path, RADIOGRAPH_REQUIRED)
+    if not any(str(header.get(name, "") or "").strip() for name in RADIOGRAPH_SPACINGS):
+        raise NotDicomSourceError(
+            f"The DICOM radiograph {Path(path).name} has neither PixelSpacing nor "
+            "ImagerPixelSpacing, which the heatmap's Parametric Map must state; export it with "
+            "one, or leave out --dicom."
+        )
     return header
 
 
