@@ -453,6 +453,27 @@ def test_a_radiograph_placed_in_the_patient_shares_its_frame_of_reference(
 
 
 @pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_radiograph_placed_elsewhere_than_its_own_plane_gets_a_frame_of_reference_of_its_own(
+    tmp_path: Path,
+) -> None:
+    frame_of_reference = pydicom.uid.generate_uid()
+    study = radiograph_study(
+        PixelSpacing=[0.3, 0.3],
+        FrameOfReferenceUID=frame_of_reference,
+        ImagePositionPatient=[-150.0, -100.0, 200.0],
+        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.5, 0.0, -1.0],  # not perpendicular units
+    )
+    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
+    out = tmp_path / "out"
+    done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
+    assert done.returncode == 0, done.stderr
+    pm = pydicom.dcmread(out / "heatmap.dcm")
+    assert pm.FrameOfReferenceUID != frame_of_reference  # placed at origin 0, as the NIfTI is
+    position = pm.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    assert [float(v) for v in position.ImagePositionPatient] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
 def test_a_radiograph_without_a_pixel_spacing_is_refused_with_dicom(tmp_path: Path) -> None:
     image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **radiograph_study())
     done = medcnn("analyze", str(image), "--out", str(tmp_path / "out"), "--dicom")

@@ -271,7 +271,7 @@ def _radiograph_parametric_map(
     position = lps[:3, 3].tolist()
     spacing = [down_column, along_row]  # DICOM's order: between rows, then between columns
     placed = copy.deepcopy(source)
-    if not all(name in source for name in _RADIOGRAPH_PLACE):
+    if not _placed_by_its_own_plane(source, position, orientation):
         placed.FrameOfReferenceUID = hd.UID()
         placed.PositionReferenceIndicator = ""
     placed.ImagePositionPatient = [format_number_as_ds(v) for v in position]
@@ -289,6 +289,23 @@ def _radiograph_parametric_map(
         plane_orientation=hd.PlaneOrientationSequence("PATIENT", orientation),
         pixel_measures=hd.PixelMeasuresSequence(spacing, None),
         **_heatmap_attributes(equipment, "pneumonia"),
+    )
+
+
+def _placed_by_its_own_plane(
+    source: Dataset, position: list[float], orientation: list[float]
+) -> bool:
+    """Whether the radiograph has a frame of reference and the map lies where its own
+    position and orientation put it (the reader places it otherwise when they are unusable)."""
+    if not all(str(source.get(name, "") or "").strip() for name in _RADIOGRAPH_PLACE):
+        return False
+    own_position = np.asarray(source.ImagePositionPatient, dtype=float)
+    own_orientation = np.asarray(source.ImageOrientationPatient, dtype=float)
+    return bool(
+        own_position.shape == (3,)
+        and own_orientation.shape == (6,)
+        and np.allclose(own_position, position, atol=1e-3)
+        and np.allclose(own_orientation, orientation, atol=1e-4)
     )
 
 
