@@ -35,12 +35,7 @@ from medcnn.nodule.measure import (
     volume_ml,
 )
 from medcnn.nodule.preprocessing import Patch, patch_to_scan, sample_patch
-from medcnn.outputs.dicom_source import (
-    HeadersAhead,
-    check_dicom_input,
-    check_scan_source,
-    dicom_source,
-)
+from medcnn.outputs.dicom_source import check_dicom_input, check_scan_source, dicom_source
 from medcnn.outputs.render import overlay_png, overlay_title
 from medcnn.outputs.result import (
     InputImage,
@@ -187,16 +182,12 @@ class Analyzer:
         report(stages.READING.name, stages.READING.fraction)
         timings: dict[str, float] = {}
         scan = self._read(image, point_ras, series_uid, timings)
-        ahead = None
         if dicom:
             check_scan_source(scan)
-            ahead = HeadersAhead(scan)  # read while the network runs
         analysis = self.analyze_volume(scan, point_ras, report, timings)
         analysis = self._chosen(analysis, chosen_because)
         report(stages.WRITING.name, stages.WRITING.fraction)
-        result = self._write(
-            analysis, Path(out_dir), lps, timings, total_start, overlay, dicom, ahead
-        )
+        result = self._write(analysis, Path(out_dir), lps, timings, total_start, overlay, dicom)
         report(stages.DONE.name, stages.DONE.fraction)
         return result
 
@@ -377,11 +368,10 @@ class Analyzer:
         total_start: float,
         overlay: bool = False,
         dicom: bool = False,
-        ahead: HeadersAhead | None = None,
     ) -> Result:
         """Write the analysis's files (and the overlay, drawn from it in memory, and the DICOM
-        results, from the source headers read ``ahead`` if any); returns the result as written,
-        with the point's convention and the timings."""
+        results); returns the result as written, with the point's convention and the
+        timings."""
         result = analysis.result
         findings = result.nodule
         result = replace(
@@ -407,7 +397,7 @@ class Analyzer:
 
             pictures[OVERLAY] = draw
         if dicom:
-            result, made = dicom_files(result, analysis, timings, ahead)
+            result, made = dicom_files(result, analysis, timings)
             pictures.update(made)
         volumes = {
             HEATMAP: (analysis.heatmap, np.float32),
@@ -417,17 +407,14 @@ class Analyzer:
 
 
 def dicom_files(
-    result: Result,
-    analysis: Analysis,
-    timings: dict[str, float],
-    ahead: HeadersAhead | None = None,
+    result: Result, analysis: Analysis, timings: dict[str, float]
 ) -> tuple[Result, dict[str, Callable[[Path], object]]]:
     """The result naming the DICOM files, and the writers of those files: the objects are made
     now, in memory (their seconds are ``timings['dicom']``), and saved with the other files."""
     from medcnn.outputs.dicom_results import nodule_dicom_results, with_dicom_files  # if asked
 
     started = time.perf_counter()
-    source = dicom_source(analysis.scan, analysis.heatmap, ahead)
+    source = dicom_source(analysis.scan, analysis.heatmap)
     made = nodule_dicom_results(result, analysis.segmentation, analysis.heatmap, source)
     timings["dicom"] = time.perf_counter() - started
     return with_dicom_files(result, made)

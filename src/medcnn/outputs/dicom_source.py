@@ -7,7 +7,6 @@ run before any work without loading highdicom.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,29 +99,6 @@ def check_scan_source(scan: Volume) -> None:
     _check_attributes(pydicom.dcmread(files[0], stop_before_pixels=True), files[0])
 
 
-# One thread reads a click's source headers while its network runs.
-_AHEAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medcnn-dicom-source")
-
-
-class HeadersAhead:
-    """The headers of the slices a scan's slab was read from (up to their image attributes),
-    read on a thread from before the network until ``dicom_source`` takes them: torch lets go
-    of the interpreter while it computes, so a click does not wait for them afterwards."""
-
-    def __init__(self, scan: Volume) -> None:
-        files, offset = _source_files(scan), _first_slice(scan)
-        paths = files[offset : offset + scan.shape[2]]
-        self._headers = _AHEAD.submit(lambda: {path: _referenced_header(path) for path in paths})
-
-    def get(self) -> dict[str, Dataset]:
-        return self._headers.result()
-
-
-def _first_slice(scan: Volume) -> int:
-    """The series' slice the scan's first slice is (a slab starts inside the series)."""
-    return int(scan.metadata.get("region", {}).get("first_slice", 0))
-
-
 def _source_files(scan: Volume) -> list[str]:
     files = scan.metadata.get("source_files")
     if scan.metadata.get("format") != "dicom" or not files:
@@ -134,18 +110,17 @@ def _source_files(scan: Volume) -> list[str]:
     return list(files)
 
 
-def dicom_source(scan: Volume, block: Volume, ahead: HeadersAhead | None = None) -> DicomSource:
+def dicom_source(scan: Volume, block: Volume) -> DicomSource:
     """The source slices under ``block`` (the heatmap's or segmentation's part of the scan's
-    grid), read from the series the scan came from (or taken from those read ``ahead``) and
-    checked to lie exactly where the block's slices lie."""
+    grid), read from the series the scan came from and checked to lie exactly where the block's
+    slices lie."""
     files = _source_files(scan)
-    offset = _first_slice(scan)
+    offset = int(scan.metadata.get("region", {}).get("first_slice", 0))
     i, j, k = scan.block_slices(block)
     paths = [files[offset + n] for n in range(k.start, k.stop)]
-    known = ahead.get() if ahead is not None else {}
     headers = (
         pydicom.dcmread(paths[0], stop_before_pixels=True),
-        *(known.get(path) or _referenced_header(path) for path in paths[1:]),
+        *(_referenced_header(path) for path in paths[1:]),
     )
     for header in headers:
         _check_attributes(header, files[0])
