@@ -343,13 +343,12 @@ def test_batch_writes_each_cases_dicom_results_and_refuses_non_dicom_rows(
     assert not list((out / "cases").glob("*_nifti/*.dcm"))
 
 
-# --- a radiograph: the report alone -------------------------------------------------------------
+# --- a radiograph: the heatmap and the report ---------------------------------------------------
 
 
-@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
-def test_a_dicom_radiographs_report_holds_the_probability(tmp_path: Path) -> None:
-    pixels = synthetic_radiograph()
-    study = {name: "" for name in PATIENT_AND_STUDY}
+def radiograph_study(**tags: object) -> dict:
+    """The patient and study attributes of a test radiograph (and any other tags)."""
+    study: dict[str, object] = {name: "" for name in PATIENT_AND_STUDY}
     study.update(
         PatientName="SYNTHETIC^RADIOGRAPH",
         PatientID="SYNTHETIC-1",
@@ -357,17 +356,57 @@ def test_a_dicom_radiographs_report_holds_the_probability(tmp_path: Path) -> Non
         SeriesInstanceUID=pydicom.uid.generate_uid(),
         StudyDate="20000101",
         StudyTime="000000",
+        StudyID="1",
+        ViewPosition="PA",
     )
-    image = write_dicom(tmp_path / "chest.dcm", pixels, ViewPosition="PA", **study)
+    study.update(tags)
+    return study
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_dicom_radiographs_heatmap_and_report(tmp_path: Path) -> None:
+    pixels = synthetic_radiograph()
+    study = radiograph_study(ImagerPixelSpacing=[0.2, 0.25])
+    image = write_dicom(tmp_path / "chest.dcm", pixels, **study)
     out = tmp_path / "out"
     done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
     assert_valid_result(result)
     assert result["outputs"]["dicom_report"] == "report.dcm"
-    assert not (out / "segmentation.dcm").exists() and not (out / "heatmap.dcm").exists()
-    checked = subprocess.run([DCIODVFY, out / "report.dcm"], capture_output=True, text=True)
-    assert "Error" not in checked.stdout + checked.stderr
+    assert result["outputs"]["dicom_heatmap"] == "heatmap.dcm"
+    assert not (out / "segmentation.dcm").exists()
+    for name in ("heatmap.dcm", "report.dcm"):
+        checked = subprocess.run([DCIODVFY, out / name], capture_output=True, text=True)
+        said = checked.stdout + checked.stderr
+        assert "Error" not in said and "Warning" not in said, said
+    source = pydicom.dcmread(image, stop_before_pixels=True)
+    # The map: pixel for pixel the radiograph's, equal to heatmap.nii.gz (which stores the
+    # heatmap in 1/255 steps, so within half a step), in a frame of reference of its own.
+    pm = pydicom.dcmread(out / "heatmap.dcm")
+    assert (pm.NumberOfFrames, pm.Rows, pm.Columns) == (1, *pixels.shape)
+    values = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(pixels.shape)
+    nifti = np.asarray(nib.load(out / "heatmap.nii.gz").dataobj)[:, :, 0].T
+    assert np.abs(values - nifti).max() <= 0.5 / 255 + 1e-6
+    assert values.max() > 0.5  # a real heatmap, not zeros
+    subprocess.run(
+        [PARAMAP2ITKIMAGE, "--inputDICOM", out / "heatmap.dcm", "--outputDirectory", tmp_path],
+        check=True,
+        capture_output=True,
+    )  # dcmqi, as 3D Slicer reads it
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pmap.nrrd")))
+    assert read.shape == (1, *pixels.shape)
+    assert np.abs(read[0] - nifti).max() <= 0.5 / 255 + 1e-6
+    frame = pm.PerFrameFunctionalGroupsSequence[0]
+    referenced = frame.DerivationImageSequence[0].SourceImageSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert referenced.SpatialLocationsPreserved == "YES"
+    assert "FrameOfReferenceUID" not in source and pydicom.uid.UID(pm.FrameOfReferenceUID).is_valid
+    measures = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [0.2, 0.25]
+    for name in PATIENT_AND_STUDY:
+        assert pm.get(name) == source.get(name), name
+    # The report: the probability and its uncertainty, referencing the radiograph and the map.
     subprocess.run(
         [TID1500READER, "--inputDICOM", out / "report.dcm", "--outputMetadata",
          tmp_path / "sr.json"],
@@ -376,12 +415,71 @@ def test_a_dicom_radiographs_report_holds_the_probability(tmp_path: Path) -> Non
     )  # fmt: skip
     (group,) = json.loads((tmp_path / "sr.json").read_text())["Measurements"]
     assert group["Finding"]["CodeValue"] == "233604007"  # SCT Pneumonia
-    values = [float(item["value"]) for item in group["measurementItems"]]
-    assert values == [result["probability"], result["uncertainty"]]
+    values_read = [float(item["value"]) for item in group["measurementItems"]]
+    assert values_read == [result["probability"], result["uncertainty"]]
     report = pydicom.dcmread(out / "report.dcm")
-    source = pydicom.dcmread(image, stop_before_pixels=True)
+    referenced_images = {
+        str(image.ReferencedSOPInstanceUID)
+        for item in content_items(report)
+        for image in item.get("ReferencedSOPSequence", [])
+    }
+    assert {pm.SOPInstanceUID, source.SOPInstanceUID} <= referenced_images
     for name in PATIENT_AND_STUDY:
         assert report.get(name) == source.get(name), name
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_radiograph_placed_in_the_patient_shares_its_frame_of_reference(
+    tmp_path: Path,
+) -> None:
+    frame_of_reference = pydicom.uid.generate_uid()
+    study = radiograph_study(
+        PixelSpacing=[0.3, 0.3],
+        FrameOfReferenceUID=frame_of_reference,
+        ImagePositionPatient=[-150.0, -100.0, 200.0],
+        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+    )
+    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
+    out = tmp_path / "out"
+    done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
+    assert done.returncode == 0, done.stderr
+    pm = pydicom.dcmread(out / "heatmap.dcm")
+    assert pm.FrameOfReferenceUID == frame_of_reference
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in orientation] == [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+    position = pm.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    assert [float(v) for v in position.ImagePositionPatient] == [-150.0, -100.0, 200.0]
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_radiograph_placed_elsewhere_than_its_own_plane_gets_a_frame_of_reference_of_its_own(
+    tmp_path: Path,
+) -> None:
+    frame_of_reference = pydicom.uid.generate_uid()
+    study = radiograph_study(
+        PixelSpacing=[0.3, 0.3],
+        FrameOfReferenceUID=frame_of_reference,
+        ImagePositionPatient=[-150.0, -100.0, 200.0],
+        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.5, 0.0, -1.0],  # not perpendicular units
+    )
+    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
+    out = tmp_path / "out"
+    done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
+    assert done.returncode == 0, done.stderr
+    pm = pydicom.dcmread(out / "heatmap.dcm")
+    assert pm.FrameOfReferenceUID != frame_of_reference  # placed at origin 0, as the NIfTI is
+    position = pm.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    assert [float(v) for v in position.ImagePositionPatient] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_radiograph_without_a_pixel_spacing_is_refused_with_dicom(tmp_path: Path) -> None:
+    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **radiograph_study())
+    done = medcnn("analyze", str(image), "--out", str(tmp_path / "out"), "--dicom")
+    assert done.returncode == NotDicomSourceError.exit_code == 15
+    assert "ImagerPixelSpacing" in done.stderr and done.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_png_radiograph_is_refused_with_dicom(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ arrived. Skipped, with the reason, where the Orthanc binary is missing (CI insta
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import socket
@@ -189,3 +190,59 @@ def test_a_bad_destination_is_refused_before_any_work(phantom: dict, tmp_path: P
     assert done.returncode == UsageError.exit_code
     assert not (tmp_path / "out").exists()
     assert store_destination("PACS@archive.example:104") == ("PACS", "archive.example", 104)
+
+
+# --- medcnn batch: each case sent once its folder is written ------------------------------------
+
+
+def batch(phantom: dict, folder: Path, *options: str) -> subprocess.CompletedProcess:
+    """``medcnn batch`` of two rows, the phantom's DICOM series and its NIfTI copy (which has
+    no study, so --dicom refuses that row alone)."""
+    manifest = folder / "manifest.csv"
+    r, a, s = (str(v) for v in NODULE_CENTER_RAS)
+    manifest.write_text(
+        "id,image,r,a,s\n"
+        f"series,{phantom['dicom_dir']},{r},{a},{s}\n"
+        f"nifti,{phantom['nifti']},{r},{a},{s}\n"
+    )
+    command = ["batch", str(manifest), "--out", str(folder / "out"), "--no-progress"]
+    return subprocess.run(
+        [sys.executable, "-m", "medcnn", *command, *options], capture_output=True, text=True
+    )
+
+
+def errors(out: Path) -> dict[str, str]:
+    with open(out / "predictions.csv", newline="") as table:
+        return {row["id"]: row["error"] for row in csv.DictReader(table)}
+
+
+def test_batch_sends_each_cases_objects_after_writing_them(
+    archive: Archive, phantom: dict, tmp_path: Path
+) -> None:
+    done = batch(phantom, tmp_path, "--store", archive.store_to)
+    assert done.returncode == 11, done.stderr  # the NIfTI row, refused on its own
+    out = tmp_path / "out"
+    failed = errors(out)
+    assert failed["series"] == "" and "is not DICOM" in failed["nifti"]
+    (case,) = (out / "cases").glob("*_series")
+    assert_arrived_together(archive, case, phantom)
+
+
+def test_batch_a_case_that_cannot_be_sent_is_its_rows_error(
+    archive: Archive, phantom: dict, tmp_path: Path
+) -> None:
+    done = batch(phantom, tmp_path, "--store", f"NOT_ORTHANC@127.0.0.1:{archive.dicom}")
+    assert done.returncode == 11, done.stderr
+    out = tmp_path / "out"
+    error = errors(out)["series"]
+    assert "rejected the association" in error and "not sent" in error
+    assert error.count(". ") == 0  # one sentence
+    (case,) = (out / "cases").glob("*_series")
+    assert all((case / name).exists() for name in FILES)  # written, kept, not sent
+    assert archive.get("/instances") == []
+
+
+def test_batch_refuses_a_bad_destination_before_any_work(phantom: dict, tmp_path: Path) -> None:
+    done = batch(phantom, tmp_path, "--stow", "archive.example/dicom-web")
+    assert done.returncode == UsageError.exit_code and "--stow" in done.stderr
+    assert not (tmp_path / "out").exists()

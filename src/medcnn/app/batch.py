@@ -204,7 +204,11 @@ class BatchRunner:
         lps: bool = False,
         group_size: int = GROUP_SIZE,
         dicom: bool = False,
+        store_to: str | None = None,
+        stow_to: str | None = None,
     ) -> None:
+        """``store_to`` and ``stow_to`` (implying ``dicom``): where each case's DICOM results
+        are sent once its folder is written; a case that cannot be sent fails on its own."""
         if group_size < 1:
             raise UsageError(f"The group size must be 1 or more, not {group_size}.")
         self.analyzer = analyzer
@@ -213,7 +217,8 @@ class BatchRunner:
         self.progress = progress
         self.lps = lps
         self.group_size = group_size
-        self.dicom = dicom
+        self.store_to, self.stow_to = store_to, stow_to
+        self.dicom = dicom or store_to is not None or stow_to is not None
 
     def analyze_row(self, row: ManifestRow) -> dict:
         return self.analyze_rows([row])[0]
@@ -252,7 +257,18 @@ class BatchRunner:
             else:
                 record.update(outcome.summary())
                 record["output_dir"] = str(Path(request.out_dir).relative_to(self.output_dir))
+                try:
+                    self._send(outcome, Path(request.out_dir))
+                except MedCNNError as error:  # written, not sent: that case's error alone
+                    record["error"] = str(error)
         return records
+
+    def _send(self, result: Result, case: Path) -> None:
+        if self.store_to is None and self.stow_to is None:
+            return
+        from medcnn.outputs.sending import send_results  # only when sending
+
+        send_results(result, case, self.store_to, self.stow_to)
 
     def run(self) -> Path:
         rows = read_manifest(self.manifest)

@@ -30,7 +30,6 @@ from medcnn.errors import (
 
 if TYPE_CHECKING:
     from medcnn.app.engine import Engine
-    from medcnn.outputs.result import Result
 
 EPILOG = "Research software, not for clinical use. Exit codes: run `medcnn exit-codes`."
 
@@ -61,7 +60,19 @@ def _add_dicom_option(parser: argparse.ArgumentParser) -> None:
         "--dicom",
         action="store_true",
         help="also write the results as DICOM (segmentation.dcm, heatmap.dcm, report.dcm: SEG, "
-        "Parametric Map, SR) in the source's study; a DICOM CT input only",
+        "Parametric Map, SR; a radiograph's map and SR) in the source's study; DICOM input only",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="AET@HOST:PORT",
+        default=None,
+        help="send the DICOM results (implies --dicom) by C-STORE to this archive",
+    )
+    parser.add_argument(
+        "--stow",
+        metavar="URL",
+        default=None,
+        help="send the DICOM results (implies --dicom) by DICOMweb STOW-RS to URL/studies",
     )
 
 
@@ -160,18 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write overlay.png: the heatmap (and a nodule's outline) over the image",
     )
     _add_dicom_option(analyze)
-    analyze.add_argument(
-        "--store",
-        metavar="AET@HOST:PORT",
-        default=None,
-        help="send the DICOM results (implies --dicom) by C-STORE to this archive",
-    )
-    analyze.add_argument(
-        "--stow",
-        metavar="URL",
-        default=None,
-        help="send the DICOM results (implies --dicom) by DICOMweb STOW-RS to URL/studies",
-    )
     _add_bundle_options(analyze)
 
     batch = commands.add_parser(
@@ -379,12 +378,11 @@ def _engine(args: argparse.Namespace) -> Engine:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from medcnn.outputs.dicom_source import check_dicom_input
-    from medcnn.outputs.sending import store_destination
+    from medcnn.outputs.sending import check_destinations
     from medcnn.outputs.writing import check_result_folder
 
-    dicom = args.dicom or args.store is not None or args.stow is not None
-    if args.store is not None:
-        store_destination(args.store)
+    dicom = _asks_dicom(args)
+    check_destinations(args.store, args.stow)
     if dicom:
         check_dicom_input(args.image)
     check_result_folder(args.out)
@@ -410,28 +408,23 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"outputs in {args.out}")
     if args.store is not None or args.stow is not None:
-        send_dicom(result, Path(args.out), args.store, args.stow)
+        from medcnn.outputs.sending import send_results
+
+        for line in send_results(result, Path(args.out), args.store, args.stow):
+            print(line)
     return 0
 
 
-def send_dicom(result: Result, out: Path, store_to: str | None, stow_to: str | None) -> None:
-    """Send the DICOM files an analysis wrote, as asked; each destination says it got them."""
-    from medcnn.outputs.sending import store, stow
-
-    outputs = result.outputs
-    names = (outputs.dicom_segmentation, outputs.dicom_heatmap, outputs.dicom_report)
-    files = [out / name for name in names if name is not None]
-    if store_to is not None:
-        store(files, store_to)
-        print(f"sent {len(files)} DICOM objects to {store_to}")
-    if stow_to is not None:
-        stow(files, stow_to)
-        print(f"sent {len(files)} DICOM objects to {stow_to}")
+def _asks_dicom(args: argparse.Namespace) -> bool:
+    """--dicom, or a destination to send the DICOM results to (which implies it)."""
+    return bool(args.dicom or args.store is not None or args.stow is not None)
 
 
 def run_batch(args: argparse.Namespace) -> int:
     from medcnn.app.batch import GROUP_SIZE, BatchRunner
+    from medcnn.outputs.sending import check_destinations
 
+    check_destinations(args.store, args.stow)
     group_size = GROUP_SIZE if args.group_size is None else args.group_size
     runner = BatchRunner(
         _engine(args),
@@ -440,7 +433,9 @@ def run_batch(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         lps=args.lps,
         group_size=group_size,
-        dicom=args.dicom,
+        dicom=_asks_dicom(args),
+        store_to=args.store,
+        stow_to=args.stow,
     )
     predictions = runner.run()
     print(f"predictions in {predictions}")

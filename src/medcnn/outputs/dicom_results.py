@@ -1,7 +1,7 @@
 """An analysis as DICOM, made with highdicom: for a nodule the segmentation (SEG), the heatmap
 (Parametric Map) and the measurements (Comprehensive 3D SR, TID 1500 Measurement Report), for a
-radiograph the report alone; each a new series in the source's study, its patient and study
-attributes copied from the source.
+radiograph the heatmap and the report; each a new series in the source's study, its patient and
+study attributes copied from the source.
 
 The codes, and why each was chosen, are in the README ("Results as DICOM"). Every object lies on
 the source series' own grid: the SEG's frames are whole source frames, the Parametric Map's the
@@ -10,6 +10,7 @@ heatmap's block of them, each placed at the source slice it was computed on.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -50,6 +51,8 @@ PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
 PROBABILITY = codes.DCM.Probability  # DCM 122157
 RADIOGRAPH = codes.cid100.XRUnspecifiedBodyRegion  # LN 43468-8
 PERCENT = codes.UCUM.Percent
+# A radiograph that has these is placed in the patient, and its map shares its frame of reference.
+_RADIOGRAPH_PLACE = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
 
 
 @dataclass(frozen=True)
@@ -99,12 +102,12 @@ def nodule_dicom_results(
     return DicomResults(report, pm, seg)
 
 
-def radiograph_dicom_results(result: Result, source: Dataset) -> DicomResults:
-    """The SR of a radiograph's analysis, on the radiograph (``source``, its header).
-
-    No Parametric Map: a projection radiograph has no frame of reference, and highdicom 0.28
-    cannot make a Parametric Map of an image without one (it fails indexing its frame)."""
+def radiograph_dicom_results(result: Result, heatmap: Volume, source: Dataset) -> DicomResults:
+    """The Parametric Map and SR of a radiograph's analysis: ``heatmap`` on the radiograph's
+    pixels (as ``heatmap.nii.gz``), ``source`` the radiograph's header."""
     equipment = _Equipment.of(result)
+    pm = _radiograph_parametric_map(heatmap, source, equipment)
+    _add_frame_anatomy(pm)
     algorithm = equipment.sr_algorithm()
     judged = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Radiograph"),
@@ -121,14 +124,16 @@ def radiograph_dicom_results(result: Result, source: Dataset) -> DicomResults:
                 algorithm_id=algorithm,
             ),
         ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(image) for image in (source, pm)
+        ],
     )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(equipment),
         procedure_reported=RADIOGRAPH,
         imaging_measurements=[judged],
     )
-    return DicomResults(_document(report, [source], equipment))
+    return DicomResults(_document(report, [source, pm], equipment), pm)
 
 
 @dataclass(frozen=True)
@@ -179,15 +184,23 @@ def _segmentation(
     segmentation: Volume, source: DicomSource, equipment: _Equipment, tracking_uid: str
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of whole source frames (rows and columns as the source's), one frame per
-    source slice that holds part of the nodule (highdicom leaves out empty frames)."""
+    source slice that holds part of the nodule, each referencing that slice.
+
+    Only those slices are given to highdicom (it would leave out the empty frames anyway, after
+    working out every slice's place): all of them when nothing is segmented, so that the SEG
+    still says where it looked."""
     rows, columns = int(source.first.Rows), int(source.first.Columns)
-    frames = np.zeros((len(source.slices), rows, columns), dtype=np.uint8)
+    mask = np.asarray(segmentation.array, dtype=np.uint8).transpose(2, 1, 0)
+    holding = np.flatnonzero(mask.any(axis=(1, 2)))
+    if holding.size == 0:
+        holding = np.arange(len(source.slices))
+    frames = np.zeros((holding.size, rows, columns), dtype=np.uint8)
     ni, nj, _ = segmentation.shape
     frames[
         :,
         source.first_row : source.first_row + nj,
         source.first_column : source.first_column + ni,
-    ] = np.asarray(segmentation.array, dtype=np.uint8).transpose(2, 1, 0)
+    ] = mask[holding]
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="Nodule",
@@ -200,7 +213,7 @@ def _segmentation(
         anatomic_regions=[LUNG],
     )
     return hd.seg.Segmentation(
-        source_images=list(source.slices),
+        source_images=[source.slices[int(k)] for k in holding],
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
@@ -235,6 +248,64 @@ def _parametric_map(
         ),
         pixel_measures=_pixel_measures(source),
         **_heatmap_attributes(equipment, "malignancy"),
+    )
+
+
+def _radiograph_parametric_map(
+    heatmap: Volume, source: Dataset, equipment: _Equipment
+) -> hd.pm.ParametricMap:
+    """The heatmap as one float32 frame, pixel for pixel the radiograph's (each pixel of the
+    map is the radiograph's pixel at the same row and column; the frame references it).
+
+    The Parametric Map IOD requires a Frame of Reference and the frame's plane, which a
+    projection radiograph need not have. The map is placed as ``heatmap.nii.gz`` is, by the
+    reader's grid (the radiograph's own ImagePositionPatient, ImageOrientationPatient and
+    spacing where it has them, else origin 0 and identity orientation, as ITK places a DX), in
+    the radiograph's Frame of Reference where it has one with that position, else in a new one
+    of its own, which no other object shares and which so claims no place in the patient.
+    highdicom 0.28 takes the frame of reference and the plane only from the source image, so it
+    is given a copy of the radiograph's header that carries them (the copy goes nowhere else)."""
+    lps = LPS_TO_RAS @ heatmap.affine
+    along_row, down_column = (float(v) for v in np.linalg.norm(lps[:3, :2], axis=0))
+    orientation = [*(lps[:3, 0] / along_row), *(lps[:3, 1] / down_column)]
+    position = lps[:3, 3].tolist()
+    spacing = [down_column, along_row]  # DICOM's order: between rows, then between columns
+    placed = copy.deepcopy(source)
+    if not _placed_by_its_own_plane(source, position, orientation):
+        placed.FrameOfReferenceUID = hd.UID()
+        placed.PositionReferenceIndicator = ""
+    placed.ImagePositionPatient = [format_number_as_ds(v) for v in position]
+    placed.ImageOrientationPatient = [format_number_as_ds(v) for v in orientation]
+    placed.PixelSpacing = [format_number_as_ds(v) for v in spacing]
+    placed.SliceThickness = None  # a projection has none
+    rows, columns = int(source.Rows), int(source.Columns)
+    frame = np.ascontiguousarray(heatmap.array[:, :, 0].T, dtype=np.float32)
+    if frame.shape != (rows, columns):
+        raise ValueError(f"The heatmap {frame.shape} is not on the radiograph's pixels.")
+    return hd.pm.ParametricMap(
+        source_images=[placed],
+        pixel_array=frame[None],
+        plane_positions=[hd.PlanePositionSequence("PATIENT", position)],
+        plane_orientation=hd.PlaneOrientationSequence("PATIENT", orientation),
+        pixel_measures=hd.PixelMeasuresSequence(spacing, None),
+        **_heatmap_attributes(equipment, "pneumonia"),
+    )
+
+
+def _placed_by_its_own_plane(
+    source: Dataset, position: list[float], orientation: list[float]
+) -> bool:
+    """Whether the radiograph has a frame of reference and the map lies where its own
+    position and orientation put it (the reader places it otherwise when they are unusable)."""
+    if not all(str(source.get(name, "") or "").strip() for name in _RADIOGRAPH_PLACE):
+        return False
+    own_position = np.asarray(source.ImagePositionPatient, dtype=float)
+    own_orientation = np.asarray(source.ImageOrientationPatient, dtype=float)
+    return bool(
+        own_position.shape == (3,)
+        and own_orientation.shape == (6,)
+        and np.allclose(own_position, position, atol=1e-3)
+        and np.allclose(own_orientation, orientation, atol=1e-4)
     )
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 
 from medcnn.errors import NotDicomSourceError
 from medcnn.reading.dimensions import PICTURE_SUFFIXES
@@ -34,8 +36,10 @@ REQUIRED_ATTRIBUTES = (
     "Rows",
     "Columns",
 )
-# A projection radiograph has no place in the patient's coordinates: only the identities.
+# A projection radiograph has no place in the patient's coordinates: only the identities (and
+# a pixel spacing, below, for the Parametric Map's pixel measures).
 RADIOGRAPH_REQUIRED = REQUIRED_ATTRIBUTES[:5] + ("Rows", "Columns")
+RADIOGRAPH_SPACINGS = ("PixelSpacing", "ImagerPixelSpacing")
 # Patient and study attributes that DICOM requires present but lets be empty (type 2): copied
 # as the source has them, and a source without one of them is refused rather than filled in.
 TYPE2_ATTRIBUTES = (
@@ -50,6 +54,8 @@ TYPE2_ATTRIBUTES = (
     "ReferringPhysicianName",
 )
 POSITION_TOLERANCE_MM = 0.01
+# Every attribute above is in a group up to 0x0028 (identity, geometry, image size).
+_LAST_REFERENCED_GROUP = 0x0028
 
 
 def check_dicom_input(path: Path | str) -> None:
@@ -111,14 +117,29 @@ def dicom_source(scan: Volume, block: Volume) -> DicomSource:
     files = _source_files(scan)
     offset = int(scan.metadata.get("region", {}).get("first_slice", 0))
     i, j, k = scan.block_slices(block)
-    headers = tuple(
-        pydicom.dcmread(files[offset + n], stop_before_pixels=True) for n in range(k.start, k.stop)
+    paths = [files[offset + n] for n in range(k.start, k.stop)]
+    headers = (
+        pydicom.dcmread(paths[0], stop_before_pixels=True),
+        *(_referenced_header(path) for path in paths[1:]),
     )
     for header in headers:
         _check_attributes(header, files[0])
     _check_positions(headers, block)
     step = float(np.linalg.norm(block.affine[:3, 2]))
     return DicomSource(headers, first_row=j.start, first_column=i.start, slice_spacing_mm=step)
+
+
+def _referenced_header(path: str) -> Dataset:
+    """A slice's header up to its image attributes: all that the objects take from a slice
+    beyond the first (whose header, read whole, gives the patient and study), which is its
+    identity and place. Scanners write large private groups after them, a third of a
+    header's parsing."""
+
+    def past_image_attributes(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return tag.group > _LAST_REFERENCED_GROUP
+
+    with open(path, "rb") as handle:
+        return read_partial(handle, stop_when=past_image_attributes)
 
 
 def radiograph_source(metadata: dict) -> Dataset:
@@ -132,6 +153,12 @@ def radiograph_source(metadata: dict) -> Dataset:
         )
     header = pydicom.dcmread(path, stop_before_pixels=True)
     _check_attributes(header, path, RADIOGRAPH_REQUIRED)
+    if not any(str(header.get(name, "") or "").strip() for name in RADIOGRAPH_SPACINGS):
+        raise NotDicomSourceError(
+            f"The DICOM radiograph {Path(path).name} has neither PixelSpacing nor "
+            "ImagerPixelSpacing, which the heatmap's Parametric Map must state; export it with "
+            "one, or leave out --dicom."
+        )
     return header
 
 

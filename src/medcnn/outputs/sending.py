@@ -16,6 +16,7 @@ from pathlib import Path
 import pydicom
 
 from medcnn.errors import SendError, UsageError
+from medcnn.outputs.result import Result
 
 CALLING_AE_TITLE = "MEDCNN"
 TIMEOUT_S = 30.0
@@ -33,6 +34,30 @@ def store_destination(text: str) -> tuple[str, str, int]:
             f"--store {text!r} is not AET@HOST:PORT (for example ORTHANC@localhost:4242)."
         )
     return match["aet"], match["host"], int(match["port"])
+
+
+def check_destinations(store_to: str | None, stow_to: str | None) -> None:
+    """Refuse a malformed destination before any work (exit code 2)."""
+    if store_to is not None:
+        store_destination(store_to)
+    if stow_to is not None:
+        _check_stow_url(stow_to)
+
+
+def send_results(result: Result, out: Path, store_to: str | None, stow_to: str | None) -> list[str]:
+    """Send the DICOM files an analysis wrote in ``out`` to each destination asked; returns
+    the line saying so for each destination, or raises ``SendError`` at the first failure."""
+    outputs = result.outputs
+    names = (outputs.dicom_segmentation, outputs.dicom_heatmap, outputs.dicom_report)
+    files = [Path(out) / name for name in names if name is not None]
+    sent = []
+    if store_to is not None:
+        store(files, store_to)
+        sent.append(f"sent {len(files)} DICOM objects to {store_to}")
+    if stow_to is not None:
+        stow(files, stow_to)
+        sent.append(f"sent {len(files)} DICOM objects to {stow_to}")
+    return sent
 
 
 def store(files: Sequence[Path], destination: str, timeout_s: float = TIMEOUT_S) -> None:
@@ -75,11 +100,15 @@ def store(files: Sequence[Path], destination: str, timeout_s: float = TIMEOUT_S)
         association.release()
 
 
+def _check_stow_url(url: str) -> None:
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--stow {url!r} is not an http(s) URL of a DICOMweb service.")
+
+
 def stow(files: Sequence[Path], url: str, timeout_s: float = TIMEOUT_S) -> None:
     """Send ``files`` by DICOMweb STOW-RS: one multipart POST to ``URL/studies`` (``url`` is
     the DICOMweb root, e.g. http://localhost:8042/dicom-web)."""
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--stow {url!r} is not an http(s) URL of a DICOMweb service.")
+    _check_stow_url(url)
     boundary = uuid.uuid4().hex
     parts = [
         b"--"

@@ -273,11 +273,11 @@ class RadiographAnalyzer:
 def radiograph_dicom_files(
     result: Result, analysis: RadiographAnalysis, timings: dict[str, float]
 ) -> tuple[Result, dict[str, Callable[[Path], object]]]:
-    """As ``analysis.dicom_files``, for a radiograph: the SR."""
+    """As ``analysis.dicom_files``, for a radiograph: the Parametric Map and the SR."""
     from medcnn.outputs.dicom_results import radiograph_dicom_results, with_dicom_files
 
     started = time.perf_counter()
     source = radiograph_source(analysis.radiograph.metadata)
-    made = radiograph_dicom_results(result, source)
+    made = radiograph_dicom_results(result, analysis.heatmap, source)
     timings["dicom"] = time.perf_counter() - started
     return with_dicom_files(result, made)
