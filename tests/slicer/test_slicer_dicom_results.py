@@ -272,7 +272,8 @@ def test_chest_ct_results_reach_the_database_as_dicom(scene, runner, shared_data
 @pytest.mark.slow
 @pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
 def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path):
-    """One instance: the worker gets the file itself; the engine writes the report alone."""
+    """One instance: the worker gets the file itself; the engine writes the report and the
+    heatmap's Parametric Map."""
     from radiograph_files import write_dicom
 
     from medcnn.xray.phantom import synthetic_radiograph
@@ -281,6 +282,7 @@ def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path
         tmp_path / "chest.dcm",
         synthetic_radiograph(),
         ViewPosition="PA",
+        ImagerPixelSpacing=[0.5, 0.5],
         PatientName="SYNTHETIC^RADIOGRAPH",
         PatientID="SYNTHETIC-1",
         PatientBirthDate="",
@@ -303,8 +305,10 @@ def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path
     outcome = task.outcomes[0]
     assert outcome.result["input"]["path"] == str(image)
     assert outcome.result["outputs"]["dicom_report"] == "report.dcm"
-    assert database.inserted == [outcome.outputDir / "report.dcm"]
-    report = pydicom.dcmread(database.inserted[0])
+    assert sorted(database.inserted) == sorted(
+        outcome.outputDir / name for name in ("heatmap.dcm", "report.dcm")
+    )
+    report = pydicom.dcmread(outcome.outputDir / "report.dcm")
     source = pydicom.dcmread(image, stop_before_pixels=True)
     assert report.StudyInstanceUID == source.StudyInstanceUID
     assert report.PatientID == "SYNTHETIC-1"
