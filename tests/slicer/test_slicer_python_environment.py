@@ -5,14 +5,19 @@ and the oldest torch its installer accepts (``InstallLogic.TORCH_REQUIREMENT``),
 click does not need (no MONAI, no ITK, no tqdm, no matplotlib). The engine comes from ``src/`` on
 the worker's ``PYTHONPATH``, as the installed extension puts its copy there.
 
-Only Python 3.11 can be had on our machines, while Slicer 5.10 runs 3.12: the interpreter is
-this one's; that the click path's syntax and standard library suit every supported Python is
+The clicks run on this Python (3.11): torch has no CPU build for Slicer 5.10's Python 3.12 on
+our machines. Where the machine has the real interpreters (pyenv), Python 3.12 with Slicer
+5.10's packages compiles the engine and the extension and reads images exactly as here, and
+Python 3.9 (Slicer 5.8's) loads the installer to say that Slicer is not supported; the click
+path's syntax is held to the oldest supported Python by
 ``test_click_path_parses_as_the_oldest_supported_python``. Builds a virtual environment with pip
 (from the machine's package cache and PyPI): slow."""
 
 from __future__ import annotations
 
 import ast
+import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -154,3 +159,99 @@ def test_the_panel_loads_in_slicer_5_8_to_say_it_is_not_supported(path):
         and any(keyword.arg == "strict" for keyword in node.keywords)
     ]
     assert strict_zips == []
+
+
+def interpreter(version: str) -> Path | None:
+    """A Python ``version`` ("3.12") that runs on this machine: installed by pyenv, or on the
+    path (a pyenv shim there may name a version it will not run, so each is tried)."""
+    installed = sorted((Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python"))
+    on_path = shutil.which(f"python{version}")
+    for candidate in [*reversed(installed), *([Path(on_path)] if on_path else [])]:
+        runs = subprocess.run([str(candidate), "-c", "pass"], capture_output=True, timeout=60)
+        if runs.returncode == 0:
+            return candidate
+    return None
+
+
+def environment(version: str, folder: Path, packages: list[str]) -> Path:
+    """A fresh virtual environment of Python ``version`` with ``packages``; skipped where this
+    machine has no such Python."""
+    python = interpreter(version)
+    if python is None:
+        pytest.skip(f"no Python {version} on this machine (install it, e.g. with pyenv)")
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
+    done = subprocess.run(
+        [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", *packages],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode:
+        pytest.fail(f"building the Python {version} environment failed:\n{done.stderr[-3000:]}")
+    return folder / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_slicer_5_8s_python_gets_the_sentence_not_a_traceback(tmp_path):
+    """On a real Python 3.9 (Slicer 5.8's, with the packaging it ships), the extension's
+    installer loads and says in one sentence that this Slicer is not supported."""
+    python = environment("3.9", tmp_path / "py39", ["packaging"])
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / CLICK_PATH_ROOTS[1])!r})\n"
+        "from MedCNNLib.InstallLogic import unsupportedReason\n"
+        "print(unsupportedReason())\n"
+    )
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        "MedCNN needs 3D Slicer 5.10 or newer: this Slicer runs Python 3.9"
+    )
+
+
+@pytest.mark.slow
+def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(tmp_path):
+    """On a real Python 3.12 (Slicer 5.10's) with the packages Slicer 5.10 ships and the
+    extension's floors (all but torch, which has no CPU build for it here): every module of the
+    engine and the extension compiles, and the click's readers give the CT series and the
+    radiograph exactly as this Python does."""
+    from medcnn.app.demo import ensure_phantom
+    from medcnn.reading import read_scan
+    from medcnn.reading.radiograph import read_radiograph
+    from medcnn.xray.phantom import ensure_radiograph_phantom
+
+    packages = [p for p in slicer_like_requirements() if not p.startswith("torch")]
+    python = environment("3.12", tmp_path / "py312", packages)
+    env = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PATH": "/usr/bin:/bin"}
+    roots = [str(REPO / root) for root in CLICK_PATH_ROOTS]
+    compiled = subprocess.run(
+        [str(python), "-m", "compileall", "-q", *roots], capture_output=True, text=True, env=env
+    )
+    assert compiled.returncode == 0, compiled.stdout[-3000:]
+
+    series = Path(ensure_phantom(tmp_path / "phantom")["dicom_dir"])
+    picture = ensure_radiograph_phantom(tmp_path / "radiograph")
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'src')!r})\n"
+        "from medcnn.reading import read_scan\n"
+        "from medcnn.reading.radiograph import read_radiograph\n"
+        f"ct = read_scan({str(series)!r})\n"
+        f"xray = read_radiograph({str(picture)!r})\n"
+        "print(json.dumps({'ct': [ct.array.shape, ct.affine.tolist(), float(ct.array.sum())],"
+        " 'xray': [xray.pixels.shape, float(xray.pixels.sum())],"
+        " 'torch': 'torch' in sys.modules}))\n"
+    )
+    done = subprocess.run(
+        [str(python), "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = json.loads(done.stdout)
+    ct, xray = read_scan(series), read_radiograph(picture)
+    assert there["torch"] is False  # reading needs no torch
+    assert tuple(there["ct"][0]) == ct.array.shape
+    np.testing.assert_allclose(there["ct"][1], ct.affine)
+    assert there["ct"][2] == pytest.approx(float(ct.array.sum()))
+    assert tuple(there["xray"][0]) == xray.pixels.shape
+    assert there["xray"][1] == pytest.approx(float(xray.pixels.sum()))
