@@ -54,3 +54,21 @@ def standin_runner(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable]:
     yield make
     for runner in runners:
         runner.shutdown()
+
+
+@pytest.fixture
+def scene():
+    """A fresh MRML scene (Slicer's MRML from ``slicer-core``), cleared after the test."""
+    from slicer_scene_support import new_scene
+
+    scene = new_scene()
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture
+def phantom(scene, phantom_ct: Scan):
+    """The synthetic CT loaded into the scene, for the checks that need no real scan."""
+    from slicer_scene_support import load_volume
+
+    return load_volume(scene, phantom_ct.path, phantom_ct.name)

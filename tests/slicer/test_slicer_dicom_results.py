@@ -29,7 +29,7 @@ from MedCNNLib.DicomResults import (  # noqa: E402
 )
 from MedCNNLib.Runner import WorkerRunner  # noqa: E402
 from MedCNNLib.TaskLogic import AnalysisError  # noqa: E402
-from slicer_scene_support import load_volume, new_scene  # noqa: E402
+from slicer_scene_support import load_volume  # noqa: E402
 
 from medcnn.catalog import XRAY_MODEL, installed_models  # noqa: E402
 from medcnn.phantom import NODULE_CENTER_RAS, make_phantom  # noqa: E402
@@ -81,13 +81,6 @@ def load_dicom_volume(scene, files: Sequence[Path], name: str):
 def phantom_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = Path(make_phantom(tmp_path_factory.mktemp("phantom"))["dicom_dir"])
     return sorted(p for p in folder.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    scene.Clear(1)
 
 
 # --- which volumes can have DICOM results: no worker runs ----------------------------------------

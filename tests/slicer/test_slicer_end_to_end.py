@@ -23,7 +23,6 @@ from slicer_scene_support import (  # noqa: E402
     ijk_to_ras,
     load_labelmap,
     load_volume,
-    new_scene,
     segment_world_points,
     voxel_array,
     world_points,
@@ -50,13 +49,6 @@ def runner():
     runner = WorkerRunner()
     yield runner
     runner.shutdown()
-
-
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    scene.Clear(1)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 from MedCNNLib.AnalysisLogic import MedCNNLogic, pointFromRAS  # noqa: E402
 from MedCNNLib.ResultImport import TABLE_COLUMNS  # noqa: E402
 from MedCNNLib.Runner import WorkerRunner  # noqa: E402
-from slicer_scene_support import ijk_to_ras, load_volume, new_scene, voxel_array  # noqa: E402
+from slicer_scene_support import ijk_to_ras, load_volume, voxel_array  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,13 +47,6 @@ def runner():
     runner = WorkerRunner()
     yield runner
     runner.shutdown()
-
-
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    scene.Clear(1)
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from slicer_scene_support import (  # noqa: E402
     grid_indices,
     ijk_to_ras,
     load_volume,
-    new_scene,
     segment_world_points,
     world_points,
 )
@@ -41,22 +40,9 @@ from medcnn.stages import NETWORK  # noqa: E402
 
 
 @pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    scene.Clear(1)
-
-
-@pytest.fixture
 def volume(scene, ct):
     """The CT (the phantom, and lung1 where the data is) loaded into the scene."""
     return load_volume(scene, ct.path, ct.name)
-
-
-@pytest.fixture
-def phantom(scene, phantom_ct):
-    """The synthetic CT loaded into the scene, for the checks that need no real scan."""
-    return load_volume(scene, phantom_ct.path, phantom_ct.name)
 
 
 @pytest.fixture

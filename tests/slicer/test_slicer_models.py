@@ -32,7 +32,7 @@ from MedCNNLib.AnalysisLogic import (  # noqa: E402
 )
 from MedCNNLib.Parameters import AUTOMATIC_TITLE, Parameters  # noqa: E402
 from MedCNNLib.ResultImport import TABLE_COLUMNS  # noqa: E402
-from slicer_scene_support import add_volume, ijk_to_ras, load_volume, new_scene  # noqa: E402
+from slicer_scene_support import add_volume, ijk_to_ras  # noqa: E402
 
 from medcnn.errors import CancelledError  # noqa: E402
 
@@ -41,22 +41,10 @@ NODULE_COLUMNS = ("Diameter", "Volume", "Calcified", "R", "A", "S")
 
 
 @pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    scene.Clear(1)
-
-
-@pytest.fixture
 def radiograph(scene):
     """The synthetic radiograph as a 12-bit volume of one slice, placed obliquely."""
     pixels = synthetic_radiograph().astype(np.uint16) * 16  # (rows, columns)
     return add_volume(scene, pixels.T[:, :, None], radiograph_matrix(), "chest radiograph")
-
-
-@pytest.fixture
-def phantom(scene, phantom_ct):
-    return load_volume(scene, phantom_ct.path, phantom_ct.name)
 
 
 @pytest.fixture

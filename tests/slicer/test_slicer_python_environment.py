@@ -20,7 +20,6 @@ import json
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import numpy as np
@@ -58,18 +57,7 @@ def slicer_like_requirements() -> list[str]:
 @pytest.fixture(scope="module")
 def slicer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slicer-python")
-    venv.create(folder, with_pip=True)
-    python = folder / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    done = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *slicer_like_requirements()],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode:
-        pytest.fail(f"building the Slicer-like environment failed:\n{done.stderr[-3000:]}")
-    return python
+    return environment(Path(sys.executable), folder, slicer_like_requirements())
 
 
 @pytest.mark.slow
@@ -161,7 +149,26 @@ def test_the_panel_loads_in_slicer_5_8_to_say_it_is_not_supported(path):
     assert strict_zips == []
 
 
-def interpreter(version: str) -> Path | None:
+def environment(python: Path, folder: Path, packages: list[str]) -> Path:
+    """A fresh virtual environment of ``python`` holding ``packages``; its interpreter."""
+    venv_python = folder / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
+    done = subprocess.run(
+        [str(venv_python), "-m", "pip", "install", "--quiet", *packages],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode:
+        pytest.fail(f"building the environment in {folder} failed:\n{done.stderr[-3000:]}")
+    return venv_python
+
+
+def interpreter(version: str) -> Path:
+    """A Python ``version`` ("3.12") that runs on this machine, installed by pyenv or on the
+    path (a pyenv shim there may name a version it will not run, so each is tried); the test
+    is skipped where there is none."""
     """A Python ``version`` ("3.12") that runs on this machine: installed by pyenv, or on the
     path (a pyenv shim there may name a version it will not run, so each is tried)."""
     installed = sorted((Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python"))
@@ -170,33 +177,14 @@ def interpreter(version: str) -> Path | None:
         runs = subprocess.run([str(candidate), "-c", "pass"], capture_output=True, timeout=60)
         if runs.returncode == 0:
             return candidate
-    return None
-
-
-def environment(version: str, folder: Path, packages: list[str]) -> Path:
-    """A fresh virtual environment of Python ``version`` with ``packages``; skipped where this
-    machine has no such Python."""
-    python = interpreter(version)
-    if python is None:
-        pytest.skip(f"no Python {version} on this machine (install it, e.g. with pyenv)")
-    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, timeout=300)
-    done = subprocess.run(
-        [str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet", *packages],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode:
-        pytest.fail(f"building the Python {version} environment failed:\n{done.stderr[-3000:]}")
-    return folder / "bin" / "python"
+    pytest.skip(f"no Python {version} on this machine (install it, e.g. with pyenv)")
 
 
 @pytest.mark.slow
 def test_slicer_5_8s_python_gets_the_sentence_not_a_traceback(tmp_path):
     """On a real Python 3.9 (Slicer 5.8's, with the packaging it ships), the extension's
     installer loads and says in one sentence that this Slicer is not supported."""
-    python = environment("3.9", tmp_path / "py39", ["packaging"])
+    python = environment(interpreter("3.9"), tmp_path / "py39", ["packaging"])
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(REPO / CLICK_PATH_ROOTS[1])!r})\n"
@@ -222,7 +210,7 @@ def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(tmp_path)
     from medcnn.xray.phantom import ensure_radiograph_phantom
 
     packages = [p for p in slicer_like_requirements() if not p.startswith("torch")]
-    python = environment("3.12", tmp_path / "py312", packages)
+    python = environment(interpreter("3.12"), tmp_path / "py312", packages)
     env = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PATH": "/usr/bin:/bin"}
     roots = [str(REPO / root) for root in CLICK_PATH_ROOTS]
     compiled = subprocess.run(
