@@ -33,6 +33,7 @@ LAYERS = (
         "medcnn.distributed",
         "medcnn.catalog",
         "medcnn.threads",
+        "medcnn.tensors",
     ),
     ("medcnn.reading", "medcnn.phantom"),
     ("medcnn.nodule", "medcnn.xray"),

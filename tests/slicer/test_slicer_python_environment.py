@@ -1,16 +1,19 @@
 """The worker answers real clicks in a Python environment like the oldest supported 3D Slicer's,
-without Slicer: exactly the packages Slicer 5.10 ships that a click uses (``slicer_python.txt``:
-numpy, scipy, pydicom 2.4, SimpleITK, pillow), the extension's ``requirements.txt`` at its floors
-and the oldest torch its installer accepts (``InstallLogic.TORCH_REQUIREMENT``), and nothing a
-click does not need (no MONAI, no ITK, no tqdm, no matplotlib). The engine comes from ``src/`` on
-the worker's ``PYTHONPATH``, as the installed extension puts its copy there.
+without Slicer: Slicer 5.10's own Python (3.12, where the machine has it: pyenv or the path) with
+exactly the packages Slicer 5.10 ships that a click uses (``slicer_python.txt``: numpy, scipy,
+pydicom 2.4, SimpleITK, pillow), the extension's ``requirements.txt`` at its floors and the
+oldest torch its installer accepts (``InstallLogic.TORCH_REQUIREMENT``), and nothing a click does
+not need (no MONAI, no ITK, no tqdm, no matplotlib). The engine comes from ``src/`` on the
+worker's ``PYTHONPATH``, as the installed extension puts its copy there.
 
-The clicks run on this Python (3.11): torch has no CPU build for Slicer 5.10's Python 3.12 on
-our machines. Where the machine has the real interpreters (pyenv), Python 3.12 with Slicer
-5.10's packages compiles the engine and the extension and reads images exactly as here, and
-Python 3.9 (Slicer 5.8's) loads the installer to say that Slicer is not supported; the click
-path's syntax is held to the oldest supported Python by
-``test_click_path_parses_as_the_oldest_supported_python``. Builds a virtual environment with pip
+That torch, 2.2.2, is the newest for Slicer's macOS build, and was built against NumPy 1 while
+Slicer ships NumPy 2: the clicks prove MedCNN runs there (``medcnn.tensors``) and answers as
+this environment's newest torch does. On Linux, PyPI's torch is a CUDA build (about 3 GB with
+its libraries): the environment takes it, and the clicks run on the CPU. A machine without
+Python 3.12 builds the environment on this Python instead, and the tests that are about 3.12
+itself skip. Python 3.9 (Slicer 5.8's) loads the installer to say that Slicer is not supported;
+the click path's syntax is held to the oldest supported Python by
+``test_click_path_parses_as_the_oldest_supported_python``. Builds virtual environments with pip
 (from the machine's package cache and PyPI): slow."""
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from MedCNNLib.Runner import AnalysisRequest, WorkerRunner
 from packaging.requirements import Requirement
 from slicer_test_support import REPO, write_nrrd
 
+from medcnn.app.engine import Engine
 from medcnn.catalog import XRAY_MODEL
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
 from medcnn.xray.phantom import synthetic_radiograph
@@ -54,10 +58,25 @@ def slicer_like_requirements() -> list[str]:
     return [*shipped, *extension, at_floor(Requirement(TORCH_REQUIREMENT))]
 
 
+SLICER_5_10_PYTHON = "3.12"
+
+
 @pytest.fixture(scope="module")
 def slicer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Slicer 5.10's Python with its packages; this Python stands in where there is no 3.12."""
+    python = find_interpreter(SLICER_5_10_PYTHON) or Path(sys.executable)
     folder = tmp_path_factory.mktemp("slicer-python")
-    return environment(Path(sys.executable), folder, slicer_like_requirements())
+    return environment(python, folder, slicer_like_requirements())
+
+
+def python_version(python: Path) -> str:
+    done = subprocess.run(
+        [str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 @pytest.mark.slow
@@ -91,6 +110,12 @@ def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_p
         assert 0.0 <= final.result["probability"] <= 1.0
         assert final.result["software"]["monai"] == "not installed"
         assert final.result["software"]["pydicom"] == "2.4.4"
+        assert final.result["software"]["python"].startswith(python_version(slicer_python) + ".")
+        oldest_torch = at_floor(Requirement(TORCH_REQUIREMENT)).split("==")[1]
+        assert final.result["software"]["torch"].split("+")[0] == oldest_torch
+        engine = Engine()  # this environment: the newest torch, its NumPy bridge
+        here = engine.analyze_file(ct_path, NODULE_CENTER_RAS, tmp_path / "here")
+        assert final.result["probability"] == pytest.approx(here.probability, abs=1e-4)
         assert (tmp_path / "ct" / "segmentation.nii.gz").exists()
 
         radiograph = write_nrrd(
@@ -101,6 +126,8 @@ def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_p
         )
         assert events[-1].kind == "result", (events[-1].message, runner.stderrTail[-20:])
         assert events[-1].result["model"]["id"] == XRAY_MODEL
+        here = engine.analyze_file(radiograph, None, tmp_path / "xray-here")
+        assert events[-1].result["probability"] == pytest.approx(here.probability, abs=1e-4)
     finally:
         runner.shutdown()
 
@@ -165,10 +192,7 @@ def environment(python: Path, folder: Path, packages: list[str]) -> Path:
     return venv_python
 
 
-def interpreter(version: str) -> Path:
-    """A Python ``version`` ("3.12") that runs on this machine, installed by pyenv or on the
-    path (a pyenv shim there may name a version it will not run, so each is tried); the test
-    is skipped where there is none."""
+def find_interpreter(version: str) -> Path | None:
     """A Python ``version`` ("3.12") that runs on this machine: installed by pyenv, or on the
     path (a pyenv shim there may name a version it will not run, so each is tried)."""
     installed = sorted((Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python"))
@@ -177,7 +201,15 @@ def interpreter(version: str) -> Path:
         runs = subprocess.run([str(candidate), "-c", "pass"], capture_output=True, timeout=60)
         if runs.returncode == 0:
             return candidate
-    pytest.skip(f"no Python {version} on this machine (install it, e.g. with pyenv)")
+    return None
+
+
+def interpreter(version: str) -> Path:
+    """``find_interpreter``'s Python; the test is skipped where there is none."""
+    found = find_interpreter(version)
+    if found is None:
+        pytest.skip(f"no Python {version} on this machine (install it, e.g. with pyenv)")
+    return found
 
 
 @pytest.mark.slow
@@ -199,18 +231,18 @@ def test_slicer_5_8s_python_gets_the_sentence_not_a_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(tmp_path):
+def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(slicer_python, tmp_path):
     """On a real Python 3.12 (Slicer 5.10's) with the packages Slicer 5.10 ships and the
-    extension's floors (all but torch, which has no CPU build for it here): every module of the
-    engine and the extension compiles, and the click's readers give the CT series and the
-    radiograph exactly as this Python does."""
+    extension's floors: every module of the engine and the extension compiles, and the click's
+    readers give the CT series and the radiograph exactly as this Python does."""
     from medcnn.app.demo import ensure_phantom
     from medcnn.reading import read_scan
     from medcnn.reading.radiograph import read_radiograph
     from medcnn.xray.phantom import ensure_radiograph_phantom
 
-    packages = [p for p in slicer_like_requirements() if not p.startswith("torch")]
-    python = environment(interpreter("3.12"), tmp_path / "py312", packages)
+    python = slicer_python
+    if python_version(python) != SLICER_5_10_PYTHON:
+        pytest.skip(f"no Python {SLICER_5_10_PYTHON} on this machine (install it, e.g. with pyenv)")
     env = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PATH": "/usr/bin:/bin"}
     roots = [str(REPO / root) for root in CLICK_PATH_ROOTS]
     compiled = subprocess.run(

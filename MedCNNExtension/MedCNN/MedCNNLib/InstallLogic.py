@@ -2,14 +2,16 @@
 
 First, before anything is asked or downloaded, whether this Slicer can run MedCNN at all
 (``unsupportedReason``): its Python must be one the engine supports (Slicer 5.8 ships Python
-3.9; 5.10 and later 3.12), and PyTorch must publish a torch new enough for the platform (not for
-Slicer's Intel macOS build, whose newest torch is 2.2.2). Then torch comes first, through the
-PyTorch extension's ``PyTorchUtils`` (it picks the build for the
-computer's GPU and driver); then ``Resources/requirements.txt`` through Slicer's
-``pip_ensure`` where the Slicer version has it, else ``slicer.util.pip_install``. Packages that
-Slicer ships (numpy, SimpleITK, ...) are never replaced: they are pinned to their installed
-versions in a constraints file given to pip, so pip installs around them or fails, never over
-them.
+3.9; 5.10 and later 3.12). Every platform Slicer 5.10 is built for can get a torch MedCNN runs
+on: Windows and Linux the current one, macOS (an Intel build, run by Rosetta on Apple silicon)
+torch 2.2.2, which MedCNN runs on beside Slicer's NumPy 2 (``medcnn.tensors``). Then torch comes
+first, through the PyTorch extension's ``PyTorchUtils`` (it picks the build for the computer's
+GPU and driver); then ``Resources/requirements.txt`` through Slicer's ``pip_ensure`` where the
+Slicer version has it, else ``slicer.util.pip_install``.
+
+Packages that Slicer ships (numpy, SimpleITK, ...) are never replaced: they are pinned to their
+installed versions in a constraints file given to pip, so pip installs around them or fails,
+never over them.
 
 Qt-free: asking the user, installing torch and running pip are injected callables, so the
 decisions are tested without Slicer; ``forSlicer`` wires Slicer's own.
@@ -20,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -37,10 +38,12 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "Resources" / "requ
 # The engine's floor, ``requires-python`` in pyproject.toml (tests hold the two equal): Slicer
 # 5.8's Python 3.9 is refused before any download; 5.10 and later ship 3.12.
 MINIMUM_PYTHON = (3, 10)
-# The oldest torch a click is proven with: CI's Slicer-like environment runs real clicks on it
-# (.ci/run, tests/slicer/test_slicer_python_environment.py). An older torch may work; it is not
-# claimed, so an older one (another extension's) is upgraded, after asking.
-TORCH_REQUIREMENT = "torch>=2.13"
+# The oldest torch a click is proven with: CI's Slicer-like environment (Python 3.12, NumPy 2)
+# runs real clicks on it (tests/slicer/test_slicer_python_environment.py). 2.2.2 is the newest
+# torch for Slicer's macOS build (x86_64), so this floor is what lets MedCNN run there. An older
+# torch may work; it is not claimed, so an older one (another extension's) is upgraded, after
+# asking.
+TORCH_REQUIREMENT = "torch>=2.2.2"
 SLICER_DOWNLOAD = "https://download.slicer.org"
 # Shipped with Slicer and used as they are; replacing them breaks Slicer (SimpleITK has
 # Slicer-specific IO, numpy is compiled against by VTK and ITK).
@@ -64,17 +67,10 @@ class InstallError(Exception):
     for the panel."""
 
 
-def unsupportedReason(
-    python: tuple[int, ...] | None = None,
-    system: str | None = None,
-    machine: str | None = None,
-) -> str | None:
+def unsupportedReason(python: tuple[int, ...] | None = None) -> str | None:
     """One sentence saying why MedCNN cannot run in this Slicer and what to use instead, or None
-    where it can. Asked before any question or download (the arguments default to this
-    Python and computer)."""
+    where it can. Asked before any question or download (``python`` defaults to this one)."""
     python = tuple(sys.version_info[:2]) if python is None else tuple(python[:2])
-    system = platform.system() if system is None else system
-    machine = platform.machine() if machine is None else machine
     if python < MINIMUM_PYTHON:
         needed = ".".join(str(part) for part in MINIMUM_PYTHON)
         return (
@@ -82,13 +78,6 @@ def unsupportedReason(
             f"{'.'.join(str(part) for part in python)} and MedCNN needs Python {needed} or "
             f"newer; install the current 3D Slicer from {SLICER_DOWNLOAD} (nothing was "
             "downloaded)."
-        )
-    if system == "Darwin" and machine.lower() in ("x86_64", "i386", "amd64"):
-        return (
-            "MedCNN cannot run in 3D Slicer for macOS yet: Slicer for macOS is an Intel "
-            f"(x86_64) build, for which PyTorch's newest is 2.2.2 while MedCNN needs "
-            f"{TORCH_REQUIREMENT}; use 3D Slicer on Windows or Linux, or MedCNN's command line "
-            "on this Mac (nothing was downloaded)."
         )
     return None
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from medcnn.nodule.grouped import GroupedEnsemble
+from medcnn.tensors import to_array, to_tensor
 
 
 def malignancy_heatmap(
@@ -34,7 +35,7 @@ def malignancy_heatmap(
     """
     if activations is None:
         with torch.inference_mode():
-            out = engine(torch.from_numpy(x)[None])
+            out = engine(to_tensor(x)[None])
         activations = (out.encoder, out.decoder)
     return malignancy_heatmaps(engine, [activations], x.shape[1:])[0]
 
@@ -48,7 +49,7 @@ def malignancy_heatmaps(
     since every input's logit depends on its own activations only."""
     encoder = torch.cat([a[0] for a in activations])
     decoder = torch.cat([a[1] for a in activations])
-    heat = _member_gradcams(engine, encoder, decoder, tuple(spatial)).mean(1).numpy()
+    heat = to_array(_member_gradcams(engine, encoder, decoder, tuple(spatial)).mean(1))
     low = heat.min(axis=tuple(range(1, heat.ndim)), keepdims=True)
     span = heat.max(axis=tuple(range(1, heat.ndim)), keepdims=True) - low
     scaled = np.divide(heat - low, span, out=np.zeros_like(heat), where=span > 0)

@@ -34,6 +34,7 @@ import torch
 from medcnn.nodule.grouped import GroupedEnsemble, GroupedOutputs
 from medcnn.nodule.measure import component_nearest_centre
 from medcnn.nodule.preprocessing import Patch, PatchSpec, context_box, network_input
+from medcnn.tensors import to_array, to_tensor
 
 MAX_BOX_PASSES = 4
 LOCALISER_MEMBER = 0
@@ -87,11 +88,11 @@ def predict_many(
         # Every pending nodule is at the same pass: all at the first, or all past it.
         net = localiser(engine) if passes[pending[0]] == 0 else engine
         inputs = np.stack([network_input(patches[i], boxes[i], spec) for i in pending])
-        out = net(torch.from_numpy(inputs))
+        out = net(to_tensor(inputs))
         still = []
         for row, i in enumerate(pending):
             passes[i] += 1
-            segmentation = out.segmentation[row].mean(0).numpy()
+            segmentation = to_array(out.segmentation[row].mean(0))
             new_box = context_box(_central_component(segmentation), spec)
             if net is engine and box_settled(new_box, boxes[i]):
                 settled[i] = out.take(row)  # the judged input below is exactly this pass's input
@@ -104,12 +105,12 @@ def predict_many(
     predictions = []
     for i, patch in enumerate(patches):
         x = network_input(patch, boxes[i], spec)
-        judged = settled[i] or engine(torch.from_numpy(x)[None])
+        judged = settled[i] or engine(to_tensor(x)[None])
         predictions.append(
             Prediction(
-                judged.probability[0].numpy(),
-                judged.features[0].numpy(),
-                judged.segmentation[0].mean(0).numpy(),
+                to_array(judged.probability[0]),
+                to_array(judged.features[0]),
+                to_array(judged.segmentation[0].mean(0)),
                 x,
                 patch,
                 passes[i],

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnn.tensors import to_array, to_tensor
 from medcnn.volume import Volume, apply_affine
 
 HU_AIR = -1000.0
@@ -111,13 +112,13 @@ def resample(
     # outside of the scan behave as ``fill`` for both interpolation modes.
     block = np.pad(block - fill, 1)
     values = F.grid_sample(
-        torch.from_numpy(block)[None, None],
+        to_tensor(block)[None, None],
         _sampling_grid(to_source, lo - 1, block.shape, out_shape),
         mode=mode,
         padding_mode="zeros",
         align_corners=True,
     )
-    return values[0, 0].numpy() + np.float32(fill)
+    return to_array(values[0, 0]) + np.float32(fill)
 
 
 def _sampling_grid(
@@ -143,7 +144,7 @@ def _sampling_grid(
             + (linear[axis, 1] * j)[None, :, None]
             + (linear[axis, 2] * k + offset[axis])[None, None, :]
         )
-    return torch.from_numpy(grid)[None]
+    return to_tensor(grid)[None]
 
 
 def sample_patch(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from medcnn.reading.radiograph import Radiograph
+from medcnn.tensors import to_array
 from medcnn.xray.network import RadiographEnsemble
 from medcnn.xray.preprocessing import RadiographSpec, to_image_grid, to_model_input
 
@@ -52,7 +53,7 @@ def predict_inputs(
     heatmaps = torch.where(peaks > 0, heatmaps / peaks.clamp_min(1e-12), heatmaps)
     return [
         RadiographPrediction(
-            members[:, i].numpy().astype(float),
+            to_array(members[:, i]).astype(float),
             np.clip(to_image_grid(heatmaps[i], *shape), 0.0, 1.0),
         )
         for i, shape in enumerate(shapes)

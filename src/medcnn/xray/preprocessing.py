@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnn.tensors import to_array, to_tensor
+
 
 @dataclass(frozen=True)
 class RadiographSpec:
@@ -36,7 +38,7 @@ class RadiographSpec:
 def to_model_input(pixels: np.ndarray, spec: RadiographSpec) -> torch.Tensor:
     """A (rows, columns) radiograph, brighter where denser, as the network's (1, size, size)
     input in 0..1."""
-    image = torch.as_tensor(np.ascontiguousarray(pixels), dtype=torch.float32)
+    image = to_tensor(np.asarray(pixels, dtype=np.float32))
     if image.ndim != 2:
         raise ValueError(
             f"A radiograph is one 2D image, not an array of shape {tuple(image.shape)}."
@@ -59,4 +61,4 @@ def to_image_grid(grid_map: torch.Tensor, rows: int, columns: int) -> np.ndarray
     resized = F.interpolate(
         grid_map[None, None].float(), size=(rows, columns), mode="bilinear", align_corners=False
     )
-    return resized[0, 0].numpy()
+    return to_array(resized[0, 0])

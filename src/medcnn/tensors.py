@@ -1,0 +1,62 @@
+"""Arrays into tensors and back, also where torch's NumPy bridge is missing.
+
+torch 2.2.2 is the newest torch for 3D Slicer's macOS build (x86_64). It was built against
+NumPy 1, and 3D Slicer 5.10 ships NumPy 2: there ``torch.from_numpy`` and ``Tensor.numpy``
+raise "Numpy is not available". A click needs neither: an array's bytes become a tensor through
+the buffer protocol (``torch.frombuffer``), and a tensor's bytes become an array by their address
+(one copy each way, as small as the blocks a click computes on). Where the bridge works, it is
+used as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import numpy as np
+import torch
+
+_DTYPES = {
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.float64): torch.float64,
+    np.dtype(np.int64): torch.int64,
+    np.dtype(np.int32): torch.int32,
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.bool_): torch.bool,
+}
+_ARRAY_DTYPES = {value: key for key, value in _DTYPES.items()}
+
+
+@cache
+def numpy_bridge() -> bool:
+    """Whether this torch can share memory with this NumPy."""
+    try:
+        torch.from_numpy(np.zeros(1, dtype=np.float32)).numpy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy``: the array's values as a CPU tensor of the same type and shape (a
+    view of the array where the bridge works, else a copy)."""
+    array = np.ascontiguousarray(array)
+    if numpy_bridge():
+        return torch.from_numpy(array)
+    dtype = _DTYPES[array.dtype]
+    if array.size == 0:
+        return torch.empty(array.shape, dtype=dtype)
+    return torch.frombuffer(bytearray(array.tobytes()), dtype=dtype).reshape(array.shape)
+
+
+def to_array(tensor: torch.Tensor) -> np.ndarray:
+    """``Tensor.numpy``: a CPU tensor's values as an array (detached from autograd)."""
+    tensor = tensor.detach()
+    if numpy_bridge():
+        return tensor.numpy()
+    tensor = tensor.contiguous()
+    dtype = _ARRAY_DTYPES[tensor.dtype]
+    if tensor.numel() == 0:
+        return np.empty(tuple(tensor.shape), dtype=dtype)
+    data = ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+    return np.frombuffer(bytearray(data), dtype=dtype).reshape(tuple(tensor.shape))
