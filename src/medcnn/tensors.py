@@ -16,7 +16,7 @@ from functools import cache
 import numpy as np
 import torch
 
-_DTYPES = {
+_DTYPES: dict[np.dtype, torch.dtype] = {
     np.dtype(np.float32): torch.float32,
     np.dtype(np.float64): torch.float64,
     np.dtype(np.int64): torch.int64,
@@ -24,7 +24,7 @@ _DTYPES = {
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.bool_): torch.bool,
 }
-_ARRAY_DTYPES = {value: key for key, value in _DTYPES.items()}
+_ARRAY_DTYPES: dict[np.dtype, torch.dtype] = {value: key for key, value in _DTYPES.items()}
 
 
 @cache
