@@ -24,7 +24,7 @@ _DTYPES: dict[np.dtype, torch.dtype] = {
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.bool_): torch.bool,
 }
-_ARRAY_DTYPES: dict[np.dtype, torch.dtype] = {value: key for key, value in _DTYPES.items()}
+_ARRAY_DTYPES: dict[torch.dtype, np.dtype] = {value: key for key, value in _DTYPES.items()}
 
 
 @cache
