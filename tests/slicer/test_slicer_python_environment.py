@@ -1,7 +1,8 @@
-"""The worker answers real clicks in a Python environment like the oldest supported 3D Slicer's,
-without Slicer: Slicer 5.10's own Python (3.12, where the machine has it: pyenv or the path) with
-exactly the packages Slicer 5.10 ships that a click uses (``slicer_python.txt``: numpy, scipy,
-pydicom 2.4, SimpleITK, pillow), the extension's ``requirements.txt`` at its floors and the
+"""The worker answers real clicks in Python environments like each supported 3D Slicer's, without
+Slicer: Slicer's own Python (3.12, where the machine has it: pyenv or the path) with exactly the
+packages that Slicer ships and a click uses (numpy, scipy, pydicom, SimpleITK, pillow), at the
+versions of Slicer 5.10 (``slicer_python.txt``: the oldest, with pydicom 2.4) and of the Preview
+(``slicer_preview_python.txt``), the extension's ``requirements.txt`` at its floors and the
 oldest torch its installer accepts (``InstallLogic.TORCH_REQUIREMENT``), and nothing a click does
 not need (no MONAI, no ITK, no tqdm, no matplotlib). The engine comes from ``src/`` on the
 worker's ``PYTHONPATH``, as the installed extension puts its copy there.
@@ -37,7 +38,13 @@ from medcnn.catalog import XRAY_MODEL
 from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest
 from medcnn.xray.phantom import synthetic_radiograph
 
-SLICER_PACKAGES = Path(__file__).resolve().parent / "slicer_python.txt"
+HERE = Path(__file__).resolve().parent
+# Each supported 3D Slicer: what it ships of the packages a click imports.
+SLICER_PACKAGES = {
+    "5.10": HERE / "slicer_python.txt",
+    "Preview": HERE / "slicer_preview_python.txt",
+}
+SLICER_PYTHON = "3.12"  # both run Python 3.12
 NOT_NEEDED = ("monai", "itk", "tqdm", "matplotlib")
 TIMEOUT = 600.0
 
@@ -48,25 +55,33 @@ def at_floor(requirement: Requirement) -> str:
     return f"{requirement.name}=={floor}"
 
 
-def slicer_like_requirements() -> list[str]:
-    shipped = [
-        line.split("#", 1)[0].strip()
-        for line in SLICER_PACKAGES.read_text().splitlines()
-        if line.split("#", 1)[0].strip()
-    ]
+def shipped_by(slicer: str) -> list[str]:
+    lines = SLICER_PACKAGES[slicer].read_text().splitlines()
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def slicer_like_requirements(slicer: str = "5.10") -> list[str]:
+    shipped = shipped_by(slicer)
     extension = [at_floor(requirement) for requirement in readRequirements()]
     return [*shipped, *extension, at_floor(Requirement(TORCH_REQUIREMENT))]
 
 
-SLICER_5_10_PYTHON = "3.12"
+@pytest.fixture(scope="module", params=sorted(SLICER_PACKAGES))
+def slicer(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def slicer_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Slicer 5.10's Python with its packages; this Python stands in where there is no 3.12."""
-    python = find_interpreter(SLICER_5_10_PYTHON) or Path(sys.executable)
-    folder = tmp_path_factory.mktemp("slicer-python")
-    return environment(python, folder, slicer_like_requirements())
+def slicer_python(slicer: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That Slicer's Python with its packages; this Python stands in where there is no 3.12."""
+    python = find_interpreter(SLICER_PYTHON) or Path(sys.executable)
+    folder = tmp_path_factory.mktemp(f"slicer-{slicer}-python")
+    return environment(python, folder, slicer_like_requirements(slicer))
+
+
+def pinned(slicer: str) -> dict[str, str]:
+    """The versions that Slicer's list pins, by package name."""
+    return dict(line.split("==") for line in shipped_by(slicer) if "==" in line)
 
 
 def python_version(python: Path) -> str:
@@ -81,23 +96,24 @@ def python_version(python: Path) -> str:
 
 @pytest.mark.slow
 def test_the_environment_has_what_slicer_ships_and_nothing_a_click_does_not_need(
-    slicer_python,
+    slicer, slicer_python
 ):
+    versions = pinned(slicer)
     code = (
         "import importlib.metadata as m, importlib.util as u, json\n"
         f"print(json.dumps({{n: u.find_spec(n) is not None for n in {NOT_NEEDED!r}}}))\n"
-        "print(m.version('pydicom'), m.version('numpy'), m.version('torch'))\n"
+        f"print(json.dumps({{n: m.version(n) for n in {sorted(versions)!r}}}))\n"
     )
     done = subprocess.run(
         [str(slicer_python), "-c", code], capture_output=True, text=True, check=True
     )
-    found, versions = done.stdout.splitlines()
+    found, installed = done.stdout.splitlines()
     assert found == "{" + ", ".join(f'"{name}": false' for name in NOT_NEEDED) + "}"
-    assert versions.startswith("2.4.4 2.0.2 ")
+    assert json.loads(installed) == versions
 
 
 @pytest.mark.slow
-def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_path):
+def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer, slicer_python, tmp_path):
     runner = WorkerRunner(pythonExecutable=str(slicer_python), extraPythonPath=[str(REPO / "src")])
     try:
         ct = synthetic_chest()
@@ -109,7 +125,7 @@ def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer_python, tmp_p
         assert final.kind == "result", (final.message, runner.stderrTail[-20:])
         assert 0.0 <= final.result["probability"] <= 1.0
         assert final.result["software"]["monai"] == "not installed"
-        assert final.result["software"]["pydicom"] == "2.4.4"
+        assert final.result["software"]["pydicom"] == pinned(slicer)["pydicom"]
         assert final.result["software"]["python"].startswith(python_version(slicer_python) + ".")
         oldest_torch = at_floor(Requirement(TORCH_REQUIREMENT)).split("==")[1]
         assert final.result["software"]["torch"].split("+")[0] == oldest_torch
@@ -231,8 +247,8 @@ def test_slicer_5_8s_python_gets_the_sentence_not_a_traceback(tmp_path):
 
 
 @pytest.mark.slow
-def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(slicer_python, tmp_path):
-    """On a real Python 3.12 (Slicer 5.10's) with the packages Slicer 5.10 ships and the
+def test_slicers_python_compiles_the_click_path_and_reads_as_here(slicer_python, tmp_path):
+    """On a real Python 3.12 (Slicer's) with the packages that Slicer ships and the
     extension's floors: every module of the engine and the extension compiles, and the click's
     readers give the CT series and the radiograph exactly as this Python does."""
     from medcnn.app.demo import ensure_phantom
@@ -241,8 +257,8 @@ def test_slicer_5_10s_python_compiles_the_click_path_and_reads_as_here(slicer_py
     from medcnn.xray.phantom import ensure_radiograph_phantom
 
     python = slicer_python
-    if python_version(python) != SLICER_5_10_PYTHON:
-        pytest.skip(f"no Python {SLICER_5_10_PYTHON} on this machine (install it, e.g. with pyenv)")
+    if python_version(python) != SLICER_PYTHON:
+        pytest.skip(f"no Python {SLICER_PYTHON} on this machine (install it, e.g. with pyenv)")
     env = {"PYTHONPYCACHEPREFIX": str(tmp_path / "pycache"), "PATH": "/usr/bin:/bin"}
     roots = [str(REPO / root) for root in CLICK_PATH_ROOTS]
     compiled = subprocess.run(
