@@ -45,3 +45,15 @@ def test_arrays_made_without_the_bridge_are_the_callers_own(monkeypatch):
 
 def test_this_torch_has_the_bridge():
     assert tensors.numpy_bridge() is True  # the project's own environment: torch 2.13, NumPy 2
+
+
+def test_without_the_bridge_a_tensor_shares_a_writable_arrays_memory(monkeypatch):
+    """As ``torch.from_numpy`` does; a read-only array is copied rather than written through."""
+    monkeypatch.setattr(tensors, "numpy_bridge", lambda: False)
+    array = np.zeros(4, dtype=np.float32)
+    tensors.to_tensor(array)[1] = 5.0
+    assert array.tolist() == [0.0, 5.0, 0.0, 0.0]
+    frozen = np.zeros(2, dtype=np.float32)
+    frozen.flags.writeable = False
+    tensors.to_tensor(frozen)[0] = 1.0
+    assert frozen.tolist() == [0.0, 0.0]

@@ -2,10 +2,11 @@
 
 torch 2.2.2 is the newest torch for 3D Slicer's macOS build (x86_64). It was built against
 NumPy 1, and 3D Slicer 5.10 ships NumPy 2: there ``torch.from_numpy`` and ``Tensor.numpy``
-raise "Numpy is not available". A click needs neither: an array's bytes become a tensor through
-the buffer protocol (``torch.frombuffer``), and a tensor's bytes become an array by their address
-(one copy each way, as small as the blocks a click computes on). Where the bridge works, it is
-used as it is.
+raise "Numpy is not available". A click needs neither: an array becomes a tensor through the
+buffer protocol (``torch.frombuffer``, sharing the array's memory as ``from_numpy`` does), and a
+tensor's bytes are copied into a new array from their address (one copy, as small as the blocks
+a click computes on: warm clicks take 1-2 % longer, ``benchmarks/numpy_bridge.py``). Where the
+bridge works, it is used as it is.
 """
 
 from __future__ import annotations
@@ -38,15 +39,17 @@ def numpy_bridge() -> bool:
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy``: the array's values as a CPU tensor of the same type and shape (a
-    view of the array where the bridge works, else a copy)."""
+    """``torch.from_numpy``: the array's values as a CPU tensor of the same type and shape,
+    sharing its memory (a read-only array's values are copied first, as torch writes in place)."""
     array = np.ascontiguousarray(array)
     if numpy_bridge():
         return torch.from_numpy(array)
     dtype = _DTYPES[array.dtype]
     if array.size == 0:
         return torch.empty(array.shape, dtype=dtype)
-    return torch.frombuffer(bytearray(array.tobytes()), dtype=dtype).reshape(array.shape)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.frombuffer(array, dtype=dtype).reshape(array.shape)
 
 
 def to_array(tensor: torch.Tensor) -> np.ndarray:
@@ -58,5 +61,7 @@ def to_array(tensor: torch.Tensor) -> np.ndarray:
     dtype = _ARRAY_DTYPES[tensor.dtype]
     if tensor.numel() == 0:
         return np.empty(tuple(tensor.shape), dtype=dtype)
-    data = ctypes.string_at(tensor.data_ptr(), tensor.numel() * tensor.element_size())
-    return np.frombuffer(bytearray(data), dtype=dtype).reshape(tuple(tensor.shape))
+    memory = (ctypes.c_char * (tensor.numel() * tensor.element_size())).from_address(
+        tensor.data_ptr()
+    )
+    return np.frombuffer(memoryview(memory), dtype=dtype).reshape(tuple(tensor.shape)).copy()
