@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -57,3 +59,11 @@ def test_without_the_bridge_a_tensor_shares_a_writable_arrays_memory(monkeypatch
     frozen.flags.writeable = False
     tensors.to_tensor(frozen)[0] = 1.0
     assert frozen.tolist() == [0.0, 0.0]
+
+
+def test_without_the_bridge_a_tensor_keeps_its_array_alive(monkeypatch):
+    monkeypatch.setattr(tensors, "numpy_bridge", lambda: False)
+    tensor = tensors.to_tensor(np.arange(100_000, dtype=np.float32))  # no other reference
+    gc.collect()
+    np.zeros(100_000, dtype=np.float32).fill(7.0)  # reuse of freed memory would show here
+    assert tensor[:3].tolist() == [0.0, 1.0, 2.0] and float(tensor.double().sum()) == 4999950000.0
