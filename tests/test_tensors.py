@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import gc
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +69,20 @@ def test_without_the_bridge_a_tensor_keeps_its_array_alive(monkeypatch):
     gc.collect()
     np.zeros(100_000, dtype=np.float32).fill(7.0)  # reuse of freed memory would show here
     assert tensor[:3].tolist() == [0.0, 1.0, 2.0] and float(tensor.double().sum()) == 4999950000.0
+
+
+CLICK_PATH = Path(tensors.__file__).resolve().parent
+BRIDGE_CALLS = re.compile(r"torch\.from_numpy\(|\.numpy\(\)|torch\.as_tensor\(")
+
+
+def test_the_click_path_crosses_between_numpy_and_torch_only_here():
+    """Every module a click runs goes through ``to_tensor`` and ``to_array``, so that a click
+    runs where torch's NumPy bridge is missing (training runs in MedCNN's own environment)."""
+    crossing = [
+        f"{path.relative_to(CLICK_PATH)}:{number}"
+        for path in sorted(CLICK_PATH.rglob("*.py"))
+        if "training" not in path.parts and path != Path(tensors.__file__).resolve()
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if BRIDGE_CALLS.search(line)
+    ]
+    assert crossing == []
