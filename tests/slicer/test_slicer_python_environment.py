@@ -56,11 +56,12 @@ def at_floor(requirement: Requirement) -> str:
 
 
 def shipped_by(slicer: str) -> list[str]:
+    """The requirement lines of what ``slicer`` ships (``SLICER_PACKAGES``)."""
     lines = SLICER_PACKAGES[slicer].read_text().splitlines()
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def slicer_like_requirements(slicer: str = "5.10") -> list[str]:
+def slicer_like_requirements(slicer: str) -> list[str]:
     shipped = shipped_by(slicer)
     extension = [at_floor(requirement) for requirement in readRequirements()]
     return [*shipped, *extension, at_floor(Requirement(TORCH_REQUIREMENT))]
