@@ -130,6 +130,7 @@ def test_the_worker_answers_clicks_on_a_ct_and_a_radiograph(slicer, slicer_pytho
         assert final.result["software"]["python"].startswith(python_version(slicer_python) + ".")
         oldest_torch = at_floor(Requirement(TORCH_REQUIREMENT)).split("==")[1]
         assert final.result["software"]["torch"].split("+")[0] == oldest_torch
+        assert any("has no NumPy bridge" in line for line in runner.stderrTail)  # torch 2.2.2
         engine = Engine()  # this environment: the newest torch, its NumPy bridge
         here = engine.analyze_file(ct_path, NODULE_CENTER_RAS, tmp_path / "here")
         assert final.result["probability"] == pytest.approx(here.probability, abs=1e-4)

@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         threads.threads,
         ", ".join(f"{k}={v['value']}" for k, v in threads.variables.items()) or "torch's own",
     )
+    log_missing_numpy_bridge()
     channel.send(
         event="ready",
         pid=os.getpid(),
@@ -434,6 +435,23 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdin.reconfigure(errors="replace")  # type: ignore[union-attr]  # bytes that are not
     # UTF-8 become U+FFFD: the line is then refused or names no file, and the worker goes on
     return serve(analyzer, read_lines(sys.stdin), channel, error_types)
+
+
+def log_missing_numpy_bridge() -> None:
+    """Say in the log why NumPy printed a long warning as torch loaded, where this torch was
+    built for NumPy 1 (3D Slicer for macOS: torch 2.2.2 beside NumPy 2): it is expected."""
+    import numpy
+    import torch
+
+    from medcnn.tensors import numpy_bridge
+
+    if not numpy_bridge():
+        log.info(
+            "torch %s has no NumPy bridge beside NumPy %s (it was built for NumPy 1): arrays "
+            "are copied across, and NumPy's warning about it above is expected",
+            torch.__version__,
+            numpy.__version__,
+        )
 
 
 if __name__ == "__main__":
