@@ -21,6 +21,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The synthetic chest CT on disk (``make_phantom``: DICOM series, NIfTI, point), per module."""
+    from medcnn.phantom import make_phantom
+
+    return make_phantom(tmp_path_factory.mktemp("phantom"))
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+    """The shipped nodule model, loaded once per module."""
+    from medcnn.app.analysis import Analyzer
+
+    return Analyzer()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """End the test process without the interpreter's teardown once VTK's render windows were

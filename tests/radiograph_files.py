@@ -10,6 +10,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+# The patient and study attributes the DICOM results copy from their source.
+PATIENT_AND_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 def write_dicom(
@@ -33,3 +46,20 @@ def write_dicom(
         setattr(ds, name, value)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
+
+
+def radiograph_study(**tags: object) -> dict:
+    """The patient and study attributes of a test radiograph (and any other tags)."""
+    study: dict[str, object] = {name: "" for name in PATIENT_AND_STUDY}
+    study.update(
+        PatientName="SYNTHETIC^RADIOGRAPH",
+        PatientID="SYNTHETIC-1",
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        StudyDate="20000101",
+        StudyTime="000000",
+        StudyID="1",
+        ViewPosition="PA",
+    )
+    study.update(tags)
+    return study

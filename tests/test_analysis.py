@@ -12,32 +12,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from command_line import medcnn
 from result_checks import assert_valid_result
 
 import medcnn.app.analysis as analysis_module
 from medcnn.app.analysis import Analyzer
 from medcnn.nodule.preprocessing import resample
 from medcnn.outputs.result import Result
-from medcnn.phantom import make_phantom
 from medcnn.reading import read_scan
 from medcnn.training.metrics import dice
 from medcnn.volume import Volume
 
 LUNG1_NODULE_RAS = (21.86, 120.54, -611.50)
-
-
-@pytest.fixture(scope="module")
-def analyzer() -> Analyzer:
-    return Analyzer()
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return make_phantom(tmp_path_factory.mktemp("phantom"))
-
-
-def medcnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medcnn", *args], capture_output=True, text=True)
 
 
 def nifti(path: Path) -> Volume:

@@ -19,15 +19,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from command_line import medcnn, series_and_nifti_manifest
 from pydicom.dataset import Dataset
-from radiograph_files import write_dicom
+from radiograph_files import PATIENT_AND_STUDY, radiograph_study, write_dicom
 from result_checks import assert_valid_result
 
 import medcnn.app.analysis as analysis_module
 from medcnn.app.analysis import Analyzer
 from medcnn.catalog import XRAY_MODEL, installed_models
 from medcnn.errors import NotDicomSourceError
-from medcnn.phantom import NODULE_CENTER_RAS, make_phantom
+from medcnn.phantom import NODULE_CENTER_RAS
 from medcnn.volume import LPS_TO_RAS
 from medcnn.xray.phantom import synthetic_radiograph
 
@@ -42,32 +43,6 @@ EXPECTED_WARNINGS = {
     "Warning - Missing attribute or value that would be needed to build DICOMDIR - Patient ID",
     "Warning - Missing attribute or value that would be needed to build DICOMDIR - Study ID",
 }
-PATIENT_AND_STUDY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
-
-
-def medcnn(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medcnn", *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def analyzer() -> Analyzer:
-    return Analyzer()
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return make_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 @pytest.fixture(scope="module")
@@ -323,13 +298,7 @@ def test_without_dicom_no_dicom_file_is_left(
 def test_batch_writes_each_cases_dicom_results_and_refuses_non_dicom_rows(
     phantom: dict, tmp_path: Path
 ) -> None:
-    manifest = tmp_path / "manifest.csv"
-    r, a, s = (str(v) for v in NODULE_CENTER_RAS)
-    manifest.write_text(
-        "id,image,r,a,s\n"
-        f"series,{phantom['dicom_dir']},{r},{a},{s}\n"
-        f"nifti,{phantom['nifti']},{r},{a},{s}\n"
-    )
+    manifest = series_and_nifti_manifest(phantom, tmp_path)
     out = tmp_path / "out"
     done = medcnn("batch", str(manifest), "--out", str(out), "--no-progress", "--dicom")
     assert done.returncode == 11, done.stderr  # one case refused
@@ -344,23 +313,6 @@ def test_batch_writes_each_cases_dicom_results_and_refuses_non_dicom_rows(
 
 
 # --- a radiograph: the heatmap and the report ---------------------------------------------------
-
-
-def radiograph_study(**tags: object) -> dict:
-    """The patient and study attributes of a test radiograph (and any other tags)."""
-    study: dict[str, object] = {name: "" for name in PATIENT_AND_STUDY}
-    study.update(
-        PatientName="SYNTHETIC^RADIOGRAPH",
-        PatientID="SYNTHETIC-1",
-        StudyInstanceUID=pydicom.uid.generate_uid(),
-        SeriesInstanceUID=pydicom.uid.generate_uid(),
-        StudyDate="20000101",
-        StudyTime="000000",
-        StudyID="1",
-        ViewPosition="PA",
-    )
-    study.update(tags)
-    return study
 
 
 @pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
@@ -429,21 +381,30 @@ def test_a_dicom_radiographs_heatmap_and_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
-def test_a_radiograph_placed_in_the_patient_shares_its_frame_of_reference(
-    tmp_path: Path,
-) -> None:
-    frame_of_reference = pydicom.uid.generate_uid()
+def radiograph_map_placed_at(
+    tmp_path: Path, frame_of_reference: str, orientation: list[float]
+) -> pydicom.Dataset:
+    """The heatmap's Parametric Map of a radiograph whose header places it at (-150, -100, 200)
+    mm with ``orientation``, in ``frame_of_reference``."""
     study = radiograph_study(
         PixelSpacing=[0.3, 0.3],
         FrameOfReferenceUID=frame_of_reference,
         ImagePositionPatient=[-150.0, -100.0, 200.0],
-        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+        ImageOrientationPatient=orientation,
     )
     image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
     out = tmp_path / "out"
     done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
     assert done.returncode == 0, done.stderr
-    pm = pydicom.dcmread(out / "heatmap.dcm")
+    return pydicom.dcmread(out / "heatmap.dcm")
+
+
+@pytest.mark.skipif(XRAY_MODEL not in installed_models(), reason="no chest X-ray bundle")
+def test_a_radiograph_placed_in_the_patient_shares_its_frame_of_reference(
+    tmp_path: Path,
+) -> None:
+    frame_of_reference = pydicom.uid.generate_uid()
+    pm = radiograph_map_placed_at(tmp_path, frame_of_reference, [1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
     assert pm.FrameOfReferenceUID == frame_of_reference
     shared = pm.SharedFunctionalGroupsSequence[0]
     orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
@@ -457,17 +418,8 @@ def test_a_radiograph_placed_elsewhere_than_its_own_plane_gets_a_frame_of_refere
     tmp_path: Path,
 ) -> None:
     frame_of_reference = pydicom.uid.generate_uid()
-    study = radiograph_study(
-        PixelSpacing=[0.3, 0.3],
-        FrameOfReferenceUID=frame_of_reference,
-        ImagePositionPatient=[-150.0, -100.0, 200.0],
-        ImageOrientationPatient=[1.0, 0.0, 0.0, 0.5, 0.0, -1.0],  # not perpendicular units
-    )
-    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
-    out = tmp_path / "out"
-    done = medcnn("analyze", str(image), "--out", str(out), "--dicom")
-    assert done.returncode == 0, done.stderr
-    pm = pydicom.dcmread(out / "heatmap.dcm")
+    not_perpendicular_units = [1.0, 0.0, 0.0, 0.5, 0.0, -1.0]
+    pm = radiograph_map_placed_at(tmp_path, frame_of_reference, not_perpendicular_units)
     assert pm.FrameOfReferenceUID != frame_of_reference  # placed at origin 0, as the NIfTI is
     position = pm.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
     assert [float(v) for v in position.ImagePositionPatient] == [0.0, 0.0, 0.0]

@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,10 +16,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from command_line import medcnn, series_and_nifti_manifest
 
 from medcnn.errors import SendError, UsageError
 from medcnn.outputs.sending import store_destination
-from medcnn.phantom import NODULE_CENTER_RAS, make_phantom
+from medcnn.phantom import NODULE_CENTER_RAS
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -96,11 +96,6 @@ class Archive:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return make_phantom(tmp_path_factory.mktemp("phantom"))
-
-
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[Archive]:
     if ORTHANC is None:
@@ -112,9 +107,8 @@ def archive(tmp_path: Path) -> Iterator[Archive]:
 
 def analyze(phantom: dict, out: Path, *options: str) -> subprocess.CompletedProcess:
     point = [str(v) for v in NODULE_CENTER_RAS]
-    command = ["analyze", str(phantom["dicom_dir"]), "--point", *point, "--out", str(out)]
-    return subprocess.run(
-        [sys.executable, "-m", "medcnn", *command, *options], capture_output=True, text=True
+    return medcnn(
+        "analyze", str(phantom["dicom_dir"]), "--point", *point, "--out", str(out), *options
     )
 
 
@@ -196,19 +190,9 @@ def test_a_bad_destination_is_refused_before_any_work(phantom: dict, tmp_path: P
 
 
 def batch(phantom: dict, folder: Path, *options: str) -> subprocess.CompletedProcess:
-    """``medcnn batch`` of two rows, the phantom's DICOM series and its NIfTI copy (which has
-    no study, so --dicom refuses that row alone)."""
-    manifest = folder / "manifest.csv"
-    r, a, s = (str(v) for v in NODULE_CENTER_RAS)
-    manifest.write_text(
-        "id,image,r,a,s\n"
-        f"series,{phantom['dicom_dir']},{r},{a},{s}\n"
-        f"nifti,{phantom['nifti']},{r},{a},{s}\n"
-    )
-    command = ["batch", str(manifest), "--out", str(folder / "out"), "--no-progress"]
-    return subprocess.run(
-        [sys.executable, "-m", "medcnn", *command, *options], capture_output=True, text=True
-    )
+    """``medcnn batch`` of ``series_and_nifti_manifest``'s two rows."""
+    manifest = series_and_nifti_manifest(phantom, folder)
+    return medcnn("batch", str(manifest), "--out", str(folder / "out"), "--no-progress", *options)
 
 
 def errors(out: Path) -> dict[str, str]:

@@ -38,11 +38,6 @@ def other_set(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return folder
 
 
-@pytest.fixture(scope="module")
-def analyzer() -> Analyzer:
-    return Analyzer()
-
-
 def readme_metrics_keys() -> set[str]:
     """The keys the README's ``metrics.json`` table documents (first column, in backticks)."""
     table = readme_table("`metrics.json`, what `evaluate` measured")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
-import pytest
 from scipy import ndimage
 
 from medcnn.phantom import (
@@ -16,11 +15,6 @@ from medcnn.phantom import (
     synthetic_chest,
 )
 from medcnn.reading import read_scan
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory):
-    return make_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 def test_make_phantom_returns_the_documented_keys(phantom):

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from command_line import medcnn
 from PIL import Image
 from radiograph_files import write_dicom
 from result_checks import assert_valid_result
@@ -26,13 +27,6 @@ from medcnn.xray.phantom import synthetic_radiograph
 needs_xray_model = pytest.mark.skipif(
     XRAY_MODEL not in installed_models(), reason="the chest X-ray bundle is not installed"
 )
-
-
-def medcnn(*args: str) -> subprocess.CompletedProcess:
-    """``medcnn ARGS`` in a new process, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "medcnn", *args], capture_output=True, text=True, timeout=600
-    )
 
 
 def write_png(pixels: np.ndarray, path: Path) -> Path:

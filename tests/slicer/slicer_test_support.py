@@ -38,6 +38,16 @@ def radiograph_matrix() -> np.ndarray:
     return matrix
 
 
+class SettingsStore(dict):
+    """QSettings as ``Parameters.save`` and ``load`` use it: values by key, kept in memory."""
+
+    def value(self, key, default=None):
+        return self.get(key, default)
+
+    def setValue(self, key, value):
+        self[key] = value
+
+
 class Scan(NamedTuple):
     """A CT file for the extension's tests and a point on its nodule (RAS mm)."""
 

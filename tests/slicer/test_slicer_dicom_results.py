@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from slicer_test_support import SLICER_CORE_MISSING
+from slicer_test_support import SLICER_CORE_MISSING, SettingsStore
 
 slicer = pytest.importorskip("slicer", reason=SLICER_CORE_MISSING)
 
@@ -136,14 +136,7 @@ def test_the_checkbox_is_a_saved_parameter_and_the_default_of_a_start(
 ):
     from MedCNNLib.Parameters import Parameters
 
-    class Store(dict):
-        def value(self, key, default=None):
-            return self.get(key, default)
-
-        def setValue(self, key, value):
-            self[key] = value
-
-    store = Store()
+    store = SettingsStore()
     Parameters().save(store)
     assert Parameters.load(store).saveDicom is False  # off unless the user asks
     store["MedCNN/saveDicom"] = "true"  # QSettings gives strings back
@@ -267,27 +260,12 @@ def test_chest_ct_results_reach_the_database_as_dicom(scene, runner, shared_data
 def test_a_dicom_radiographs_report_reaches_the_database(scene, runner, tmp_path):
     """One instance: the worker gets the file itself; the engine writes the report and the
     heatmap's Parametric Map."""
-    from radiograph_files import write_dicom
+    from radiograph_files import radiograph_study, write_dicom
 
     from medcnn.xray.phantom import synthetic_radiograph
 
-    image = write_dicom(
-        tmp_path / "chest.dcm",
-        synthetic_radiograph(),
-        ViewPosition="PA",
-        ImagerPixelSpacing=[0.5, 0.5],
-        PatientName="SYNTHETIC^RADIOGRAPH",
-        PatientID="SYNTHETIC-1",
-        PatientBirthDate="",
-        PatientSex="",
-        StudyInstanceUID=pydicom.uid.generate_uid(),
-        SeriesInstanceUID=pydicom.uid.generate_uid(),
-        StudyDate="20000101",
-        StudyTime="000000",
-        StudyID="",
-        AccessionNumber="",
-        ReferringPhysicianName="",
-    )
+    study = radiograph_study(ImagerPixelSpacing=[0.5, 0.5])
+    image = write_dicom(tmp_path / "chest.dcm", synthetic_radiograph(), **study)
     volume = load_dicom_volume(scene, [image], "radiograph")
     database = RecordingDatabase(tmp_path / "db", [image])
     logic = MedCNNLogic(

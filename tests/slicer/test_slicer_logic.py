@@ -12,7 +12,7 @@ import json
 import jsonschema
 import numpy as np
 import pytest
-from slicer_test_support import SLICER_CORE_MISSING, wait_until
+from slicer_test_support import SLICER_CORE_MISSING, SettingsStore, wait_until
 
 from medcnn.outputs.result import result_schema
 
@@ -366,14 +366,7 @@ def test_the_temporary_folder_is_slicers_when_there_is_one(
 
 
 def test_parameters_round_trip_through_a_settings_store():
-    class Store(dict):
-        def value(self, key, default=None):
-            return self.get(key, default)
-
-        def setValue(self, key, value):
-            self[key] = value
-
-    store = Store()
+    store = SettingsStore()
     Parameters(heatmapOpacity=0.3, heatmapThreshold=0.6, showSegmentation3D=False).save(store)
     store["MedCNN/centerViewsOnNodule"] = "false"  # QSettings gives strings back
     loaded = Parameters.load(store)

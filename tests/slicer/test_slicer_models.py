@@ -16,7 +16,12 @@ import math
 import jsonschema
 import numpy as np
 import pytest
-from slicer_test_support import SLICER_CORE_MISSING, radiograph_matrix, wait_until
+from slicer_test_support import (
+    SLICER_CORE_MISSING,
+    SettingsStore,
+    radiograph_matrix,
+    wait_until,
+)
 
 from medcnn.outputs.result import result_schema
 from medcnn.xray.phantom import synthetic_radiograph
@@ -94,14 +99,7 @@ def test_the_model_selector_offers_automatic_then_each_model_of_the_hello(logic)
 
 
 def test_the_model_choice_is_a_parameter_kept_only_while_listed(logic):
-    class Store(dict):
-        def value(self, key, default=None):
-            return self.get(key, default)
-
-        def setValue(self, key, value):
-            self[key] = value
-
-    store = Store()
+    store = SettingsStore()
     Parameters(model=XRAY).save(store)
     logic.parameters = Parameters.load(store)
     assert logic.parameters.model == XRAY
