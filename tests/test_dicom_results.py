@@ -152,18 +152,23 @@ def test_the_parametric_map_read_by_dcmqi_is_the_heatmap(chest_ct, tmp_path) -> 
 
 
 @pytest.mark.data
+def measurements_read_by_dcmqi(report: Path, folder: Path) -> list[dict]:
+    """The report's measurement groups as dcmqi's ``tid1500reader`` (3D Slicer's) reads them."""
+    metadata = folder / "sr.json"
+    subprocess.run(
+        [TID1500READER, "--inputDICOM", report, "--outputMetadata", metadata],
+        check=True,
+        capture_output=True,
+    )
+    return json.loads(metadata.read_text())["Measurements"]
+
+
 def test_the_report_read_by_dcmqi_holds_result_json(chest_ct, tmp_path) -> None:
     series, out = chest_ct
     result = json.loads((out / "result.json").read_text())
     assert_valid_result(result)
     assert result["outputs"]["dicom_report"] == "report.dcm"
-    subprocess.run(
-        [TID1500READER, "--inputDICOM", out / "report.dcm", "--outputMetadata",
-         tmp_path / "sr.json"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    groups = json.loads((tmp_path / "sr.json").read_text())["Measurements"]
+    groups = measurements_read_by_dcmqi(out / "report.dcm", tmp_path)
     values = {
         (item["quantity"]["CodeValue"], item.get("derivationModifier", {}).get("CodeValue")): (
             float(item["value"]),
@@ -359,13 +364,7 @@ def test_a_dicom_radiographs_heatmap_and_report(tmp_path: Path) -> None:
     for name in PATIENT_AND_STUDY:
         assert pm.get(name) == source.get(name), name
     # The report: the probability and its uncertainty, referencing the radiograph and the map.
-    subprocess.run(
-        [TID1500READER, "--inputDICOM", out / "report.dcm", "--outputMetadata",
-         tmp_path / "sr.json"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    (group,) = json.loads((tmp_path / "sr.json").read_text())["Measurements"]
+    (group,) = measurements_read_by_dcmqi(out / "report.dcm", tmp_path)
     assert group["Finding"]["CodeValue"] == "233604007"  # SCT Pneumonia
     values_read = [float(item["value"]) for item in group["measurementItems"]]
     assert values_read == [result["probability"], result["uncertainty"]]
