@@ -360,12 +360,6 @@ def _report(
     tracking_uid: str,
 ) -> hd.sr.Comprehensive3DSR:
     nodule = result.nodule
-    lps_point = np.asarray([nodule.point.lps], dtype=float)
-    seed = hd.sr.CoordinatesForMeasurement3D(
-        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-        graphic_data=lps_point,
-        frame_of_reference_uid=source.frame_of_reference_uid,
-    )
     algorithm = equipment.sr_algorithm()
     tracking = hd.sr.TrackingIdentifier(uid=tracking_uid, identifier="Nodule 1")
     size = [
