@@ -61,10 +61,12 @@ def output_folder(path: Path, option: str = "--out") -> Path:
     cannot be: called before the work, a bad folder stops the command at once, not after
     minutes of work with a traceback."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"The output path {path} is a file; give a folder for {option}.")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)  # raises FileExistsError only for a non-folder
+    except FileExistsError as error:
+        raise OutputError(
+            f"The output path {path} is a file; give a folder for {option}."
+        ) from error
     except OSError as error:
         raise OutputError(
             f"The output folder {path} cannot be created ({error.strerror}); choose a folder "

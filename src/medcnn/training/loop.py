@@ -365,7 +365,9 @@ class CrossValidationTrainer:
         from medcnn.training.release import build_release
 
         check_folds_hold_nodules(self.data_dir, self.folds, self.limit)
-        check_output_folder(self.release_dir, "--release-dir")
+        if distributed.world().is_main:  # the rank that builds the release; two would race
+            check_output_folder(self.release_dir, "--release-dir")  # on the folders it tries
+        distributed.barrier()
         output_folder(self.run_dir, "--run-dir")
         for index, seed in enumerate(self.seeds):
             train_cross_validation(
