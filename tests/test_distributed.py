@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,12 @@ def torchrun(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
+
+
+def why_it_failed(result: subprocess.CompletedProcess) -> str:
+    """The ranks' exceptions, which torchrun's closing report pushes out of a stderr's tail."""
+    raised = re.findall(r"^\[rank\d+\]: [\w.]+(?:Error|Exception): .*$", result.stderr, re.M)
+    return "\n".join(raised) or result.stderr[-3000:]
 
 
 def test_shards_are_round_robin_and_merge_back_in_order() -> None:
@@ -124,7 +131,7 @@ def test_bundle_trains_on_two_processes(tmp_path: Path, shared_data: Path) -> No
         "--settings#batch_size",
         "4",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, why_it_failed(result)
     for fold in (0, 1):
         history = (run_dir / f"fold{fold}" / "history.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in history] == [0, 1]  # rank 0 alone logs
@@ -158,7 +165,7 @@ def test_the_chest_xray_model_trains_on_two_processes(tmp_path: Path) -> None:
         "1",
         timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, why_it_failed(result)
     for fold in range(5):
         assert (tmp_path / "run" / "both" / f"fold{fold}" / "model.pt").is_file()
     assert not list((tmp_path / "run").rglob("checkpoint.pt"))
