@@ -180,34 +180,33 @@ def test_only_the_command_line_reaches_the_web_front_end_and_only_when_asked() -
     ]
     assert at_top == []
     code = (
-        "import sys\n"
         "import medcnn.app.cli\n"
         "medcnn.app.cli.build_parser()\n"
         "roots = ('trame', 'trame_slicer', 'slicer', 'vtk', 'vtkmodules', 'MedCNNLib')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in roots))\n"
+        "chosen = lambda m: m.split('.')[0] in roots\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    if done.returncode:
-        pytest.fail(done.stderr[-2000:])
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert modules_loaded_by(code, timeout=120) == "[]"
 
 
 def test_a_click_imports_neither_monai_nor_training() -> None:
     """What a fresh process has loaded after analysing a point of the phantom."""
     code = (
-        "import sys, numpy as np\n"
+        "import numpy as np\n"
         "from medcnn.app.analysis import Analyzer\n"
         "from medcnn.phantom import NODULE_CENTER_RAS, synthetic_chest\n"
         "Analyzer().analyze_volume(synthetic_chest(), np.asarray(NODULE_CENTER_RAS))\n"
         "roots = ('monai', 'itk', 'slicer', 'vtk', 'benchmarks')\n"
-        "print(sorted(m for m in sys.modules\n"
-        "             if m.split('.')[0] in roots or m.startswith('medcnn.training')))\n"
+        "chosen = lambda m: m.split('.')[0] in roots or m.startswith('medcnn.training')\n"
     )
+    assert modules_loaded_by(code, timeout=300) == "[]"
+
+
+def modules_loaded_by(code: str, timeout: int) -> str:
+    """The modules a fresh process has loaded after ``code``, those its ``chosen`` picks."""
+    code += "import sys\nprint(sorted(m for m in sys.modules if chosen(m)))\n"
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False
     )
     if done.returncode:
         pytest.fail(done.stderr[-2000:])
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    return done.stdout.strip().splitlines()[-1]
