@@ -327,7 +327,7 @@ def answer(
             lps=request["lps"],
             progress=progress,
             model=request.get("model"),
-            dicom=request.get("dicom", False),
+            dicom=request["dicom"],
             **options,
         )
     except error_types as error:

@@ -516,24 +516,16 @@ class WebViewer(TrameApp):
                         classes="text-body-2",
                         style="white-space: pre-line;",
                     )
-                    v3.VSlider(
-                        v_model=("opacity",),
-                        min=0,
-                        max=1,
-                        step=0.05,
-                        label="Opacity",
-                        density="compact",
-                        hide_details=True,
-                    )
-                    v3.VSlider(
-                        v_model=("threshold",),
-                        min=0,
-                        max=1,
-                        step=0.05,
-                        label="Threshold",
-                        density="compact",
-                        hide_details=True,
-                    )
+                    for name in ("opacity", "threshold"):
+                        v3.VSlider(
+                            v_model=(name,),
+                            min=0,
+                            max=1,
+                            step=0.05,
+                            label=name.capitalize(),
+                            density="compact",
+                            hide_details=True,
+                        )
                     with html.Div(v_if="outputs.length", id="downloads"):
                         v3.VBtn(
                             "{{ name }}",
